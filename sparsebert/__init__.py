@@ -1,0 +1,22 @@
+"""sparsebert: CPU inference for sparse (pruned) BERT encoders with Numba CSR/BSR kernels."""
+
+from .config import BertConfig
+from .errors import (
+    CheckpointError,
+    ConfigError,
+    InputError,
+    MissingDependencyError,
+    SparseBertError,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BertConfig",
+    "CheckpointError",
+    "ConfigError",
+    "InputError",
+    "MissingDependencyError",
+    "SparseBertError",
+    "__version__",
+]
