@@ -13,7 +13,7 @@ from numba.core import config as _numba_config
 
 _numba_config.SLP_VECTORIZE = 1
 
-FASTMATH = frozenset({"nsz", "arcp", "contract", "afn"})
+FASTMATH = {"nsz", "arcp", "contract", "afn"}
 
 # Serial kernel (called inside parallel ones, or where work is small).
 kernel = numba.njit(cache=True, fastmath=FASTMATH, nogil=True, boundscheck=None)

@@ -20,3 +20,8 @@ __all__ = [
     "SparseBertError",
     "__version__",
 ]
+
+from .api import Model, load, pool  # noqa: E402
+from .model import BertEncoder, EncoderOutput  # noqa: E402
+
+__all__ += ["BertEncoder", "EncoderOutput", "Model", "load", "pool"]

@@ -1,0 +1,130 @@
+"""The user-facing model: `sparsebert.load(path)` → `Model`, tensors or texts in, arrays out.
+
+`Model` joins a `BertEncoder` (tensors in/out) with its tokenizer (texts in/out). `encode` reproduces
+sentence-transformers' `encode` for BERT models with mean pooling: same tokenization and truncation,
+mean over the attention mask, optional L2 normalisation.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from .errors import CheckpointError, InputError
+from .loaders import read_checkpoint
+from .model import BertEncoder, EncoderOutput
+from .tokenizer import Tokenizer, default_max_length
+from .weights import build_weights
+
+POOLINGS = ("mean", "cls", "max")
+
+
+class Model:
+    def __init__(self, encoder: BertEncoder, tokenizer: Tokenizer | None, source: Path | None = None):
+        self.encoder = encoder
+        self.tokenizer = tokenizer
+        self.source = source
+
+    @property
+    def config(self):
+        return self.encoder.config
+
+    def __call__(self, input_ids, attention_mask=None, token_type_ids=None) -> EncoderOutput:
+        return self.encoder(input_ids, attention_mask, token_type_ids)
+
+    def tokenize(self, texts, text_pairs=None):
+        if self.tokenizer is None:
+            raise CheckpointError(
+                "this checkpoint ships no tokenizer; load it with "
+                "sparsebert.load(path, tokenizer='folder/with/tokenizer.json')"
+            )
+        return self.tokenizer(texts, text_pairs)
+
+    def encode(
+        self,
+        texts: Iterable[str],
+        batch_size: int = 32,
+        normalize: bool = True,
+        pooling: str = "mean",
+    ) -> np.ndarray:
+        """Sentence embeddings (N, H) float32, in input order."""
+        if pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        if isinstance(texts, str):
+            texts = [texts]
+        chunks = []
+        batch: list[str] = []
+        for text in texts:
+            batch.append(text)
+            if len(batch) == batch_size:
+                chunks.append(self._embed(batch, normalize, pooling))
+                batch = []
+        if batch:
+            chunks.append(self._embed(batch, normalize, pooling))
+        if not chunks:
+            return np.zeros((0, self.config.hidden_size), dtype=np.float32)
+        return np.concatenate(chunks)
+
+    def _embed(self, texts: Sequence[str], normalize: bool, pooling: str) -> np.ndarray:
+        enc = self.tokenize(texts)
+        hidden = self(enc.input_ids, enc.attention_mask, enc.token_type_ids).last_hidden_state
+        return pool(hidden, enc.attention_mask, pooling, normalize)
+
+
+def pool(hidden: np.ndarray, mask: np.ndarray, pooling: str = "mean", normalize: bool = True) -> np.ndarray:
+    """(B, T, H) hidden states + (B, T) mask → (B, H) sentence embeddings."""
+    m = mask.astype(np.float32)[:, :, None]
+    if pooling == "mean":
+        out = (hidden * m).sum(axis=1) / np.maximum(m.sum(axis=1), 1e-9)
+    elif pooling == "cls":
+        out = hidden[:, 0].copy()
+    else:
+        out = np.where(m > 0, hidden, -np.inf).max(axis=1)
+        out = np.where(np.isfinite(out), out, 0.0)
+    if normalize:
+        out /= np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+    return out.astype(np.float32, copy=False)
+
+
+def load(
+    path: str | os.PathLike,
+    *,
+    layers: Sequence[int] | None = None,
+    tokenizer: str | os.PathLike | None = None,
+    max_length: int | None = None,
+    formats=None,
+) -> Model:
+    """Load a BERT checkpoint (HF folder, .onnx file or deployment folder).
+
+    layers: keep only these encoder layers, in this order (layer dropping), e.g. [0, 2, 4, 6, 8, 11].
+    tokenizer: tokenizer.json / vocab.txt path or folder, for checkpoints that ship none.
+    max_length: truncation length for texts (default: the checkpoint's own setting, capped by
+        max_position_embeddings).
+    formats: "auto" (default), "dense", "csr", "bsr", or a callable (name, weight) -> format, to force
+        the weight format of encoder linears.
+    """
+    ckpt = read_checkpoint(path)
+    weights = build_weights(ckpt.state_dict, ckpt.config, layers)
+    if isinstance(formats, str) or formats is None:
+        fmt = formats or "dense"
+        formats_fn = lambda name, w: fmt  # noqa: E731
+    elif callable(formats):
+        formats_fn = formats
+    else:
+        raise ValueError(f"formats must be a string or a callable, got {formats!r}")
+    encoder = BertEncoder(weights, formats_fn)
+    tok_path = Path(tokenizer) if tokenizer is not None else ckpt.tokenizer_path
+    tok = None
+    if tok_path is not None:
+        folder = tok_path if tok_path.is_dir() else tok_path.parent
+        limit = ckpt.config.max_position_embeddings
+        length = max_length if max_length is not None else default_max_length(folder, limit)
+        if isinstance(length, bool) or not isinstance(length, int) or not 2 <= length <= limit:
+            raise InputError(f"max_length must be an integer in [2, {limit}], got {length!r}")
+        tok = Tokenizer(tok_path, length)
+    return Model(encoder, tok, ckpt.source)

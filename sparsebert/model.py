@@ -1,0 +1,160 @@
+"""The BERT encoder forward pass, top to bottom.
+
+Shape letters: B batch, T tokens per sequence (padded), H hidden size, NH heads, D = H / NH head size,
+I FFN size, V vocabulary. Activations between steps use the (B, F, T) feature-major layout of
+`sparsebert.kernels` (F = H or I); inputs and outputs use the familiar (B, T, H).
+
+What it leaves out: dropout (inference only), relative positions, decoders, past key/values.
+Weight matmuls go through `sparsebert.linear`, which picks dense, CSR or BSR for each one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import numpy as np
+
+from .config import BertConfig
+from .errors import InputError
+from .kernels import ops
+from .linear import make_linear
+from .weights import BertWeights
+
+# Additive attention bias for padding keys: large enough that exp() underflows to 0, small enough
+# that scale * score + bias never overflows, so a row whose keys are all padding stays finite.
+_MASKED = np.float32(-1e30)
+
+_ACTIVATION = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "relu": "relu"}
+
+
+@dataclasses.dataclass(frozen=True)
+class EncoderOutput:
+    last_hidden_state: np.ndarray  # (B, T, H) float32
+    pooler_output: np.ndarray | None  # (B, H) float32, None without a pooler
+
+
+class Layer:
+    """One encoder layer: self-attention, then the feed-forward block, each with residual + LayerNorm."""
+
+    def __init__(self, w, config: BertConfig, formats):
+        self.qkv = make_linear(w.qkv_w, w.qkv_b, formats("qkv", w.qkv_w))
+        self.attn_out = make_linear(w.attn_out_w, w.attn_out_b, formats("attn_out", w.attn_out_w))
+        self.ffn_in = make_linear(w.ffn_in_w, w.ffn_in_b, formats("ffn_in", w.ffn_in_w))
+        self.ffn_out = make_linear(w.ffn_out_w, w.ffn_out_b, formats("ffn_out", w.ffn_out_w))
+        self.attn_norm = w.attn_norm
+        self.ffn_norm = w.ffn_norm
+        self.heads = config.num_attention_heads
+        self.eps = np.float32(config.layer_norm_eps)
+        self.act = _ACTIVATION[config.hidden_act]
+
+    @property
+    def linears(self) -> dict:
+        return {"qkv": self.qkv, "attn_out": self.attn_out, "ffn_in": self.ffn_in, "ffn_out": self.ffn_out}
+
+    def __call__(self, x: np.ndarray, key_bias: np.ndarray) -> np.ndarray:
+        B, H, T = x.shape
+        NH, D = self.heads, H // self.heads
+        qkv = self.qkv(x)  # (B, 3H, T)
+        q = qkv[:, :H].reshape(B, NH, D, T)
+        k = qkv[:, H : 2 * H].reshape(B, NH, D, T)
+        v = qkv[:, 2 * H :].reshape(B, NH, D, T)
+        scores = np.matmul(q.transpose(0, 1, 3, 2), k)  # (B, NH, Tq, Tk)
+        ops.masked_softmax(scores, key_bias, np.float32(1.0 / np.sqrt(D)))
+        ctx = np.matmul(v, scores.transpose(0, 1, 3, 2)).reshape(B, H, T)  # (B, NH, D, Tq) → (B, H, T)
+        h = self.attn_out(ctx, residual=x)  # (B, H, T)
+        ops.layer_norm(h, self.attn_norm.gamma, self.attn_norm.beta, self.eps)
+        f = self.ffn_in(h, activation=self.act)  # (B, I, T)
+        y = self.ffn_out(f, residual=h)  # (B, H, T)
+        ops.layer_norm(y, self.ffn_norm.gamma, self.ffn_norm.beta, self.eps)
+        return y
+
+
+class BertEncoder:
+    """Tensors in, tensors out. Holds read-only weights; every call allocates its own activations,
+    so one encoder may serve many threads at once (calls run in parallel)."""
+
+    def __init__(self, weights: BertWeights, formats=None):
+        """`formats(name, weight) -> str` picks each linear's format ("auto" when None)."""
+        formats = formats or (lambda name, w: "dense")
+        self.config = weights.config
+        self.weights = weights
+        self.layers = tuple(Layer(w, weights.config, formats) for w in weights.layers)
+        self.pooler = (
+            make_linear(weights.pooler_w, weights.pooler_b, "dense") if weights.pooler_w is not None else None
+        )
+
+    def __call__(self, input_ids, attention_mask=None, token_type_ids=None) -> EncoderOutput:
+        ids, mask, types = self.check_inputs(input_ids, attention_mask, token_type_ids)
+        B, T = ids.shape
+        w = self.weights
+
+        # Embeddings: word + position + token type, then LayerNorm.  (B, T, H) → (B, H, T)
+        emb = w.word_emb[ids] + w.pos_emb[:T][None]
+        if w.type_emb is not None:
+            emb += w.type_emb[types]
+        x = np.ascontiguousarray(emb.transpose(0, 2, 1))
+        ops.layer_norm(x, w.emb_norm.gamma, w.emb_norm.beta, np.float32(self.config.layer_norm_eps))
+
+        key_bias = np.where(mask > 0, np.float32(0), _MASKED).astype(np.float32)  # (B, T)
+        for layer in self.layers:
+            x = layer(x, key_bias)  # (B, H, T)
+
+        pooled = None
+        if self.pooler is not None:
+            cls = np.ascontiguousarray(x[:, :, :1])  # (B, H, 1)
+            pooled = np.tanh(self.pooler(cls)[:, :, 0])  # (B, H)
+        hidden = np.ascontiguousarray(x.transpose(0, 2, 1))  # (B, T, H)
+        return EncoderOutput(hidden, pooled)
+
+    def check_inputs(self, input_ids, attention_mask, token_type_ids):
+        """Validate ids, mask and type ids at the public boundary; return int arrays (B, T)."""
+        c = self.config
+        ids = _int_matrix(input_ids, "input_ids")
+        B, T = ids.shape
+        if T > c.max_position_embeddings:
+            raise InputError(
+                f"sequence length {T} exceeds max_position_embeddings {c.max_position_embeddings}; "
+                "truncate the inputs (the tokenizer does this for texts)"
+            )
+        _check_range(ids, 0, c.vocab_size, "input_ids", "the vocabulary size")
+        if attention_mask is None:
+            mask = np.ones((B, T), dtype=np.int64)
+        else:
+            mask = _int_matrix(attention_mask, "attention_mask", (B, T))
+            _check_range(mask, 0, 2, "attention_mask", "2 (values must be 0 or 1)")
+        if token_type_ids is None:
+            types = np.zeros((B, T), dtype=np.int64)
+        else:
+            types = _int_matrix(token_type_ids, "token_type_ids", (B, T))
+            limit = c.type_vocab_size if self.weights.type_emb is not None else 1
+            _check_range(types, 0, limit, "token_type_ids", f"type_vocab_size ({limit})")
+        return ids, mask, types
+
+
+def _int_matrix(value, name: str, shape=None) -> np.ndarray:
+    try:
+        arr = np.asarray(value)
+    except Exception as exc:
+        raise InputError(f"{name} cannot be read as an array: {exc}") from None
+    if arr.dtype == bool and name == "attention_mask":
+        arr = arr.astype(np.int64)
+    if arr.dtype.kind not in "iu":
+        raise InputError(
+            f"{name} must be an integer array, got dtype {arr.dtype}; convert with "
+            f"np.asarray({name}, dtype=np.int64)"
+        )
+    if arr.ndim == 1 and (shape is None or shape[0] == 1):
+        arr = arr[None]
+    if arr.ndim != 2:
+        raise InputError(f"{name} must have shape (batch, tokens), got {arr.shape}")
+    if shape is not None and arr.shape != shape:
+        raise InputError(f"{name} has shape {arr.shape} but input_ids has shape {shape}")
+    if arr.size == 0:
+        raise InputError(f"{name} is empty (shape {arr.shape}); pass at least one token")
+    return arr.astype(np.int64, copy=False)
+
+
+def _check_range(arr, low, high, name, what):
+    lo, hi = int(arr.min()), int(arr.max())
+    if lo < low or hi >= high:
+        bad = lo if lo < low else hi
+        raise InputError(f"{name} holds {bad}, outside [{low}, {high}) set by {what}")
