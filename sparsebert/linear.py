@@ -3,23 +3,60 @@
 A `Linear` computes `Y[b] (N, S) = W (N, K) @ X[b] (K, S) + bias`, optionally followed by an
 activation and a residual add, on activations laid out `(B, F, S)` (see `sparsebert.kernels`).
 This module owns every decision about weight formats: the dense path goes through BLAS
-(`np.matmul`); sparse paths (CSR, BSR) call the Numba kernels in `sparsebert.kernels`.
+(`np.matmul`); sparse paths call the Numba kernels in `sparsebert.kernels.spmm`:
+
+- `CSRLinear`: any sparsity pattern (unstructured pruning).
+- `BSRLinear`: block-pruned weights whose nonzeros fill aligned R x C blocks (4x1, 8x1, 2x2, 1x4);
+  one activation load then feeds R output rows, so it runs ~2x the CSR rate per nonzero.
+
+`make_linear(..., format="auto")` picks the format with the lowest predicted time from a cost
+model calibrated on the dev machine (benchmarks/bench_linear.py); `from_arrays` constructors
+validate raw compressed arrays (from a checkpoint) once, so the kernels can trust them.
+`warmup()` compiles (or loads from Numba's cache) every kernel signature the model uses, so JIT
+time is paid, and measured, at load rather than at the first call.
+
+Left out: int8 weights, K-chunking for very wide layers, per-call re-tuning.
 """
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 
-from .kernels import ops
+from .errors import CheckpointError, InputError
+from .kernels import ops, spmm
 
 # Activation names the model passes to a Linear's epilogue.
 EPILOGUES = (None, "gelu", "gelu_tanh", "relu")
+_ACT_CODES = {None: 0, "gelu": 1, "gelu_tanh": 2, "relu": 3}
+
+BLOCK_SHAPES = spmm.BLOCK_SHAPES  # (R, C) pairs with a kernel, e.g. (4, 1)
+FORMATS = ("auto", "dense", "csr", "bsr") + tuple(f"bsr{r}x{c}" for r, c in BLOCK_SHAPES)
+
+# Cost model: throughput per *stored* multiply-add relative to dense BLAS on the same layer,
+# medians measured with benchmarks/bench_linear.py on the 2-core dev machine (B=32, S=128 and
+# B=1, S=128; BERT-base layer shapes). A sparse format wins when
+# stored_fraction / RELATIVE_RATE[fmt] < 1. CSR's rate drops as rows get very short, hence the
+# small per-row overhead term (in units of stored multiply-adds).
+RELATIVE_RATE = {"dense": 1.0, "csr": 0.30, (4, 1): 0.55, (8, 1): 0.55, (2, 2): 0.50, (1, 4): 0.40}
+_ROW_OVERHEAD = 4.0
+
+
+def _act_code(activation) -> int:
+    try:
+        return _ACT_CODES[activation]
+    except KeyError:
+        raise InputError(
+            f"unknown activation {activation!r}; expected one of {EPILOGUES}"
+        ) from None
 
 
 class DenseLinear:
     """Dense weight through BLAS; the baseline every sparse format must beat to be chosen."""
 
     format = "dense"
+    block_shape = None
 
     def __init__(self, weight: np.ndarray, bias: np.ndarray):
         self.weight = np.ascontiguousarray(weight, dtype=np.float32)
@@ -36,17 +73,354 @@ class DenseLinear:
     def nnz(self) -> int:
         return int(np.count_nonzero(self.weight))
 
+    @property
+    def stored_macs(self) -> int:
+        """Multiply-adds per token the kernel performs (dense: all of them)."""
+        return self.out_features * self.in_features
+
     def __call__(self, x: np.ndarray, *, activation=None, residual=None) -> np.ndarray:
         y = np.matmul(self.weight, x)  # (B, N, S)
         ops.bias_act_residual(y, self.bias, _ACT_CODES[activation], residual)
         return y
 
+    def describe(self) -> dict:
+        return _describe(self)
 
-_ACT_CODES = {None: 0, "gelu": 1, "gelu_tanh": 2, "relu": 3}
+
+class _SparseLinear:
+    """Shared call path of the compressed formats: input checks, then one fused kernel call."""
+
+    format = ""
+    block_shape = None
+
+    def _freeze(self):
+        for a in (self.data, self.indices, self.indptr, self.bias):
+            a.flags.writeable = False
+
+    @property
+    def nbytes(self) -> int:
+        return self.data.nbytes + self.indices.nbytes + self.indptr.nbytes + self.bias.nbytes
+
+    @property
+    def nnz(self) -> int:
+        return int(np.count_nonzero(self.data))
+
+    @property
+    def stored_macs(self) -> int:
+        return int(self.data.size)
+
+    def describe(self) -> dict:
+        return _describe(self)
+
+    def _check_call(self, x, residual):
+        if not isinstance(x, np.ndarray) or x.ndim != 3 or x.shape[1] != self.in_features:
+            raise InputError(
+                f"{self.format} linear expects x of shape (B, {self.in_features}, S), got "
+                f"{getattr(x, 'shape', type(x).__name__)}"
+            )
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        if residual is not None:
+            want = (x.shape[0], self.out_features, x.shape[2])
+            if not isinstance(residual, np.ndarray) or residual.shape != want:
+                raise InputError(
+                    f"residual must have shape {want}, got {getattr(residual, 'shape', residual)}"
+                )
+            residual = np.ascontiguousarray(residual, dtype=np.float32)
+        return x, residual
 
 
-def make_linear(weight: np.ndarray, bias: np.ndarray, format: str = "dense"):
-    """Build the Linear for one (N, K) weight and (N,) bias in the requested format."""
-    if format != "dense":
-        raise ValueError(f"unknown linear format {format!r}; expected 'dense'")
-    return DenseLinear(weight, bias)
+class CSRLinear(_SparseLinear):
+    """Compressed sparse rows: `data` (nnz,), `indices` column ids (nnz,), `indptr` (N + 1,)."""
+
+    format = "csr"
+
+    def __init__(self, data, indices, indptr, shape, bias):
+        """Trusts its arguments; build with `from_dense` or the validating `from_arrays`."""
+        self.data, self.indices, self.indptr, self.bias = data, indices, indptr, bias
+        self.out_features, self.in_features = shape
+        self._freeze()
+
+    @classmethod
+    def from_dense(cls, weight: np.ndarray, bias: np.ndarray) -> "CSRLinear":
+        """Keep the exact nonzeros of an (N, K) weight, row by row, columns sorted."""
+        w = _check_dense(weight, bias)
+        rows, cols = np.nonzero(w)
+        indptr = np.zeros(w.shape[0] + 1, dtype=np.int64)
+        np.cumsum(np.bincount(rows, minlength=w.shape[0]), out=indptr[1:])
+        return cls(w[rows, cols], cols.astype(np.int32), indptr, w.shape,
+                   np.ascontiguousarray(bias, dtype=np.float32))
+
+    @classmethod
+    def from_arrays(cls, data, indices, indptr, shape, bias) -> "CSRLinear":
+        """Validate raw CSR arrays (e.g. from a checkpoint); raises CheckpointError naming the fault."""
+        N, K = _check_shape(shape)
+        data, indices, indptr = _check_compressed(data, indices, indptr, N, K, (1, 1), "CSR")
+        return cls(data, indices, indptr, (N, K), _check_bias(bias, N))
+
+    def to_dense(self) -> np.ndarray:
+        w = np.zeros((self.out_features, self.in_features), dtype=np.float32)
+        rows = np.repeat(np.arange(self.out_features), np.diff(self.indptr))
+        np.add.at(w, (rows, self.indices), self.data)
+        return w
+
+    def __call__(self, x: np.ndarray, *, activation=None, residual=None) -> np.ndarray:
+        x, residual = self._check_call(x, residual)
+        return spmm.spmm_csr(self.data, self.indices, self.indptr, x, self.bias,
+                             act=_act_code(activation), residual=residual)
+
+
+class BSRLinear(_SparseLinear):
+    """Aligned R x C blocks: `data` (nblocks, R, C), `indices` block-column ids, `indptr` per block row."""
+
+    format = "bsr"
+
+    def __init__(self, data, indices, indptr, shape, bias):
+        """Trusts its arguments; build with `from_dense` or the validating `from_arrays`."""
+        self.data, self.indices, self.indptr, self.bias = data, indices, indptr, bias
+        self.out_features, self.in_features = shape
+        self.block_shape = (int(data.shape[1]), int(data.shape[2]))
+        self._freeze()
+
+    @classmethod
+    def from_dense(cls, weight: np.ndarray, bias: np.ndarray, block_shape=(4, 1)) -> "BSRLinear":
+        """Store every aligned block holding a nonzero (zeros inside kept blocks are stored too)."""
+        w = _check_dense(weight, bias)
+        R, C = _check_block_shape(block_shape, *w.shape, CheckpointError)
+        blocks = _blocks(w, R, C)  # (N/R, K/C, R, C)
+        brow, bcol = np.nonzero(blocks.any(axis=(2, 3)))
+        indptr = np.zeros(w.shape[0] // R + 1, dtype=np.int64)
+        np.cumsum(np.bincount(brow, minlength=w.shape[0] // R), out=indptr[1:])
+        data = np.ascontiguousarray(blocks[brow, bcol])
+        return cls(data, bcol.astype(np.int32), indptr, w.shape,
+                   np.ascontiguousarray(bias, dtype=np.float32))
+
+    @classmethod
+    def from_arrays(cls, data, indices, indptr, shape, bias) -> "BSRLinear":
+        """Validate raw BSR arrays, data (nblocks, R, C); raises CheckpointError naming the fault."""
+        N, K = _check_shape(shape)
+        if not isinstance(data, np.ndarray) or data.ndim != 3:
+            raise CheckpointError(
+                f"BSR data must be a 3-D array (nblocks, R, C), got "
+                f"{getattr(data, 'shape', type(data).__name__)}"
+            )
+        block = _check_block_shape(data.shape[1:], N, K, CheckpointError)
+        data, indices, indptr = _check_compressed(data, indices, indptr, N, K, block, "BSR")
+        return cls(data, indices, indptr, (N, K), _check_bias(bias, N))
+
+    def to_dense(self) -> np.ndarray:
+        R, C = self.block_shape
+        blocks = np.zeros((self.out_features // R, self.in_features // C, R, C), dtype=np.float32)
+        brow = np.repeat(np.arange(self.out_features // R), np.diff(self.indptr))
+        np.add.at(blocks, (brow, self.indices), self.data)
+        return blocks.transpose(0, 2, 1, 3).reshape(self.out_features, self.in_features)
+
+    def __call__(self, x: np.ndarray, *, activation=None, residual=None) -> np.ndarray:
+        x, residual = self._check_call(x, residual)
+        return spmm.spmm_bsr(self.data, self.indices, self.indptr, x, self.bias,
+                             act=_act_code(activation), residual=residual)
+
+
+# ----------------------------------------------------------------------------- format choice
+
+
+def block_fill(weight: np.ndarray, block_shape) -> float:
+    """nnz / (values stored by BSR with this block shape); 1.0 means the pruning fits the blocks
+    exactly, 0.0 for an all-zero weight. The shape must divide the weight's shape."""
+    w = np.asarray(weight)
+    R, C = block_shape
+    nnz = np.count_nonzero(w)
+    if nnz == 0:
+        return 0.0
+    n_blocks = np.count_nonzero(_blocks(w, R, C).any(axis=(2, 3)))
+    return nnz / (n_blocks * R * C)
+
+
+def fitting_block_shapes(weight: np.ndarray) -> list:
+    """Block shapes whose aligned blocks hold every nonzero with no stored zero (fill == 1)."""
+    N, K = np.shape(weight)
+    return [
+        (R, C) for R, C in BLOCK_SHAPES
+        if N % R == 0 and K % C == 0 and block_fill(weight, (R, C)) == 1.0
+    ]
+
+
+def predicted_cost(weight: np.ndarray, fmt) -> float:
+    """Predicted time of one layer call relative to dense BLAS (< 1: faster than dense).
+
+    fmt is "dense", "csr" or a block shape (R, C)."""
+    N, K = np.shape(weight)
+    if fmt == "dense":
+        return 1.0
+    if fmt == "csr":
+        stored, rows = np.count_nonzero(weight), N
+    else:
+        R, C = fmt
+        fill = block_fill(weight, fmt)
+        stored = np.count_nonzero(weight) / fill if fill else 0
+        rows = N // R
+    return (stored + _ROW_OVERHEAD * rows) / (N * K) / RELATIVE_RATE[fmt]
+
+
+def choose_format(weight: np.ndarray) -> str:
+    """The format `make_linear(format="auto")` builds: "dense", "csr" or "bsrRxC"."""
+    candidates = ["dense", "csr"] + fitting_block_shapes(weight)
+    best = min(candidates, key=lambda f: predicted_cost(weight, f))
+    return best if isinstance(best, str) else f"bsr{best[0]}x{best[1]}"
+
+
+def make_linear(weight: np.ndarray, bias: np.ndarray, format: str = "auto"):
+    """Build the Linear for one (N, K) weight and (N,) bias in the requested format.
+
+    "auto": cheapest by the cost model; "bsr": the cheapest block shape that fits the nonzeros
+    exactly (ValueError if none does); "bsrRxC": that block shape, storing any zeros inside kept
+    blocks; "dense", "csr" as named."""
+    if format not in FORMATS:
+        raise ValueError(f"unknown linear format {format!r}; expected one of {FORMATS}")
+    if format == "auto":
+        format = choose_format(_check_dense(weight, bias))
+    if format == "dense":
+        return DenseLinear(weight, bias)
+    if format == "csr":
+        return CSRLinear.from_dense(weight, bias)
+    if format == "bsr":
+        shapes = fitting_block_shapes(_check_dense(weight, bias))
+        if not shapes:
+            raise ValueError(
+                f"no block shape in {BLOCK_SHAPES} holds every nonzero of this "
+                f"{np.shape(weight)} weight in full aligned blocks; use format='csr', or name a "
+                f"shape such as 'bsr4x1' to store the zeros inside partly filled blocks"
+            )
+        block = min(shapes, key=lambda s: predicted_cost(weight, s))
+    else:
+        block = tuple(int(v) for v in format[3:].split("x"))
+    return BSRLinear.from_dense(weight, bias, block)
+
+
+def _describe(lin) -> dict:
+    N, K = lin.out_features, lin.in_features
+    nnz = lin.nnz
+    return {
+        "format": lin.format if lin.block_shape is None else f"bsr{lin.block_shape[0]}x{lin.block_shape[1]}",
+        "shape": (N, K),
+        "block_shape": lin.block_shape,
+        "nnz": nnz,
+        "sparsity": 1.0 - nnz / (N * K) if N * K else 0.0,
+        "nbytes": int(lin.nbytes),
+        "dense_nbytes": 4 * (N * K + N),
+        "flops_per_token": 2 * lin.stored_macs,
+        "flops_skipped_per_token": 2 * (N * K - lin.stored_macs),
+    }
+
+
+# ----------------------------------------------------------------------------- validation
+
+
+def _check_shape(shape):
+    try:
+        N, K = (int(v) for v in shape)
+    except (TypeError, ValueError):
+        raise CheckpointError(f"weight shape must be two integers (N, K), got {shape!r}") from None
+    if N < 1 or K < 1:
+        raise CheckpointError(f"weight shape must be positive, got {(N, K)}")
+    return N, K
+
+
+def _check_block_shape(block_shape, N, K, error):
+    block = tuple(int(v) for v in block_shape)
+    if block not in BLOCK_SHAPES:
+        raise error(f"block shape {block} has no kernel; supported: {BLOCK_SHAPES}")
+    R, C = block
+    if N % R or K % C:
+        raise error(
+            f"block shape {block} does not divide the weight shape {(N, K)}; ragged edges are "
+            f"not supported: use CSR or a block shape that divides both dimensions"
+        )
+    return block
+
+
+def _check_dense(weight, bias) -> np.ndarray:
+    w = np.asarray(weight)
+    if w.ndim != 2 or not np.issubdtype(w.dtype, np.floating):
+        raise CheckpointError(f"weight must be a 2-D float array (N, K), got {w.dtype} {w.shape}")
+    w = np.ascontiguousarray(w, dtype=np.float32)
+    if not np.isfinite(w).all():
+        raise CheckpointError(f"weight {w.shape} contains NaN or Inf")
+    _check_bias(bias, w.shape[0])
+    return w
+
+
+def _check_bias(bias, N) -> np.ndarray:
+    b = np.asarray(bias)
+    if b.shape != (N,) or not np.issubdtype(b.dtype, np.floating):
+        raise CheckpointError(f"bias must be a float array of shape ({N},), got {b.dtype} {b.shape}")
+    b = np.ascontiguousarray(b, dtype=np.float32)
+    if not np.isfinite(b).all():
+        raise CheckpointError("bias contains NaN or Inf")
+    return b
+
+
+def _check_compressed(data, indices, indptr, N, K, block, kind):
+    """Everything spmm kernels trust, checked once; returns (data f32, indices i32, indptr i64)."""
+    R, C = block
+    for name, a in (("data", data), ("indices", indices), ("indptr", indptr)):
+        if not isinstance(a, np.ndarray):
+            raise CheckpointError(f"{kind} {name} must be a numpy array, got {type(a).__name__}")
+    if not np.issubdtype(data.dtype, np.floating):
+        raise CheckpointError(f"{kind} data must be floating point, got {data.dtype}")
+    if R * C == 1 and data.ndim != 1:
+        raise CheckpointError(f"{kind} data must be 1-D (nnz,), got shape {data.shape}")
+    for name, a in (("indices", indices), ("indptr", indptr)):
+        if a.dtype not in (np.int32, np.int64) or a.ndim != 1:
+            raise CheckpointError(f"{kind} {name} must be a 1-D int32/int64 array, got {a.dtype} {a.shape}")
+    n_rows = N // R
+    if indptr.shape[0] != n_rows + 1:
+        raise CheckpointError(
+            f"{kind} indptr must have {n_rows + 1} entries ({'block ' if R * C > 1 else ''}rows + 1), "
+            f"got {indptr.shape[0]}"
+        )
+    nnz = data.shape[0]
+    if indices.shape[0] != nnz:
+        raise CheckpointError(f"{kind} indices has {indices.shape[0]} entries but data has {nnz}")
+    if indptr[0] != 0 or indptr[-1] != nnz:
+        raise CheckpointError(
+            f"{kind} indptr must start at 0 and end at nnz={nnz}, got {indptr[0]} .. {indptr[-1]}"
+        )
+    if np.any(np.diff(indptr) < 0):
+        bad = int(np.argmax(np.diff(indptr) < 0))
+        raise CheckpointError(f"{kind} indptr decreases at row {bad}: {indptr[bad]} > {indptr[bad + 1]}")
+    cols = K // C
+    if nnz and (indices.min() < 0 or indices.max() >= cols):
+        raise CheckpointError(
+            f"{kind} indices must lie in [0, {cols}), got range [{indices.min()}, {indices.max()}]"
+        )
+    if not np.isfinite(data).all():
+        raise CheckpointError(f"{kind} data contains NaN or Inf")
+    return (np.ascontiguousarray(data, dtype=np.float32),
+            np.ascontiguousarray(indices, dtype=np.int32),
+            np.ascontiguousarray(indptr, dtype=np.int64))
+
+
+def _blocks(w: np.ndarray, R: int, C: int) -> np.ndarray:
+    N, K = w.shape
+    return w.reshape(N // R, R, K // C, C).transpose(0, 2, 1, 3)
+
+
+# ----------------------------------------------------------------------------- compilation
+
+
+def warmup(formats=("dense", "csr") + tuple(f"bsr{r}x{c}" for r, c in BLOCK_SHAPES)) -> dict:
+    """Compile (or load from Numba's cache) each format's kernels for the signatures Linear calls
+    use, with and without residual; returns {format: seconds}, so load time can report JIT apart."""
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((8, 8)).astype(np.float32)
+    b = np.zeros(8, dtype=np.float32)
+    x = rng.standard_normal((1, 8, 3)).astype(np.float32)
+    times = {}
+    for fmt in formats:
+        start = time.perf_counter()
+        lin = make_linear(w, b, fmt)
+        for act in EPILOGUES:
+            lin(x, activation=act)
+        lin(x, activation="gelu", residual=np.zeros((1, 8, 3), dtype=np.float32))
+        times[fmt] = time.perf_counter() - start
+    return times

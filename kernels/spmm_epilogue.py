@@ -1,0 +1,46 @@
+"""Helpers shared by the generated spmm drivers: the fused epilogue and the short-sequence panel.
+
+`epilogue_row` turns one row of raw matmul sums into the layer output: + bias, activation
+(0 none, 1 exact GELU via the vectorisable `erf_f32`, 2 tanh GELU, 3 relu), + residual. Each
+activation has its own loop so LLVM sees branch-free bodies it can vectorise.
+"""
+
+import numpy as np
+
+from .jit import kernel
+from .numeric import gelu_f32, gelu_tanh_f32
+
+_ZERO = np.float32(0.0)
+
+
+@kernel
+def epilogue_row(src, soff, dst, doff, width, bias_n, act, res, roff, has_residual):
+    # dst[doff + j] = act(src[soff + j] + bias_n) (+ res[roff + j]) for j < width. All flat
+    # float32 arrays, uint64 offsets (no wraparound checks); src may equal dst at the same offset.
+    if act == 1:
+        for j in range(width):
+            dst[doff + j] = gelu_f32(src[soff + j] + bias_n)
+    elif act == 2:
+        for j in range(width):
+            dst[doff + j] = gelu_tanh_f32(src[soff + j] + bias_n)
+    elif act == 3:
+        for j in range(width):
+            dst[doff + j] = max(src[soff + j] + bias_n, _ZERO)
+    else:
+        for j in range(width):
+            dst[doff + j] = src[soff + j] + bias_n
+    if has_residual:
+        for j in range(width):
+            dst[doff + j] += res[roff + j]
+
+
+@kernel
+def pack_panel(x, b, S, width):
+    # Flat (K, width) copy of x[b, :, :S] zero-padded on the right, for sequences shorter than
+    # one tail tile; S == 0 returns an empty array (no panel needed).
+    K = x.shape[1]
+    panel = np.zeros(K * width if S > 0 else 0, dtype=np.float32)
+    for k in range(K if S > 0 else 0):
+        for s in range(S):
+            panel[k * width + s] = x[b, k, s]
+    return panel
