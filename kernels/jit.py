@@ -19,3 +19,34 @@ FASTMATH = {"nsz", "arcp", "contract", "afn"}
 kernel = numba.njit(cache=True, fastmath=FASTMATH, nogil=True, boundscheck=None)
 # Parallel kernel: prange on its outermost loop only.
 parallel_kernel = numba.njit(cache=True, fastmath=FASTMATH, nogil=True, parallel=True)
+
+
+def _single_threaded_kernel_blas() -> None:
+    """Numba's np.dot calls SciPy's BLAS, and our kernels call it from inside their own parallel
+    loops, so that BLAS must run single-threaded. OpenBLAS honours OPENBLAS_NUM_THREADS only when the
+    library loads; capping it later (threadpoolctl) leaves its thread server in the call path, which
+    made concurrent small gemms ~10x slower here. So we load SciPy's BLAS with the variable set, then
+    restore the environment; NumPy's own BLAS (what user code calls) is already loaded and untouched.
+    If SciPy's BLAS was loaded before sparsebert, the runtime cap below is the fallback."""
+    import os
+    import sys
+
+    if "scipy.linalg.cython_blas" not in sys.modules:
+        saved = os.environ.get("OPENBLAS_NUM_THREADS")
+        os.environ["OPENBLAS_NUM_THREADS"] = "1"
+        try:
+            import scipy.linalg.cython_blas  # noqa: F401
+        finally:
+            if saved is None:
+                del os.environ["OPENBLAS_NUM_THREADS"]
+            else:
+                os.environ["OPENBLAS_NUM_THREADS"] = saved
+    from threadpoolctl import ThreadpoolController
+
+    libs = [c for c in ThreadpoolController().lib_controllers if c.user_api == "blas"]
+    scipy_libs = [c for c in libs if "scipy" in c.filepath and "numpy" not in c.filepath]
+    for c in scipy_libs or libs:
+        c.set_num_threads(1)
+
+
+_single_threaded_kernel_blas()

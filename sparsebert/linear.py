@@ -3,7 +3,7 @@
 A `Linear` computes `Y[b] (N, S) = W (N, K) @ X[b] (K, S) + bias`, optionally followed by an
 activation and a residual add, on activations laid out `(B, F, S)` (see `sparsebert.kernels`).
 This module owns every decision about weight formats: the dense path goes through BLAS
-(`np.matmul`); sparse paths call the Numba kernels in `sparsebert.kernels.spmm`:
+(single-threaded gemms inside Numba's thread pool, `kernels/dense.py`); sparse paths call the Numba kernels in `sparsebert.kernels.spmm`:
 
 - `CSRLinear`: any sparsity pattern (unstructured pruning).
 - `BSRLinear`: block-pruned weights whose nonzeros fill aligned R x C blocks (4x1, 8x1, 2x2, 1x4);
@@ -22,14 +22,16 @@ from __future__ import annotations
 
 import time
 
+import numba
 import numpy as np
 
 from .errors import CheckpointError, InputError
-from .kernels import ops, spmm
+from .kernels import dense, spmm
 
 # Activation names the model passes to a Linear's epilogue.
 EPILOGUES = (None, "gelu", "gelu_tanh", "relu")
 _ACT_CODES = {None: 0, "gelu": 1, "gelu_tanh": 2, "relu": 3}
+_NO_RESIDUAL = np.zeros((1, 1, 1), dtype=np.float32)
 
 BLOCK_SHAPES = spmm.BLOCK_SHAPES  # (R, C) pairs with a kernel, e.g. (4, 1)
 FORMATS = ("auto", "dense", "csr", "bsr") + tuple(f"bsr{r}x{c}" for r, c in BLOCK_SHAPES)
@@ -79,8 +81,14 @@ class DenseLinear:
         return self.out_features * self.in_features
 
     def __call__(self, x: np.ndarray, *, activation=None, residual=None) -> np.ndarray:
-        y = np.matmul(self.weight, x)  # (B, N, S)
-        ops.bias_act_residual(y, self.bias, _ACT_CODES[activation], residual)
+        # BLAS inside Numba's thread pool (see kernels/dense.py for why not np.matmul).
+        B, _, S = x.shape
+        y = np.empty((B, self.out_features, S), dtype=np.float32)
+        res, has_res = (_NO_RESIDUAL, False) if residual is None else (residual, True)
+        # Enough row chunks that every thread gets a few gemms, even at batch size 1.
+        chunks = -(-4 * numba.get_num_threads() // B)
+        rows = max(16, -(-self.out_features // chunks))
+        dense.gemm(self.weight, x, self.bias, _ACT_CODES[activation], res, has_res, rows, y)
         return y
 
     def describe(self) -> dict:

@@ -15,7 +15,7 @@ import numpy as np
 
 from .config import BertConfig
 from .errors import InputError
-from .kernels import ops
+from .kernels import dense, ops
 from .linear import make_linear
 from .weights import BertWeights
 
@@ -43,6 +43,7 @@ class Layer:
         self.attn_norm = w.attn_norm
         self.ffn_norm = w.ffn_norm
         self.heads = config.num_attention_heads
+        self.scale = np.float32(1.0 / np.sqrt(config.head_dim))
         self.eps = np.float32(config.layer_norm_eps)
         self.act = _ACTIVATION[config.hidden_act]
 
@@ -51,15 +52,9 @@ class Layer:
         return {"qkv": self.qkv, "attn_out": self.attn_out, "ffn_in": self.ffn_in, "ffn_out": self.ffn_out}
 
     def __call__(self, x: np.ndarray, key_bias: np.ndarray) -> np.ndarray:
-        B, H, T = x.shape
-        NH, D = self.heads, H // self.heads
-        qkv = self.qkv(x)  # (B, 3H, T)
-        q = qkv[:, :H].reshape(B, NH, D, T)
-        k = qkv[:, H : 2 * H].reshape(B, NH, D, T)
-        v = qkv[:, 2 * H :].reshape(B, NH, D, T)
-        scores = np.matmul(q.transpose(0, 1, 3, 2), k)  # (B, NH, Tq, Tk)
-        ops.masked_softmax(scores, key_bias, np.float32(1.0 / np.sqrt(D)))
-        ctx = np.matmul(v, scores.transpose(0, 1, 3, 2)).reshape(B, H, T)  # (B, NH, D, Tq) → (B, H, T)
+        qkv = self.qkv(x)  # (B, 3H, T): Q, K, V row blocks
+        ctx = np.empty_like(x)  # (B, H, T): per head, V_h @ softmax(Q_hᵀ K_h / √D + mask)ᵀ
+        dense.attention(qkv, key_bias, self.heads, self.scale, ctx)
         h = self.attn_out(ctx, residual=x)  # (B, H, T)
         ops.layer_norm(h, self.attn_norm.gamma, self.attn_norm.beta, self.eps)
         f = self.ffn_in(h, activation=self.act)  # (B, I, T)
