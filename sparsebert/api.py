@@ -35,6 +35,11 @@ class Model:
     def __call__(self, input_ids, attention_mask=None, token_type_ids=None) -> EncoderOutput:
         return self.encoder(input_ids, attention_mask, token_type_ids)
 
+    def sparsity_report(self) -> dict:
+        """Per encoder linear: shape, sparsity, block structure, chosen format, FLOPs skipped; plus
+        the model totals."""
+        return self.encoder.sparsity_report()
+
     def tokenize(self, texts, text_pairs=None):
         if self.tokenizer is None:
             raise CheckpointError(
@@ -111,7 +116,7 @@ def load(
     ckpt = read_checkpoint(path)
     weights = build_weights(ckpt.state_dict, ckpt.config, layers)
     if isinstance(formats, str) or formats is None:
-        fmt = formats or "dense"
+        fmt = formats or "auto"
         formats_fn = lambda name, w: fmt  # noqa: E731
     elif callable(formats):
         formats_fn = formats

@@ -69,13 +69,33 @@ class BertEncoder:
 
     def __init__(self, weights: BertWeights, formats=None):
         """`formats(name, weight) -> str` picks each linear's format ("auto" when None)."""
-        formats = formats or (lambda name, w: "dense")
+        formats = formats or (lambda name, w: "auto")
         self.config = weights.config
         self.weights = weights
         self.layers = tuple(Layer(w, weights.config, formats) for w in weights.layers)
         self.pooler = (
             make_linear(weights.pooler_w, weights.pooler_b, "dense") if weights.pooler_w is not None else None
         )
+
+    def sparsity_report(self) -> dict:
+        rows = []
+        for i, (layer, src) in enumerate(zip(self.layers, self.weights.source_layers)):
+            for name, lin in layer.linears.items():
+                rows.append({"layer": i, "source_layer": src, "name": name, **lin.describe()})
+        dense_flops = sum(2 * r["shape"][0] * r["shape"][1] for r in rows)
+        run_flops = sum(r["flops_per_token"] for r in rows)
+        total = {
+            "layers": len(self.layers),
+            "params": sum(r["shape"][0] * r["shape"][1] for r in rows),
+            "nnz": sum(r["nnz"] for r in rows),
+            "nbytes": sum(r["nbytes"] for r in rows),
+            "dense_nbytes": sum(r["dense_nbytes"] for r in rows),
+            "flops_per_token": run_flops,
+            "dense_flops_per_token": dense_flops,
+        }
+        total["sparsity"] = 1.0 - total["nnz"] / total["params"]
+        total["flops_skipped"] = 1.0 - run_flops / dense_flops
+        return {"linears": rows, "total": total}
 
     def __call__(self, input_ids, attention_mask=None, token_type_ids=None) -> EncoderOutput:
         ids, mask, types = self.check_inputs(input_ids, attention_mask, token_type_ids)
