@@ -48,8 +48,15 @@ def make_random_bert(
     hidden_act: str = "gelu",
     seed: int = 0,
     sparsity: float = 0.0,
+    perturb: bool = True,
 ) -> str:
-    """Write a seeded random BertModel to `dirpath`; return the folder path as a string."""
+    """Write a seeded random BertModel to `dirpath`; return the folder path as a string.
+
+    `perturb` adds seeded noise to every bias and LayerNorm parameter, so no two tensors are equal
+    and a reader that mixes them up cannot pass. `perturb=False` keeps transformers' own init
+    (zero biases, unit LayerNorm weights), which ONNX exporters deduplicate into one initializer
+    aliased by Identity nodes, or drop entirely: the other shape real exports come in.
+    """
     import torch
     from transformers import BertConfig, BertModel
 
@@ -67,12 +74,11 @@ def make_random_bert(
     )
     torch.manual_seed(seed)
     model = BertModel(config, add_pooling_layer=True).eval()
-    # BertModel's default init uses std 0.02: fine for a reader test, but keep LayerNorm parameters
-    # away from exactly 1/0 so a mix-up of weight and bias cannot pass unnoticed.
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if "LayerNorm" in name:
-                param.add_(0.1 * torch.randn_like(param))
+    if perturb:
+        with torch.no_grad():
+            for name, param in model.named_parameters():
+                if "LayerNorm" in name or name.endswith(".bias"):
+                    param.add_(0.1 * torch.randn_like(param))
     if sparsity > 0:
         _prune_linear_weights(model, sparsity)
     os.makedirs(dirpath, exist_ok=True)
@@ -90,6 +96,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--vocab", type=int, default=100)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--sparsity", type=float, default=0.0)
+    parser.add_argument("--hf-init", action="store_true",
+                        help="keep transformers' init (zero biases) instead of perturbing them")
     args = parser.parse_args(argv)
     path = make_random_bert(
         args.out,
@@ -100,6 +108,7 @@ def main(argv: list[str] | None = None) -> int:
         vocab=args.vocab,
         seed=args.seed,
         sparsity=args.sparsity,
+        perturb=not args.hf_init,
     )
     print(json.dumps({"path": path}))
     return 0

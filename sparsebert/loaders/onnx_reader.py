@@ -288,23 +288,22 @@ class _Graph:
                     return np.array(list(attr.ints), dtype=np.int64)
             return None
         if node.op_type == "Identity" and len(node.input) == 1:
-            return self.const(node.input[0])
+            return self.const(_in(node, 0))
         if node.op_type == "Cast" and len(node.input) == 1:
             # fp16 / bf16 weights widened in-graph: the float32 the model computes with is exact.
-            source = self.const(node.input[0])
+            source = self.const(_in(node, 0))
             if source is None:
                 return None
             to = _attr(node, "to", None)
             if to == onnx.TensorProto.FLOAT:
-                return _as_float32(source, f"Cast input {node.input[0]!r}")
+                return _as_float32(source, f"Cast input {_in(node, 0)!r}")
             return None
         return None
 
     def float_const(self, name: str, what: str) -> np.ndarray | None:
+        """A constant read as float32 weights; a non-float constant in a weight slot raises."""
         value = self.const(name)
         if value is None:
-            return None
-        if not (np.issubdtype(value.dtype, np.floating) or str(value.dtype) == "bfloat16"):
             return None
         return _as_float32(value, f"{what} ({name!r})")
 
@@ -323,14 +322,14 @@ class _Graph:
             return None
         return inputs[1] if inputs[0] == name else inputs[0]
 
-    def walk_to(self, start: str, stop_ops: set[str]) -> tuple[list[tuple[object, int]], set[str]]:
+    def walk_to(self, start: str, stop_ops: set[str]) -> tuple[list[tuple[object, int]], list]:
         """Follow activations forward from tensor `start` until nodes of `stop_ops`.
 
-        Returns the (node, input slot) pairs where the walk reached a stop node, and the set of
-        op types crossed on the way. Shape computations and index inputs are not followed.
+        Returns the (node, input slot) pairs where the walk reached a stop node, and the nodes
+        crossed on the way. Shape computations and index inputs are not followed.
         """
         hits: list[tuple[object, int]] = []
-        crossed: set[str] = set()
+        crossed: list = []
         seen_nodes: set[int] = set()
         queue = deque([start])
         seen_tensors = {start}
@@ -352,7 +351,7 @@ class _Graph:
                         f"within {_MAX_WALK} steps; this graph is not a BERT encoder export: "
                         f"{_HOW_TO_EXPORT}"
                     )
-                crossed.add(node.op_type)
+                crossed.append(node)
                 for out in node.output:
                     if out and out not in seen_tensors:
                         seen_tensors.add(out)
@@ -368,8 +367,18 @@ class _Graph:
             if node is None or node.op_type not in ("Cast", "Identity", "Reshape", "Unsqueeze",
                                                     "Squeeze", "Flatten"):
                 return None
-            name = node.input[0] if node.input else ""
+            name = _in(node, 0) if node.input else ""
         return None
+
+
+def _in(node, i: int) -> str:
+    """Name of input `i` of `node`, or "" if the node has fewer inputs (malformed graphs)."""
+    return node.input[i] if len(node.input) > i else ""
+
+
+def _out(node) -> str:
+    """Name of the first output of `node`, or "" if it has none."""
+    return node.output[0] if len(node.output) else ""
 
 
 def _reached(hits: list[tuple[object, int]], node, slot: int) -> bool:
@@ -420,6 +429,7 @@ class _BertWalker:
         self.sd: dict[str, np.ndarray] = {}
         self.hidden = 0
         self.eps: list[tuple[str, float]] = []
+        self.used_linears: set[int] = set()
 
     def fail(self, what: str) -> CheckpointError:
         return CheckpointError(f"{self.g.path!r} is not a BERT encoder export: {what}. To fix: "
@@ -451,6 +461,7 @@ class _BertWalker:
                 f"({x!r}), so no encoder layer was found"
             )
         self._pooler(x)
+        self._check_nothing_skipped(x)
         if len(intermediate) != 1 or len(acts) != 1 or len(heads) > 1:
             raise CheckpointError(
                 f"{self.g.path!r} has layers of different shapes (intermediate sizes "
@@ -494,7 +505,7 @@ class _BertWalker:
         """The float table of an embedding Gather (axis 0, constant 2-D data), else None."""
         if node.op_type != "Gather" or len(node.input) < 2 or _attr(node, "axis", 0) != 0:
             return None
-        table = self.g.float_const(node.input[0], "embedding table")
+        table = self.g.float_const(_in(node, 0), "embedding table")
         if table is None or table.ndim != 2:
             return None
         return table
@@ -504,10 +515,10 @@ class _BertWalker:
         for node in self.g.nodes:
             if node.op_type != "Gather" or len(node.input) < 2:
                 continue
-            source = self.g.source_input(node.input[1])
+            source = self.g.source_input(_in(node, 1))
             if source is None:
                 continue
-            if self.g.const(node.input[0]) is None:
+            if self.g.const(_in(node, 0)) is None:
                 continue
             candidates.append((source, node))
         named = [n for s, n in candidates if s == "input_ids"]
@@ -541,7 +552,7 @@ class _BertWalker:
         self.sd["embeddings.word_embeddings.weight"] = word
 
         # Climb the chain of Adds that sums the embedding terms; it ends at the LayerNorm.
-        cur = word_node.output[0]
+        cur = _out(word_node)
         terms: list[str] = []
         for _ in range(8):
             adds = self.g.users(cur, "Add")
@@ -552,10 +563,10 @@ class _BertWalker:
             if other is None:
                 raise self.fail(f"embedding Add {add.name!r} is not binary")
             terms.extend(self._add_terms(other))
-            cur = add.output[0]
+            cur = _out(add)
         if not terms:
             raise self.fail(
-                f"the word embeddings ({word_node.output[0]!r}) are not summed with position "
+                f"the word embeddings ({_out(word_node)!r}) are not summed with position "
                 f"embeddings before a LayerNorm"
             )
 
@@ -578,12 +589,12 @@ class _BertWalker:
         for node, table in tables:
             if table.shape[1] != self.hidden:
                 raise CheckpointError(
-                    f"{self.g.path!r}: embedding table {node.input[0]!r} has shape {table.shape}, "
+                    f"{self.g.path!r}: embedding table {_in(node, 0)!r} has shape {table.shape}, "
                     f"but the word embeddings have width {self.hidden}; the export is inconsistent"
                 )
 
-        token_type = [(n, t) for n, t in tables if self.g.source_input(n.input[1]) is not None]
-        others = [(n, t) for n, t in tables if self.g.source_input(n.input[1]) is None]
+        token_type = [(n, t) for n, t in tables if self.g.source_input(_in(n, 1)) is not None]
+        others = [(n, t) for n, t in tables if self.g.source_input(_in(n, 1)) is None]
         if len(token_type) > 1:
             raise self.fail(
                 f"more than one embedding Gather besides the word embeddings is indexed by a graph "
@@ -647,13 +658,13 @@ class _BertWalker:
             if slot != 0 or axis not in (-1, 2) or len(node.input) < 2:
                 raise self.fail(f"{what}: LayerNormalization {node.name!r} does not normalise the "
                                 f"last axis of {x!r} (axis={axis})")
-            weight = self._ln_param(node.input[1], f"{what} weight")
-            if len(node.input) > 2 and node.input[2]:
-                bias = self._ln_param(node.input[2], f"{what} bias")
+            weight = self._ln_param(_in(node, 1), f"{what} weight")
+            if len(node.input) > 2 and _in(node, 2):
+                bias = self._ln_param(_in(node, 2), f"{what} bias")
             else:
                 bias = np.zeros(self.hidden, np.float32)
             eps = _nice_float(_attr(node, "epsilon", 1e-5))
-            return _LayerNorm(weight, bias, eps, node.output[0])
+            return _LayerNorm(weight, bias, eps, _out(node))
         return self._decomposed_layer_norm(x, what)
 
     def _decomposed_layer_norm(self, x: str, what: str) -> _LayerNorm:
@@ -662,18 +673,18 @@ class _BertWalker:
             f"{what} was not found after {x!r} (expected a LayerNormalization node, or ReduceMean, "
             f"Sub, Pow, ReduceMean, Add eps, Sqrt, Div, Mul weight, Add bias)"
         )
-        means = {n.output[0] for n, s in g.users(x, "ReduceMean") if s == 0}
-        subs = [n for n, s in g.users(x, "Sub") if s == 0 and n.input[1] in means]
+        means = {_out(n) for n, s in g.users(x, "ReduceMean") if s == 0}
+        subs = [n for n, s in g.users(x, "Sub") if s == 0 and _in(n, 1) in means]
         if len(subs) != 1:
             raise not_found
-        centred = subs[0].output[0]
+        centred = _out(subs[0])
         for div, slot in g.users(centred, "Div"):
             if slot != 0:
                 continue
-            eps = self._variance_eps(centred, div.input[1])
+            eps = self._variance_eps(centred, _in(div, 1))
             if eps is None:
                 continue
-            scaled = self._affine(div.output[0], "Mul", f"{what} weight")
+            scaled = self._affine(_out(div), "Mul", f"{what} weight")
             if scaled is None:
                 raise not_found
             weight, after_mul = scaled
@@ -690,7 +701,7 @@ class _BertWalker:
         sqrt = g.producer.get(std)
         if sqrt is None or sqrt.op_type != "Sqrt":
             return None
-        add = g.producer.get(sqrt.input[0])
+        add = g.producer.get(_in(sqrt, 0))
         if add is None or add.op_type != "Add" or len(add.input) != 2:
             return None
         for var, eps_name in (add.input, reversed(add.input)):
@@ -698,12 +709,12 @@ class _BertWalker:
             mean = g.producer.get(var)
             if eps is None or eps.size != 1 or mean is None or mean.op_type != "ReduceMean":
                 continue
-            square = g.producer.get(mean.input[0])
+            square = g.producer.get(_in(mean, 0))
             if square is None:
                 continue
             if square.op_type == "Pow":
-                exponent = g.const(square.input[1]) if len(square.input) > 1 else None
-                ok = (square.input[0] == centred and exponent is not None
+                exponent = g.const(_in(square, 1)) if len(square.input) > 1 else None
+                ok = (_in(square, 0) == centred and exponent is not None
                       and exponent.size == 1 and float(exponent.reshape(())) == 2.0)
             elif square.op_type == "Mul":
                 ok = list(square.input) == [centred, centred]
@@ -725,7 +736,7 @@ class _BertWalker:
                         f"{self.g.path!r}: {what} {other!r} has {value.size} values, expected "
                         f"{self.hidden}; the export is inconsistent"
                     )
-                return np.ascontiguousarray(value.reshape(self.hidden)), node.output[0]
+                return np.ascontiguousarray(value.reshape(self.hidden)), _out(node)
         return None
 
     # -- linear layers -----------------------------------------------------------------------
@@ -748,7 +759,7 @@ class _BertWalker:
         g = self.g
         if len(node.input) < 2:
             return None
-        raw = g.float_const(node.input[1], f"weight of {node.op_type} {node.name!r}")
+        raw = g.float_const(_in(node, 1), f"weight of {node.op_type} {node.name!r}")
         if raw is None or raw.ndim != 2:
             return None
         if node.op_type == "Gemm":
@@ -760,9 +771,9 @@ class _BertWalker:
             # transB=1 stores W as (out, in) already; transB=0 stores it (in, out).
             weight = raw if _attr(node, "transB", 0) else raw.T
             weight = np.ascontiguousarray(weight)
-            out = node.output[0]
-            if len(node.input) > 2 and node.input[2]:
-                bias = g.float_const(node.input[2], f"bias of Gemm {node.name!r}")
+            out = _out(node)
+            if len(node.input) > 2 and _in(node, 2):
+                bias = g.float_const(_in(node, 2), f"bias of Gemm {node.name!r}")
                 if bias is None or bias.size != weight.shape[0] or _attr(node, "beta", 1.0) != 1.0:
                     raise CheckpointError(
                         f"{g.path!r}: Gemm {node.name!r} has a bias that is not a constant of "
@@ -774,14 +785,14 @@ class _BertWalker:
             return _Linear(weight, bias, out, node)
         # MatMul(x, W) computes x @ W with W stored (in, out): the PyTorch weight is its transpose.
         weight = np.ascontiguousarray(raw.T)
-        out = node.output[0]
+        out = _out(node)
         bias = None
         for add, _ in g.users(out, "Add"):
             other = g.other_input(add, out)
             value = g.float_const(other, f"bias after {node.name!r}") if other else None
             if value is not None and value.size == weight.shape[0] and value.ndim <= 1:
                 bias = np.ascontiguousarray(value.reshape(-1))
-                out = add.output[0]
+                out = _out(add)
                 break
         if bias is None:
             # Exporters drop an all-zero bias Add; the layer still has a (zero) bias.
@@ -791,11 +802,12 @@ class _BertWalker:
     def _store_linear(self, prefix: str, linear: _Linear) -> None:
         self.sd[f"{prefix}.weight"] = linear.weight
         self.sd[f"{prefix}.bias"] = linear.bias
+        self.used_linears.add(id(linear.matmul))
 
     def _residual(self, y: str, residual: str, what: str) -> str:
         for add, _ in self.g.users(y, "Add"):
             if self.g.other_input(add, y) == residual:
-                return add.output[0]
+                return _out(add)
         raise self.fail(f"{what}: the residual Add of {y!r} and {residual!r} was not found")
 
     # -- one encoder layer -------------------------------------------------------------------
@@ -824,11 +836,11 @@ class _BertWalker:
                 f"{where}: the attention scores MatMul (Q times K-transposed) was not found among "
                 f"the MatMuls reached from the three projections of {x!r}"
             )
-        hits, crossed = g.walk_to(scores.output[0], {"MatMul", "Gemm", "Softmax"})
+        hits, _ = g.walk_to(_out(scores), {"MatMul", "Gemm", "Softmax"})
         softmaxes = [n for n, _ in hits if n.op_type == "Softmax"]
         if len(softmaxes) != 1:
             raise self.fail(f"{where}: no Softmax follows the attention scores MatMul {scores.name!r}")
-        softmax_out = softmaxes[0].output[0]
+        softmax_out = _out(softmaxes[0])
         hits, _ = g.walk_to(softmax_out, {"MatMul", "Gemm"})
         contexts = [n for n, s in hits if s == 0 and n.op_type == "MatMul"]
         if len(contexts) != 1:
@@ -842,7 +854,7 @@ class _BertWalker:
             )
         n_heads = self._heads(projections[q].out, where)
 
-        hits, _ = g.walk_to(context.output[0], {"MatMul", "Gemm"})
+        hits, _ = g.walk_to(_out(context), {"MatMul", "Gemm"})
         outs = [lin for node, slot in hits if slot == 0
                 for lin in [self._linear(node)] if lin is not None]
         if len(outs) != 1 or outs[0].weight.shape != (self.hidden, self.hidden):
@@ -864,7 +876,7 @@ class _BertWalker:
             raise self.fail(f"{where}: the FFN output MatMul ({intermediate}->{self.hidden}) after "
                             f"the activation was not found")
         ffn_out = ffn_outs[0]
-        act = self._activation(crossed, hits, where)
+        act = self._activation(crossed, where)
         ffn_res = self._residual(ffn_out.out, attn_ln.out, f"{where} FFN output")
         out_ln = self._layer_norm(ffn_res, f"{where} output LayerNorm")
 
@@ -879,21 +891,45 @@ class _BertWalker:
         self._store_ln(f"{prefix}.output.LayerNorm", out_ln)
         return out_ln.out, n_heads, intermediate, act
 
-    def _activation(self, crossed: set[str], hits, where: str) -> str:
-        gelus = [n for n in self.g.nodes if n.op_type == "Gelu"]
-        if "Gelu" in crossed:
-            modes = {_attr(n, "approximate", "none") for n in gelus}
-            modes = {m.decode() if isinstance(m, bytes) else m for m in modes}
-            return "gelu_new" if modes == {"tanh"} else "gelu"
-        if "Erf" in crossed:
-            return "gelu"
-        if "Tanh" in crossed:
-            return "gelu_new"
-        if "Relu" in crossed:
+    def _activation(self, nodes: list, where: str) -> str:
+        """Name the FFN activation from the nodes between the two FFN MatMuls.
+
+        The whole subgraph must be one known pattern with its known constants, so a graph that
+        computes something else is refused rather than read as GELU.
+        """
+        ops = sorted(n.op_type for n in nodes)
+        consts = []
+        for node in nodes:
+            for name in node.input:
+                value = self.g.const(name)
+                if value is not None:
+                    consts.append(float(np.asarray(value, dtype=np.float64).reshape(-1)[0])
+                                  if value.size == 1 else math.nan)
+
+        def only(allowed: tuple[float, ...]) -> bool:
+            return all(any(math.isclose(c, a, rel_tol=1e-6) for a in allowed) for c in consts)
+
+        if ops == ["Gelu"]:
+            mode = _attr(nodes[0], "approximate", "none")
+            mode = mode.decode() if isinstance(mode, bytes) else mode
+            if mode in ("none", "tanh"):
+                return "gelu_new" if mode == "tanh" else "gelu"
+        if ops == ["Relu"]:
             return "relu"
+        # 0.5 * x * (1 + erf(x / sqrt(2))), the division possibly as a product with 1/sqrt(2).
+        erf_ops = {"Div", "Mul", "Erf", "Add"}
+        if (ops.count("Erf") == 1 and set(ops) <= erf_ops and len(ops) == 5 and len(consts) == 3
+                and only((math.sqrt(2.0), math.sqrt(0.5), 1.0, 0.5))):
+            return "gelu"
+        # 0.5 * x * (1 + tanh(sqrt(2/pi) * (x + 0.044715 * x**3)))
+        tanh_ops = {"Pow", "Mul", "Add", "Tanh"}
+        if (ops.count("Tanh") == 1 and set(ops) <= tanh_ops and 6 <= len(ops) <= 9
+                and only((3.0, 0.044715, math.sqrt(2.0 / math.pi), 1.0, 0.5))):
+            return "gelu_new"
         raise self.fail(
             f"{where}: the FFN activation was not recognised (ops between the two FFN MatMuls: "
-            f"{sorted(crossed)}; expected Gelu, the Erf GELU pattern, the Tanh GELU pattern or Relu)"
+            f"{ops}, constants {consts}; expected a Gelu node, the Erf GELU pattern, the Tanh GELU "
+            f"pattern or Relu)"
         )
 
     def _heads(self, q_out: str, where: str) -> int | None:
@@ -902,7 +938,7 @@ class _BertWalker:
         reshapes = [n for n, s in hits if s == 0]
         if not reshapes:
             return None
-        dims = self._shape_tail(reshapes[0].input[1] if len(reshapes[0].input) > 1 else "")
+        dims = self._shape_tail(_in(reshapes[0], 1) if len(reshapes[0].input) > 1 else "")
         if dims is None:
             return None
         heads, head_dim = dims
@@ -944,10 +980,52 @@ class _BertWalker:
             return None
         return tail[-2], tail[-1]
 
+    def _check_nothing_skipped(self, last_hidden: str) -> None:
+        """Refuse graphs with weight MatMuls the walk did not account for.
+
+        Everything after the last hidden state (pooler, task heads, pooling) may stay unread, but a
+        weight MatMul before it, or an attention block (Softmax feeding a MatMul) after it, means
+        the walk stopped early at a layer it could not follow, and the recovered model would be
+        silently shorter than the exported one.
+        """
+        downstream: set[int] = set()
+        queue = deque([last_hidden])
+        seen = {last_hidden}
+        while queue:
+            for node, _ in self.g.users(queue.popleft()):
+                if id(node) in downstream:
+                    continue
+                downstream.add(id(node))
+                for out in node.output:
+                    if out and out not in seen:
+                        seen.add(out)
+                        queue.append(out)
+        for node in self.g.nodes:
+            if node.op_type == "Softmax" and id(node) in downstream:
+                hits, _ = self.g.walk_to(_out(node), {"MatMul"})
+                if any(slot == 0 for _, slot in hits):
+                    raise self.fail(
+                        f"an attention block (Softmax {node.name!r} feeding a MatMul) follows the "
+                        f"last recognised encoder layer output {last_hidden!r}; the layer after "
+                        f"it could not be followed, so the encoder would be read short"
+                    )
+            if node.op_type not in ("MatMul", "Gemm") or id(node) in self.used_linears:
+                continue
+            if id(node) in downstream:
+                continue
+            weight = self.g.const(_in(node, 1))
+            if weight is not None and weight.ndim == 2:
+                raise self.fail(
+                    f"{node.op_type} {node.name!r} with a constant {tuple(weight.shape)} weight lies "
+                    f"before the last hidden state {last_hidden!r} but is not part of any "
+                    f"recognised embedding/attention/FFN pattern; the encoder has parts this "
+                    f"reader could not follow"
+                )
+
     # -- pooler ------------------------------------------------------------------------------
 
     def _pooler(self, x: str) -> None:
-        hits, crossed = self.g.walk_to(x, {"MatMul", "Gemm"})
+        hits, _ = self.g.walk_to(x, {"MatMul", "Gemm"})
         for node, slot in hits:
             if slot != 0:
                 continue
