@@ -136,7 +136,7 @@ class BertConfig:
     def to_dict(self) -> dict[str, Any]:
         """A config.json-compatible dict (transformers can load it as BertConfig)."""
         d = dataclasses.asdict(self)
-        d["architectures"] = list(self.architectures) or ["BertModel"]
+        d["architectures"] = list(self.architectures)
         d["id2label"] = {str(k): v for k, v in self.id2label}
         if not d["id2label"]:
             del d["id2label"]
