@@ -57,8 +57,18 @@ def load_bert(model_dir: str | os.PathLike):
     return BertModel.from_pretrained(str(model_dir), add_pooling_layer=True).eval()
 
 
-def export_bert_onnx(model_dir: str | os.PathLike, out_path: str | os.PathLike, flavour: str) -> str:
-    """Export the BertModel in `model_dir` to `out_path` in one of FLAVOURS; return out_path."""
+def export_bert_onnx(
+    model_dir: str | os.PathLike,
+    out_path: str | os.PathLike,
+    flavour: str,
+    *,
+    dynamic: bool = True,
+) -> str:
+    """Export the BertModel in `model_dir` to `out_path` in one of FLAVOURS; return out_path.
+
+    `dynamic=False` fixes batch 2 x sequence 8, as careless exports do: the exporter then folds
+    the position lookup into a constant and the position table is lost.
+    """
     import torch
 
     if flavour not in FLAVOURS:
@@ -89,7 +99,8 @@ def export_bert_onnx(model_dir: str | os.PathLike, out_path: str | os.PathLike, 
         if flavour == "dynamo":
             batch_dim = torch.export.Dim("batch")
             seq_dim = torch.export.Dim("sequence")
-            dynamic_shapes = {name: {0: batch_dim, 1: seq_dim} for name in input_names}
+            dynamic_shapes = ({name: {0: batch_dim, 1: seq_dim} for name in input_names}
+                              if dynamic else None)
             torch.onnx.export(
                 wrapper,
                 args,
@@ -106,6 +117,8 @@ def export_bert_onnx(model_dir: str | os.PathLike, out_path: str | os.PathLike, 
             dynamic_axes = {name: {0: "batch", 1: "sequence"} for name in input_names}
             dynamic_axes["last_hidden_state"] = {0: "batch", 1: "sequence"}
             dynamic_axes["pooler_output"] = {0: "batch"}
+            if not dynamic:
+                dynamic_axes = None
             torch.onnx.export(
                 wrapper,
                 args,

@@ -278,6 +278,13 @@ def test_refuses_a_graph_whose_layers_it_cannot_follow(exports, tmp_path):
         read_onnx(_edited_export(exports, tmp_path, edit))
 
 
+def test_refuses_fixed_shape_export_with_folded_positions(models, tmp_path):
+    path = export_onnx.export_bert_onnx(models["relu"], tmp_path / "fixed.onnx", "dynamo",
+                                        dynamic=False)
+    with pytest.raises(CheckpointError, match="dynamic sequence axis"):
+        read_onnx(path)
+
+
 def test_refuses_fused_graphs(exports, tmp_path):
     def edit(graph):
         next(n for n in graph.node if n.op_type == "LayerNormalization").op_type = \

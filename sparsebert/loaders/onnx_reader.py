@@ -582,6 +582,13 @@ class _BertWalker:
             if value is not None and value.size == self.hidden:
                 folded.append(value.reshape(1, self.hidden))
                 continue
+            if value is not None:
+                raise CheckpointError(
+                    f"{self.g.path!r}: the embedding term {term!r} is a constant of shape "
+                    f"{value.shape}, i.e. position embeddings folded for one fixed sequence length; "
+                    f"the position table cannot be recovered from it. Re-export with a dynamic "
+                    f"sequence axis (dynamic_axes / dynamic_shapes on dimension 1)"
+                )
             raise self.fail(
                 f"embedding term {term!r} added to the word embeddings is neither a Gather of a "
                 f"constant table nor a folded constant of {self.hidden} values"
@@ -593,32 +600,38 @@ class _BertWalker:
                     f"but the word embeddings have width {self.hidden}; the export is inconsistent"
                 )
 
-        token_type = [(n, t) for n, t in tables if self.g.source_input(_in(n, 1)) is not None]
-        others = [(n, t) for n, t in tables if self.g.source_input(_in(n, 1)) is None]
-        if len(token_type) > 1:
-            raise self.fail(
-                f"more than one embedding Gather besides the word embeddings is indexed by a graph "
-                f"input: {[n.name for n, _ in token_type]}"
-            )
-        if not token_type and len(others) == 2 and not folded:
-            # No token_type_ids input: the module's all-zero default ids are computed in-graph.
-            # Position tables have max_position_embeddings rows, token-type tables a handful.
-            others.sort(key=lambda nt: nt[1].shape[0])
-            if others[0][1].shape[0] == others[1][1].shape[0]:
-                raise self.fail(
-                    "two embedding tables of equal size are indexed by computed ids; position and "
-                    "token-type embeddings cannot be told apart"
-                )
-            token_type = [others.pop(0)]
-        if len(others) != 1:
+        # Tables indexed by a graph input are named by that input (position_ids -> position,
+        # anything else -> token type); tables indexed by computed ids are the module defaults:
+        # arange positions and all-zero token types.
+        position, token_type, computed = [], [], []
+        for node, table in tables:
+            source = self.g.source_input(_in(node, 1))
+            if source is None:
+                computed.append((node, table))
+            elif "position" in source.lower():
+                position.append((node, table))
+            else:
+                token_type.append((node, table))
+        if not position and computed:
+            if len(computed) == 2 and not token_type and not folded:
+                # Position tables have max_position_embeddings rows, token-type tables a handful.
+                computed.sort(key=lambda nt: nt[1].shape[0])
+                if computed[0][1].shape[0] == computed[1][1].shape[0]:
+                    raise self.fail(
+                        "two embedding tables of equal size are indexed by computed ids; position "
+                        "and token-type embeddings cannot be told apart"
+                    )
+            position.append(computed.pop())
+        token_type.extend(computed)
+        if len(position) != 1:
             raise self.fail(
                 f"expected one position-embedding Gather added to the word embeddings, found "
-                f"{len(others)} (terms {terms!r})"
+                f"{len(position)} (terms {terms!r})"
             )
         if len(folded) + len(token_type) > 1:
             raise self.fail(f"more than one token-type term added to the word embeddings ({terms!r})")
 
-        position = others[0][1]
+        position = position[0][1]
         self.sd["embeddings.position_embeddings.weight"] = position
         config.update(vocab_size=int(vocab), max_position_embeddings=int(position.shape[0]))
         if token_type:
@@ -673,7 +686,7 @@ class _BertWalker:
             f"{what} was not found after {x!r} (expected a LayerNormalization node, or ReduceMean, "
             f"Sub, Pow, ReduceMean, Add eps, Sqrt, Div, Mul weight, Add bias)"
         )
-        means = {_out(n) for n, s in g.users(x, "ReduceMean") if s == 0}
+        means = {_out(n) for n, s in g.users(x, "ReduceMean") if s == 0 and self._over_last_axis(n)}
         subs = [n for n, s in g.users(x, "Sub") if s == 0 and _in(n, 1) in means]
         if len(subs) != 1:
             raise not_found
@@ -695,6 +708,15 @@ class _BertWalker:
             return _LayerNorm(weight, bias, _nice_float(eps), out)
         raise not_found
 
+    def _over_last_axis(self, reduce_mean) -> bool:
+        """Whether a ReduceMean averages over the last axis only, keeping dims (opset 14 or 18)."""
+        axes = _attr(reduce_mean, "axes", None)
+        if axes is None and _in(reduce_mean, 1):
+            value = self.g.const(_in(reduce_mean, 1))
+            axes = None if value is None else [int(a) for a in np.asarray(value).reshape(-1)]
+        # A BERT hidden state is (batch, sequence, hidden): the last axis is -1 or 2.
+        return axes is not None and list(axes) in ([-1], [2]) and _attr(reduce_mean, "keepdims", 1) == 1
+
     def _variance_eps(self, centred: str, std: str) -> float | None:
         """If `std` is Sqrt(ReduceMean(centred ** 2) + eps), return eps."""
         g = self.g
@@ -707,7 +729,8 @@ class _BertWalker:
         for var, eps_name in (add.input, reversed(add.input)):
             eps = g.const(eps_name)
             mean = g.producer.get(var)
-            if eps is None or eps.size != 1 or mean is None or mean.op_type != "ReduceMean":
+            if (eps is None or eps.size != 1 or mean is None or mean.op_type != "ReduceMean"
+                    or not self._over_last_axis(mean)):
                 continue
             square = g.producer.get(_in(mean, 0))
             if square is None:
