@@ -12,8 +12,8 @@ from .spmm_epilogue import epilogue_row, pack_panel
 
 
 @kernel
-def _tile_csr_w64(y, yoff, ystride, x, xoff, xstride, data, indices, start, end):
-    # Y[r, :64] = sum over blocks p in [start, end) of W_p[r, c] * X[indices[p]*1 + c, :64]
+def _tile_csr_w64(y, yoff, ystride, x, xoff, xstride, data, indices, start, end, bias, n0):
+    # Y[r, :64] = bias[n0 + r] + sum over blocks p in [start, end) of W_p[r, c] * X[indices[p]*1 + c, :64]
     a0_0 = np.float32(0.0)
     a0_1 = np.float32(0.0)
     a0_2 = np.float32(0.0)
@@ -210,76 +210,77 @@ def _tile_csr_w64(y, yoff, ystride, x, xoff, xstride, data, indices, start, end)
         a0_62 += w0_0 * x0_62
         a0_63 += w0_0 * x0_63
     yo = yoff + np.uint64(0) * ystride
-    y[yo + np.uint64(0)] = a0_0
-    y[yo + np.uint64(1)] = a0_1
-    y[yo + np.uint64(2)] = a0_2
-    y[yo + np.uint64(3)] = a0_3
-    y[yo + np.uint64(4)] = a0_4
-    y[yo + np.uint64(5)] = a0_5
-    y[yo + np.uint64(6)] = a0_6
-    y[yo + np.uint64(7)] = a0_7
-    y[yo + np.uint64(8)] = a0_8
-    y[yo + np.uint64(9)] = a0_9
-    y[yo + np.uint64(10)] = a0_10
-    y[yo + np.uint64(11)] = a0_11
-    y[yo + np.uint64(12)] = a0_12
-    y[yo + np.uint64(13)] = a0_13
-    y[yo + np.uint64(14)] = a0_14
-    y[yo + np.uint64(15)] = a0_15
-    y[yo + np.uint64(16)] = a0_16
-    y[yo + np.uint64(17)] = a0_17
-    y[yo + np.uint64(18)] = a0_18
-    y[yo + np.uint64(19)] = a0_19
-    y[yo + np.uint64(20)] = a0_20
-    y[yo + np.uint64(21)] = a0_21
-    y[yo + np.uint64(22)] = a0_22
-    y[yo + np.uint64(23)] = a0_23
-    y[yo + np.uint64(24)] = a0_24
-    y[yo + np.uint64(25)] = a0_25
-    y[yo + np.uint64(26)] = a0_26
-    y[yo + np.uint64(27)] = a0_27
-    y[yo + np.uint64(28)] = a0_28
-    y[yo + np.uint64(29)] = a0_29
-    y[yo + np.uint64(30)] = a0_30
-    y[yo + np.uint64(31)] = a0_31
-    y[yo + np.uint64(32)] = a0_32
-    y[yo + np.uint64(33)] = a0_33
-    y[yo + np.uint64(34)] = a0_34
-    y[yo + np.uint64(35)] = a0_35
-    y[yo + np.uint64(36)] = a0_36
-    y[yo + np.uint64(37)] = a0_37
-    y[yo + np.uint64(38)] = a0_38
-    y[yo + np.uint64(39)] = a0_39
-    y[yo + np.uint64(40)] = a0_40
-    y[yo + np.uint64(41)] = a0_41
-    y[yo + np.uint64(42)] = a0_42
-    y[yo + np.uint64(43)] = a0_43
-    y[yo + np.uint64(44)] = a0_44
-    y[yo + np.uint64(45)] = a0_45
-    y[yo + np.uint64(46)] = a0_46
-    y[yo + np.uint64(47)] = a0_47
-    y[yo + np.uint64(48)] = a0_48
-    y[yo + np.uint64(49)] = a0_49
-    y[yo + np.uint64(50)] = a0_50
-    y[yo + np.uint64(51)] = a0_51
-    y[yo + np.uint64(52)] = a0_52
-    y[yo + np.uint64(53)] = a0_53
-    y[yo + np.uint64(54)] = a0_54
-    y[yo + np.uint64(55)] = a0_55
-    y[yo + np.uint64(56)] = a0_56
-    y[yo + np.uint64(57)] = a0_57
-    y[yo + np.uint64(58)] = a0_58
-    y[yo + np.uint64(59)] = a0_59
-    y[yo + np.uint64(60)] = a0_60
-    y[yo + np.uint64(61)] = a0_61
-    y[yo + np.uint64(62)] = a0_62
-    y[yo + np.uint64(63)] = a0_63
+    b = bias[n0 + 0]
+    y[yo + np.uint64(0)] = a0_0 + b
+    y[yo + np.uint64(1)] = a0_1 + b
+    y[yo + np.uint64(2)] = a0_2 + b
+    y[yo + np.uint64(3)] = a0_3 + b
+    y[yo + np.uint64(4)] = a0_4 + b
+    y[yo + np.uint64(5)] = a0_5 + b
+    y[yo + np.uint64(6)] = a0_6 + b
+    y[yo + np.uint64(7)] = a0_7 + b
+    y[yo + np.uint64(8)] = a0_8 + b
+    y[yo + np.uint64(9)] = a0_9 + b
+    y[yo + np.uint64(10)] = a0_10 + b
+    y[yo + np.uint64(11)] = a0_11 + b
+    y[yo + np.uint64(12)] = a0_12 + b
+    y[yo + np.uint64(13)] = a0_13 + b
+    y[yo + np.uint64(14)] = a0_14 + b
+    y[yo + np.uint64(15)] = a0_15 + b
+    y[yo + np.uint64(16)] = a0_16 + b
+    y[yo + np.uint64(17)] = a0_17 + b
+    y[yo + np.uint64(18)] = a0_18 + b
+    y[yo + np.uint64(19)] = a0_19 + b
+    y[yo + np.uint64(20)] = a0_20 + b
+    y[yo + np.uint64(21)] = a0_21 + b
+    y[yo + np.uint64(22)] = a0_22 + b
+    y[yo + np.uint64(23)] = a0_23 + b
+    y[yo + np.uint64(24)] = a0_24 + b
+    y[yo + np.uint64(25)] = a0_25 + b
+    y[yo + np.uint64(26)] = a0_26 + b
+    y[yo + np.uint64(27)] = a0_27 + b
+    y[yo + np.uint64(28)] = a0_28 + b
+    y[yo + np.uint64(29)] = a0_29 + b
+    y[yo + np.uint64(30)] = a0_30 + b
+    y[yo + np.uint64(31)] = a0_31 + b
+    y[yo + np.uint64(32)] = a0_32 + b
+    y[yo + np.uint64(33)] = a0_33 + b
+    y[yo + np.uint64(34)] = a0_34 + b
+    y[yo + np.uint64(35)] = a0_35 + b
+    y[yo + np.uint64(36)] = a0_36 + b
+    y[yo + np.uint64(37)] = a0_37 + b
+    y[yo + np.uint64(38)] = a0_38 + b
+    y[yo + np.uint64(39)] = a0_39 + b
+    y[yo + np.uint64(40)] = a0_40 + b
+    y[yo + np.uint64(41)] = a0_41 + b
+    y[yo + np.uint64(42)] = a0_42 + b
+    y[yo + np.uint64(43)] = a0_43 + b
+    y[yo + np.uint64(44)] = a0_44 + b
+    y[yo + np.uint64(45)] = a0_45 + b
+    y[yo + np.uint64(46)] = a0_46 + b
+    y[yo + np.uint64(47)] = a0_47 + b
+    y[yo + np.uint64(48)] = a0_48 + b
+    y[yo + np.uint64(49)] = a0_49 + b
+    y[yo + np.uint64(50)] = a0_50 + b
+    y[yo + np.uint64(51)] = a0_51 + b
+    y[yo + np.uint64(52)] = a0_52 + b
+    y[yo + np.uint64(53)] = a0_53 + b
+    y[yo + np.uint64(54)] = a0_54 + b
+    y[yo + np.uint64(55)] = a0_55 + b
+    y[yo + np.uint64(56)] = a0_56 + b
+    y[yo + np.uint64(57)] = a0_57 + b
+    y[yo + np.uint64(58)] = a0_58 + b
+    y[yo + np.uint64(59)] = a0_59 + b
+    y[yo + np.uint64(60)] = a0_60 + b
+    y[yo + np.uint64(61)] = a0_61 + b
+    y[yo + np.uint64(62)] = a0_62 + b
+    y[yo + np.uint64(63)] = a0_63 + b
 
 
 
 @kernel
-def _tile_csr_w8(y, yoff, ystride, x, xoff, xstride, data, indices, start, end):
-    # Y[r, :8] = sum over blocks p in [start, end) of W_p[r, c] * X[indices[p]*1 + c, :8]
+def _tile_csr_w8(y, yoff, ystride, x, xoff, xstride, data, indices, start, end, bias, n0):
+    # Y[r, :8] = bias[n0 + r] + sum over blocks p in [start, end) of W_p[r, c] * X[indices[p]*1 + c, :8]
     a0_0 = np.float32(0.0)
     a0_1 = np.float32(0.0)
     a0_2 = np.float32(0.0)
@@ -308,14 +309,15 @@ def _tile_csr_w8(y, yoff, ystride, x, xoff, xstride, data, indices, start, end):
         a0_6 += w0_0 * x0_6
         a0_7 += w0_0 * x0_7
     yo = yoff + np.uint64(0) * ystride
-    y[yo + np.uint64(0)] = a0_0
-    y[yo + np.uint64(1)] = a0_1
-    y[yo + np.uint64(2)] = a0_2
-    y[yo + np.uint64(3)] = a0_3
-    y[yo + np.uint64(4)] = a0_4
-    y[yo + np.uint64(5)] = a0_5
-    y[yo + np.uint64(6)] = a0_6
-    y[yo + np.uint64(7)] = a0_7
+    b = bias[n0 + 0]
+    y[yo + np.uint64(0)] = a0_0 + b
+    y[yo + np.uint64(1)] = a0_1 + b
+    y[yo + np.uint64(2)] = a0_2 + b
+    y[yo + np.uint64(3)] = a0_3 + b
+    y[yo + np.uint64(4)] = a0_4 + b
+    y[yo + np.uint64(5)] = a0_5 + b
+    y[yo + np.uint64(6)] = a0_6 + b
+    y[yo + np.uint64(7)] = a0_7 + b
 
 
 @parallel_kernel
@@ -337,6 +339,7 @@ def spmm_csr(data, indices, indptr, x, bias, act, residual, has_residual, n_row_
     yf = y.reshape(-1)
     rf = residual.reshape(-1)
     us = np.uint64(S)
+    fused = act == 0 and not has_residual  # the tile's store already added the bias
     for task in prange(B * n_tiles * n_row_chunks):
         b = task // (n_tiles * n_row_chunks)
         rest = task - b * n_tiles * n_row_chunks
@@ -360,30 +363,31 @@ def spmm_csr(data, indices, indptr, x, bias, act, residual, has_residual, n_row_
             hi = np.uint64(indptr[br + 1])
             yoff = np.uint64((b * N + br * 1) * S + s0)
             if t < n_full:
-                _tile_csr_w64(yf, yoff, us, xf, xoff, us, data, indices, lo, hi)
+                _tile_csr_w64(yf, yoff, us, xf, xoff, us, data, indices, lo, hi, bias, br * 1)
+                if fused:
+                    continue
                 for r in range(1):
                     ro = yoff + np.uint64(r) * us
-                    epilogue_row(yf, ro, yf, ro, np.uint64(64), bias[br * 1 + r], act, rf, ro,
-                                 has_residual)
+                    epilogue_row(yf, ro, yf, ro, np.uint64(64), act, rf, ro, has_residual)
             else:
                 # Tail tiles go through scratch: a shifted tile overlaps its neighbour, and
                 # applying the epilogue in place there could apply it twice.
                 if padded:
                     _tile_csr_w8(scratch, np.uint64(0), np.uint64(8), panel, np.uint64(0),
-                                      np.uint64(8), data, indices, lo, hi)
+                                      np.uint64(8), data, indices, lo, hi, bias, br * 1)
                 else:
                     _tile_csr_w8(scratch, np.uint64(0), np.uint64(8), xf, xoff, us, data,
-                                      indices, lo, hi)
+                                      indices, lo, hi, bias, br * 1)
                 for r in range(1):
                     ro = yoff + np.uint64(r) * us
-                    epilogue_row(scratch, np.uint64(r * 8), yf, ro, np.uint64(width),
-                                 bias[br * 1 + r], act, rf, ro, has_residual)
+                    epilogue_row(scratch, np.uint64(r * 8), yf, ro, np.uint64(width), act, rf, ro,
+                                 has_residual)
 
 
 
 @kernel
-def _tile_bsr4x1_w32(y, yoff, ystride, x, xoff, xstride, data, indices, start, end):
-    # Y[r, :32] = sum over blocks p in [start, end) of W_p[r, c] * X[indices[p]*1 + c, :32]
+def _tile_bsr4x1_w32(y, yoff, ystride, x, xoff, xstride, data, indices, start, end, bias, n0):
+    # Y[r, :32] = bias[n0 + r] + sum over blocks p in [start, end) of W_p[r, c] * X[indices[p]*1 + c, :32]
     a0_0 = np.float32(0.0)
     a0_1 = np.float32(0.0)
     a0_2 = np.float32(0.0)
@@ -680,143 +684,147 @@ def _tile_bsr4x1_w32(y, yoff, ystride, x, xoff, xstride, data, indices, start, e
         a3_30 += w3_0 * x0_30
         a3_31 += w3_0 * x0_31
     yo = yoff + np.uint64(0) * ystride
-    y[yo + np.uint64(0)] = a0_0
-    y[yo + np.uint64(1)] = a0_1
-    y[yo + np.uint64(2)] = a0_2
-    y[yo + np.uint64(3)] = a0_3
-    y[yo + np.uint64(4)] = a0_4
-    y[yo + np.uint64(5)] = a0_5
-    y[yo + np.uint64(6)] = a0_6
-    y[yo + np.uint64(7)] = a0_7
-    y[yo + np.uint64(8)] = a0_8
-    y[yo + np.uint64(9)] = a0_9
-    y[yo + np.uint64(10)] = a0_10
-    y[yo + np.uint64(11)] = a0_11
-    y[yo + np.uint64(12)] = a0_12
-    y[yo + np.uint64(13)] = a0_13
-    y[yo + np.uint64(14)] = a0_14
-    y[yo + np.uint64(15)] = a0_15
-    y[yo + np.uint64(16)] = a0_16
-    y[yo + np.uint64(17)] = a0_17
-    y[yo + np.uint64(18)] = a0_18
-    y[yo + np.uint64(19)] = a0_19
-    y[yo + np.uint64(20)] = a0_20
-    y[yo + np.uint64(21)] = a0_21
-    y[yo + np.uint64(22)] = a0_22
-    y[yo + np.uint64(23)] = a0_23
-    y[yo + np.uint64(24)] = a0_24
-    y[yo + np.uint64(25)] = a0_25
-    y[yo + np.uint64(26)] = a0_26
-    y[yo + np.uint64(27)] = a0_27
-    y[yo + np.uint64(28)] = a0_28
-    y[yo + np.uint64(29)] = a0_29
-    y[yo + np.uint64(30)] = a0_30
-    y[yo + np.uint64(31)] = a0_31
+    b = bias[n0 + 0]
+    y[yo + np.uint64(0)] = a0_0 + b
+    y[yo + np.uint64(1)] = a0_1 + b
+    y[yo + np.uint64(2)] = a0_2 + b
+    y[yo + np.uint64(3)] = a0_3 + b
+    y[yo + np.uint64(4)] = a0_4 + b
+    y[yo + np.uint64(5)] = a0_5 + b
+    y[yo + np.uint64(6)] = a0_6 + b
+    y[yo + np.uint64(7)] = a0_7 + b
+    y[yo + np.uint64(8)] = a0_8 + b
+    y[yo + np.uint64(9)] = a0_9 + b
+    y[yo + np.uint64(10)] = a0_10 + b
+    y[yo + np.uint64(11)] = a0_11 + b
+    y[yo + np.uint64(12)] = a0_12 + b
+    y[yo + np.uint64(13)] = a0_13 + b
+    y[yo + np.uint64(14)] = a0_14 + b
+    y[yo + np.uint64(15)] = a0_15 + b
+    y[yo + np.uint64(16)] = a0_16 + b
+    y[yo + np.uint64(17)] = a0_17 + b
+    y[yo + np.uint64(18)] = a0_18 + b
+    y[yo + np.uint64(19)] = a0_19 + b
+    y[yo + np.uint64(20)] = a0_20 + b
+    y[yo + np.uint64(21)] = a0_21 + b
+    y[yo + np.uint64(22)] = a0_22 + b
+    y[yo + np.uint64(23)] = a0_23 + b
+    y[yo + np.uint64(24)] = a0_24 + b
+    y[yo + np.uint64(25)] = a0_25 + b
+    y[yo + np.uint64(26)] = a0_26 + b
+    y[yo + np.uint64(27)] = a0_27 + b
+    y[yo + np.uint64(28)] = a0_28 + b
+    y[yo + np.uint64(29)] = a0_29 + b
+    y[yo + np.uint64(30)] = a0_30 + b
+    y[yo + np.uint64(31)] = a0_31 + b
     yo = yoff + np.uint64(1) * ystride
-    y[yo + np.uint64(0)] = a1_0
-    y[yo + np.uint64(1)] = a1_1
-    y[yo + np.uint64(2)] = a1_2
-    y[yo + np.uint64(3)] = a1_3
-    y[yo + np.uint64(4)] = a1_4
-    y[yo + np.uint64(5)] = a1_5
-    y[yo + np.uint64(6)] = a1_6
-    y[yo + np.uint64(7)] = a1_7
-    y[yo + np.uint64(8)] = a1_8
-    y[yo + np.uint64(9)] = a1_9
-    y[yo + np.uint64(10)] = a1_10
-    y[yo + np.uint64(11)] = a1_11
-    y[yo + np.uint64(12)] = a1_12
-    y[yo + np.uint64(13)] = a1_13
-    y[yo + np.uint64(14)] = a1_14
-    y[yo + np.uint64(15)] = a1_15
-    y[yo + np.uint64(16)] = a1_16
-    y[yo + np.uint64(17)] = a1_17
-    y[yo + np.uint64(18)] = a1_18
-    y[yo + np.uint64(19)] = a1_19
-    y[yo + np.uint64(20)] = a1_20
-    y[yo + np.uint64(21)] = a1_21
-    y[yo + np.uint64(22)] = a1_22
-    y[yo + np.uint64(23)] = a1_23
-    y[yo + np.uint64(24)] = a1_24
-    y[yo + np.uint64(25)] = a1_25
-    y[yo + np.uint64(26)] = a1_26
-    y[yo + np.uint64(27)] = a1_27
-    y[yo + np.uint64(28)] = a1_28
-    y[yo + np.uint64(29)] = a1_29
-    y[yo + np.uint64(30)] = a1_30
-    y[yo + np.uint64(31)] = a1_31
+    b = bias[n0 + 1]
+    y[yo + np.uint64(0)] = a1_0 + b
+    y[yo + np.uint64(1)] = a1_1 + b
+    y[yo + np.uint64(2)] = a1_2 + b
+    y[yo + np.uint64(3)] = a1_3 + b
+    y[yo + np.uint64(4)] = a1_4 + b
+    y[yo + np.uint64(5)] = a1_5 + b
+    y[yo + np.uint64(6)] = a1_6 + b
+    y[yo + np.uint64(7)] = a1_7 + b
+    y[yo + np.uint64(8)] = a1_8 + b
+    y[yo + np.uint64(9)] = a1_9 + b
+    y[yo + np.uint64(10)] = a1_10 + b
+    y[yo + np.uint64(11)] = a1_11 + b
+    y[yo + np.uint64(12)] = a1_12 + b
+    y[yo + np.uint64(13)] = a1_13 + b
+    y[yo + np.uint64(14)] = a1_14 + b
+    y[yo + np.uint64(15)] = a1_15 + b
+    y[yo + np.uint64(16)] = a1_16 + b
+    y[yo + np.uint64(17)] = a1_17 + b
+    y[yo + np.uint64(18)] = a1_18 + b
+    y[yo + np.uint64(19)] = a1_19 + b
+    y[yo + np.uint64(20)] = a1_20 + b
+    y[yo + np.uint64(21)] = a1_21 + b
+    y[yo + np.uint64(22)] = a1_22 + b
+    y[yo + np.uint64(23)] = a1_23 + b
+    y[yo + np.uint64(24)] = a1_24 + b
+    y[yo + np.uint64(25)] = a1_25 + b
+    y[yo + np.uint64(26)] = a1_26 + b
+    y[yo + np.uint64(27)] = a1_27 + b
+    y[yo + np.uint64(28)] = a1_28 + b
+    y[yo + np.uint64(29)] = a1_29 + b
+    y[yo + np.uint64(30)] = a1_30 + b
+    y[yo + np.uint64(31)] = a1_31 + b
     yo = yoff + np.uint64(2) * ystride
-    y[yo + np.uint64(0)] = a2_0
-    y[yo + np.uint64(1)] = a2_1
-    y[yo + np.uint64(2)] = a2_2
-    y[yo + np.uint64(3)] = a2_3
-    y[yo + np.uint64(4)] = a2_4
-    y[yo + np.uint64(5)] = a2_5
-    y[yo + np.uint64(6)] = a2_6
-    y[yo + np.uint64(7)] = a2_7
-    y[yo + np.uint64(8)] = a2_8
-    y[yo + np.uint64(9)] = a2_9
-    y[yo + np.uint64(10)] = a2_10
-    y[yo + np.uint64(11)] = a2_11
-    y[yo + np.uint64(12)] = a2_12
-    y[yo + np.uint64(13)] = a2_13
-    y[yo + np.uint64(14)] = a2_14
-    y[yo + np.uint64(15)] = a2_15
-    y[yo + np.uint64(16)] = a2_16
-    y[yo + np.uint64(17)] = a2_17
-    y[yo + np.uint64(18)] = a2_18
-    y[yo + np.uint64(19)] = a2_19
-    y[yo + np.uint64(20)] = a2_20
-    y[yo + np.uint64(21)] = a2_21
-    y[yo + np.uint64(22)] = a2_22
-    y[yo + np.uint64(23)] = a2_23
-    y[yo + np.uint64(24)] = a2_24
-    y[yo + np.uint64(25)] = a2_25
-    y[yo + np.uint64(26)] = a2_26
-    y[yo + np.uint64(27)] = a2_27
-    y[yo + np.uint64(28)] = a2_28
-    y[yo + np.uint64(29)] = a2_29
-    y[yo + np.uint64(30)] = a2_30
-    y[yo + np.uint64(31)] = a2_31
+    b = bias[n0 + 2]
+    y[yo + np.uint64(0)] = a2_0 + b
+    y[yo + np.uint64(1)] = a2_1 + b
+    y[yo + np.uint64(2)] = a2_2 + b
+    y[yo + np.uint64(3)] = a2_3 + b
+    y[yo + np.uint64(4)] = a2_4 + b
+    y[yo + np.uint64(5)] = a2_5 + b
+    y[yo + np.uint64(6)] = a2_6 + b
+    y[yo + np.uint64(7)] = a2_7 + b
+    y[yo + np.uint64(8)] = a2_8 + b
+    y[yo + np.uint64(9)] = a2_9 + b
+    y[yo + np.uint64(10)] = a2_10 + b
+    y[yo + np.uint64(11)] = a2_11 + b
+    y[yo + np.uint64(12)] = a2_12 + b
+    y[yo + np.uint64(13)] = a2_13 + b
+    y[yo + np.uint64(14)] = a2_14 + b
+    y[yo + np.uint64(15)] = a2_15 + b
+    y[yo + np.uint64(16)] = a2_16 + b
+    y[yo + np.uint64(17)] = a2_17 + b
+    y[yo + np.uint64(18)] = a2_18 + b
+    y[yo + np.uint64(19)] = a2_19 + b
+    y[yo + np.uint64(20)] = a2_20 + b
+    y[yo + np.uint64(21)] = a2_21 + b
+    y[yo + np.uint64(22)] = a2_22 + b
+    y[yo + np.uint64(23)] = a2_23 + b
+    y[yo + np.uint64(24)] = a2_24 + b
+    y[yo + np.uint64(25)] = a2_25 + b
+    y[yo + np.uint64(26)] = a2_26 + b
+    y[yo + np.uint64(27)] = a2_27 + b
+    y[yo + np.uint64(28)] = a2_28 + b
+    y[yo + np.uint64(29)] = a2_29 + b
+    y[yo + np.uint64(30)] = a2_30 + b
+    y[yo + np.uint64(31)] = a2_31 + b
     yo = yoff + np.uint64(3) * ystride
-    y[yo + np.uint64(0)] = a3_0
-    y[yo + np.uint64(1)] = a3_1
-    y[yo + np.uint64(2)] = a3_2
-    y[yo + np.uint64(3)] = a3_3
-    y[yo + np.uint64(4)] = a3_4
-    y[yo + np.uint64(5)] = a3_5
-    y[yo + np.uint64(6)] = a3_6
-    y[yo + np.uint64(7)] = a3_7
-    y[yo + np.uint64(8)] = a3_8
-    y[yo + np.uint64(9)] = a3_9
-    y[yo + np.uint64(10)] = a3_10
-    y[yo + np.uint64(11)] = a3_11
-    y[yo + np.uint64(12)] = a3_12
-    y[yo + np.uint64(13)] = a3_13
-    y[yo + np.uint64(14)] = a3_14
-    y[yo + np.uint64(15)] = a3_15
-    y[yo + np.uint64(16)] = a3_16
-    y[yo + np.uint64(17)] = a3_17
-    y[yo + np.uint64(18)] = a3_18
-    y[yo + np.uint64(19)] = a3_19
-    y[yo + np.uint64(20)] = a3_20
-    y[yo + np.uint64(21)] = a3_21
-    y[yo + np.uint64(22)] = a3_22
-    y[yo + np.uint64(23)] = a3_23
-    y[yo + np.uint64(24)] = a3_24
-    y[yo + np.uint64(25)] = a3_25
-    y[yo + np.uint64(26)] = a3_26
-    y[yo + np.uint64(27)] = a3_27
-    y[yo + np.uint64(28)] = a3_28
-    y[yo + np.uint64(29)] = a3_29
-    y[yo + np.uint64(30)] = a3_30
-    y[yo + np.uint64(31)] = a3_31
+    b = bias[n0 + 3]
+    y[yo + np.uint64(0)] = a3_0 + b
+    y[yo + np.uint64(1)] = a3_1 + b
+    y[yo + np.uint64(2)] = a3_2 + b
+    y[yo + np.uint64(3)] = a3_3 + b
+    y[yo + np.uint64(4)] = a3_4 + b
+    y[yo + np.uint64(5)] = a3_5 + b
+    y[yo + np.uint64(6)] = a3_6 + b
+    y[yo + np.uint64(7)] = a3_7 + b
+    y[yo + np.uint64(8)] = a3_8 + b
+    y[yo + np.uint64(9)] = a3_9 + b
+    y[yo + np.uint64(10)] = a3_10 + b
+    y[yo + np.uint64(11)] = a3_11 + b
+    y[yo + np.uint64(12)] = a3_12 + b
+    y[yo + np.uint64(13)] = a3_13 + b
+    y[yo + np.uint64(14)] = a3_14 + b
+    y[yo + np.uint64(15)] = a3_15 + b
+    y[yo + np.uint64(16)] = a3_16 + b
+    y[yo + np.uint64(17)] = a3_17 + b
+    y[yo + np.uint64(18)] = a3_18 + b
+    y[yo + np.uint64(19)] = a3_19 + b
+    y[yo + np.uint64(20)] = a3_20 + b
+    y[yo + np.uint64(21)] = a3_21 + b
+    y[yo + np.uint64(22)] = a3_22 + b
+    y[yo + np.uint64(23)] = a3_23 + b
+    y[yo + np.uint64(24)] = a3_24 + b
+    y[yo + np.uint64(25)] = a3_25 + b
+    y[yo + np.uint64(26)] = a3_26 + b
+    y[yo + np.uint64(27)] = a3_27 + b
+    y[yo + np.uint64(28)] = a3_28 + b
+    y[yo + np.uint64(29)] = a3_29 + b
+    y[yo + np.uint64(30)] = a3_30 + b
+    y[yo + np.uint64(31)] = a3_31 + b
 
 
 
 @kernel
-def _tile_bsr4x1_w8(y, yoff, ystride, x, xoff, xstride, data, indices, start, end):
-    # Y[r, :8] = sum over blocks p in [start, end) of W_p[r, c] * X[indices[p]*1 + c, :8]
+def _tile_bsr4x1_w8(y, yoff, ystride, x, xoff, xstride, data, indices, start, end, bias, n0):
+    # Y[r, :8] = bias[n0 + r] + sum over blocks p in [start, end) of W_p[r, c] * X[indices[p]*1 + c, :8]
     a0_0 = np.float32(0.0)
     a0_1 = np.float32(0.0)
     a0_2 = np.float32(0.0)
@@ -897,41 +905,45 @@ def _tile_bsr4x1_w8(y, yoff, ystride, x, xoff, xstride, data, indices, start, en
         a3_6 += w3_0 * x0_6
         a3_7 += w3_0 * x0_7
     yo = yoff + np.uint64(0) * ystride
-    y[yo + np.uint64(0)] = a0_0
-    y[yo + np.uint64(1)] = a0_1
-    y[yo + np.uint64(2)] = a0_2
-    y[yo + np.uint64(3)] = a0_3
-    y[yo + np.uint64(4)] = a0_4
-    y[yo + np.uint64(5)] = a0_5
-    y[yo + np.uint64(6)] = a0_6
-    y[yo + np.uint64(7)] = a0_7
+    b = bias[n0 + 0]
+    y[yo + np.uint64(0)] = a0_0 + b
+    y[yo + np.uint64(1)] = a0_1 + b
+    y[yo + np.uint64(2)] = a0_2 + b
+    y[yo + np.uint64(3)] = a0_3 + b
+    y[yo + np.uint64(4)] = a0_4 + b
+    y[yo + np.uint64(5)] = a0_5 + b
+    y[yo + np.uint64(6)] = a0_6 + b
+    y[yo + np.uint64(7)] = a0_7 + b
     yo = yoff + np.uint64(1) * ystride
-    y[yo + np.uint64(0)] = a1_0
-    y[yo + np.uint64(1)] = a1_1
-    y[yo + np.uint64(2)] = a1_2
-    y[yo + np.uint64(3)] = a1_3
-    y[yo + np.uint64(4)] = a1_4
-    y[yo + np.uint64(5)] = a1_5
-    y[yo + np.uint64(6)] = a1_6
-    y[yo + np.uint64(7)] = a1_7
+    b = bias[n0 + 1]
+    y[yo + np.uint64(0)] = a1_0 + b
+    y[yo + np.uint64(1)] = a1_1 + b
+    y[yo + np.uint64(2)] = a1_2 + b
+    y[yo + np.uint64(3)] = a1_3 + b
+    y[yo + np.uint64(4)] = a1_4 + b
+    y[yo + np.uint64(5)] = a1_5 + b
+    y[yo + np.uint64(6)] = a1_6 + b
+    y[yo + np.uint64(7)] = a1_7 + b
     yo = yoff + np.uint64(2) * ystride
-    y[yo + np.uint64(0)] = a2_0
-    y[yo + np.uint64(1)] = a2_1
-    y[yo + np.uint64(2)] = a2_2
-    y[yo + np.uint64(3)] = a2_3
-    y[yo + np.uint64(4)] = a2_4
-    y[yo + np.uint64(5)] = a2_5
-    y[yo + np.uint64(6)] = a2_6
-    y[yo + np.uint64(7)] = a2_7
+    b = bias[n0 + 2]
+    y[yo + np.uint64(0)] = a2_0 + b
+    y[yo + np.uint64(1)] = a2_1 + b
+    y[yo + np.uint64(2)] = a2_2 + b
+    y[yo + np.uint64(3)] = a2_3 + b
+    y[yo + np.uint64(4)] = a2_4 + b
+    y[yo + np.uint64(5)] = a2_5 + b
+    y[yo + np.uint64(6)] = a2_6 + b
+    y[yo + np.uint64(7)] = a2_7 + b
     yo = yoff + np.uint64(3) * ystride
-    y[yo + np.uint64(0)] = a3_0
-    y[yo + np.uint64(1)] = a3_1
-    y[yo + np.uint64(2)] = a3_2
-    y[yo + np.uint64(3)] = a3_3
-    y[yo + np.uint64(4)] = a3_4
-    y[yo + np.uint64(5)] = a3_5
-    y[yo + np.uint64(6)] = a3_6
-    y[yo + np.uint64(7)] = a3_7
+    b = bias[n0 + 3]
+    y[yo + np.uint64(0)] = a3_0 + b
+    y[yo + np.uint64(1)] = a3_1 + b
+    y[yo + np.uint64(2)] = a3_2 + b
+    y[yo + np.uint64(3)] = a3_3 + b
+    y[yo + np.uint64(4)] = a3_4 + b
+    y[yo + np.uint64(5)] = a3_5 + b
+    y[yo + np.uint64(6)] = a3_6 + b
+    y[yo + np.uint64(7)] = a3_7 + b
 
 
 @parallel_kernel
@@ -953,6 +965,7 @@ def spmm_bsr4x1(data, indices, indptr, x, bias, act, residual, has_residual, n_r
     yf = y.reshape(-1)
     rf = residual.reshape(-1)
     us = np.uint64(S)
+    fused = act == 0 and not has_residual  # the tile's store already added the bias
     for task in prange(B * n_tiles * n_row_chunks):
         b = task // (n_tiles * n_row_chunks)
         rest = task - b * n_tiles * n_row_chunks
@@ -976,30 +989,31 @@ def spmm_bsr4x1(data, indices, indptr, x, bias, act, residual, has_residual, n_r
             hi = np.uint64(indptr[br + 1])
             yoff = np.uint64((b * N + br * 4) * S + s0)
             if t < n_full:
-                _tile_bsr4x1_w32(yf, yoff, us, xf, xoff, us, data, indices, lo, hi)
+                _tile_bsr4x1_w32(yf, yoff, us, xf, xoff, us, data, indices, lo, hi, bias, br * 4)
+                if fused:
+                    continue
                 for r in range(4):
                     ro = yoff + np.uint64(r) * us
-                    epilogue_row(yf, ro, yf, ro, np.uint64(32), bias[br * 4 + r], act, rf, ro,
-                                 has_residual)
+                    epilogue_row(yf, ro, yf, ro, np.uint64(32), act, rf, ro, has_residual)
             else:
                 # Tail tiles go through scratch: a shifted tile overlaps its neighbour, and
                 # applying the epilogue in place there could apply it twice.
                 if padded:
                     _tile_bsr4x1_w8(scratch, np.uint64(0), np.uint64(8), panel, np.uint64(0),
-                                      np.uint64(8), data, indices, lo, hi)
+                                      np.uint64(8), data, indices, lo, hi, bias, br * 4)
                 else:
                     _tile_bsr4x1_w8(scratch, np.uint64(0), np.uint64(8), xf, xoff, us, data,
-                                      indices, lo, hi)
+                                      indices, lo, hi, bias, br * 4)
                 for r in range(4):
                     ro = yoff + np.uint64(r) * us
-                    epilogue_row(scratch, np.uint64(r * 8), yf, ro, np.uint64(width),
-                                 bias[br * 4 + r], act, rf, ro, has_residual)
+                    epilogue_row(scratch, np.uint64(r * 8), yf, ro, np.uint64(width), act, rf, ro,
+                                 has_residual)
 
 
 
 @kernel
-def _tile_bsr8x1_w16(y, yoff, ystride, x, xoff, xstride, data, indices, start, end):
-    # Y[r, :16] = sum over blocks p in [start, end) of W_p[r, c] * X[indices[p]*1 + c, :16]
+def _tile_bsr8x1_w16(y, yoff, ystride, x, xoff, xstride, data, indices, start, end, bias, n0):
+    # Y[r, :16] = bias[n0 + r] + sum over blocks p in [start, end) of W_p[r, c] * X[indices[p]*1 + c, :16]
     a0_0 = np.float32(0.0)
     a0_1 = np.float32(0.0)
     a0_2 = np.float32(0.0)
@@ -1284,147 +1298,155 @@ def _tile_bsr8x1_w16(y, yoff, ystride, x, xoff, xstride, data, indices, start, e
         a7_14 += w7_0 * x0_14
         a7_15 += w7_0 * x0_15
     yo = yoff + np.uint64(0) * ystride
-    y[yo + np.uint64(0)] = a0_0
-    y[yo + np.uint64(1)] = a0_1
-    y[yo + np.uint64(2)] = a0_2
-    y[yo + np.uint64(3)] = a0_3
-    y[yo + np.uint64(4)] = a0_4
-    y[yo + np.uint64(5)] = a0_5
-    y[yo + np.uint64(6)] = a0_6
-    y[yo + np.uint64(7)] = a0_7
-    y[yo + np.uint64(8)] = a0_8
-    y[yo + np.uint64(9)] = a0_9
-    y[yo + np.uint64(10)] = a0_10
-    y[yo + np.uint64(11)] = a0_11
-    y[yo + np.uint64(12)] = a0_12
-    y[yo + np.uint64(13)] = a0_13
-    y[yo + np.uint64(14)] = a0_14
-    y[yo + np.uint64(15)] = a0_15
+    b = bias[n0 + 0]
+    y[yo + np.uint64(0)] = a0_0 + b
+    y[yo + np.uint64(1)] = a0_1 + b
+    y[yo + np.uint64(2)] = a0_2 + b
+    y[yo + np.uint64(3)] = a0_3 + b
+    y[yo + np.uint64(4)] = a0_4 + b
+    y[yo + np.uint64(5)] = a0_5 + b
+    y[yo + np.uint64(6)] = a0_6 + b
+    y[yo + np.uint64(7)] = a0_7 + b
+    y[yo + np.uint64(8)] = a0_8 + b
+    y[yo + np.uint64(9)] = a0_9 + b
+    y[yo + np.uint64(10)] = a0_10 + b
+    y[yo + np.uint64(11)] = a0_11 + b
+    y[yo + np.uint64(12)] = a0_12 + b
+    y[yo + np.uint64(13)] = a0_13 + b
+    y[yo + np.uint64(14)] = a0_14 + b
+    y[yo + np.uint64(15)] = a0_15 + b
     yo = yoff + np.uint64(1) * ystride
-    y[yo + np.uint64(0)] = a1_0
-    y[yo + np.uint64(1)] = a1_1
-    y[yo + np.uint64(2)] = a1_2
-    y[yo + np.uint64(3)] = a1_3
-    y[yo + np.uint64(4)] = a1_4
-    y[yo + np.uint64(5)] = a1_5
-    y[yo + np.uint64(6)] = a1_6
-    y[yo + np.uint64(7)] = a1_7
-    y[yo + np.uint64(8)] = a1_8
-    y[yo + np.uint64(9)] = a1_9
-    y[yo + np.uint64(10)] = a1_10
-    y[yo + np.uint64(11)] = a1_11
-    y[yo + np.uint64(12)] = a1_12
-    y[yo + np.uint64(13)] = a1_13
-    y[yo + np.uint64(14)] = a1_14
-    y[yo + np.uint64(15)] = a1_15
+    b = bias[n0 + 1]
+    y[yo + np.uint64(0)] = a1_0 + b
+    y[yo + np.uint64(1)] = a1_1 + b
+    y[yo + np.uint64(2)] = a1_2 + b
+    y[yo + np.uint64(3)] = a1_3 + b
+    y[yo + np.uint64(4)] = a1_4 + b
+    y[yo + np.uint64(5)] = a1_5 + b
+    y[yo + np.uint64(6)] = a1_6 + b
+    y[yo + np.uint64(7)] = a1_7 + b
+    y[yo + np.uint64(8)] = a1_8 + b
+    y[yo + np.uint64(9)] = a1_9 + b
+    y[yo + np.uint64(10)] = a1_10 + b
+    y[yo + np.uint64(11)] = a1_11 + b
+    y[yo + np.uint64(12)] = a1_12 + b
+    y[yo + np.uint64(13)] = a1_13 + b
+    y[yo + np.uint64(14)] = a1_14 + b
+    y[yo + np.uint64(15)] = a1_15 + b
     yo = yoff + np.uint64(2) * ystride
-    y[yo + np.uint64(0)] = a2_0
-    y[yo + np.uint64(1)] = a2_1
-    y[yo + np.uint64(2)] = a2_2
-    y[yo + np.uint64(3)] = a2_3
-    y[yo + np.uint64(4)] = a2_4
-    y[yo + np.uint64(5)] = a2_5
-    y[yo + np.uint64(6)] = a2_6
-    y[yo + np.uint64(7)] = a2_7
-    y[yo + np.uint64(8)] = a2_8
-    y[yo + np.uint64(9)] = a2_9
-    y[yo + np.uint64(10)] = a2_10
-    y[yo + np.uint64(11)] = a2_11
-    y[yo + np.uint64(12)] = a2_12
-    y[yo + np.uint64(13)] = a2_13
-    y[yo + np.uint64(14)] = a2_14
-    y[yo + np.uint64(15)] = a2_15
+    b = bias[n0 + 2]
+    y[yo + np.uint64(0)] = a2_0 + b
+    y[yo + np.uint64(1)] = a2_1 + b
+    y[yo + np.uint64(2)] = a2_2 + b
+    y[yo + np.uint64(3)] = a2_3 + b
+    y[yo + np.uint64(4)] = a2_4 + b
+    y[yo + np.uint64(5)] = a2_5 + b
+    y[yo + np.uint64(6)] = a2_6 + b
+    y[yo + np.uint64(7)] = a2_7 + b
+    y[yo + np.uint64(8)] = a2_8 + b
+    y[yo + np.uint64(9)] = a2_9 + b
+    y[yo + np.uint64(10)] = a2_10 + b
+    y[yo + np.uint64(11)] = a2_11 + b
+    y[yo + np.uint64(12)] = a2_12 + b
+    y[yo + np.uint64(13)] = a2_13 + b
+    y[yo + np.uint64(14)] = a2_14 + b
+    y[yo + np.uint64(15)] = a2_15 + b
     yo = yoff + np.uint64(3) * ystride
-    y[yo + np.uint64(0)] = a3_0
-    y[yo + np.uint64(1)] = a3_1
-    y[yo + np.uint64(2)] = a3_2
-    y[yo + np.uint64(3)] = a3_3
-    y[yo + np.uint64(4)] = a3_4
-    y[yo + np.uint64(5)] = a3_5
-    y[yo + np.uint64(6)] = a3_6
-    y[yo + np.uint64(7)] = a3_7
-    y[yo + np.uint64(8)] = a3_8
-    y[yo + np.uint64(9)] = a3_9
-    y[yo + np.uint64(10)] = a3_10
-    y[yo + np.uint64(11)] = a3_11
-    y[yo + np.uint64(12)] = a3_12
-    y[yo + np.uint64(13)] = a3_13
-    y[yo + np.uint64(14)] = a3_14
-    y[yo + np.uint64(15)] = a3_15
+    b = bias[n0 + 3]
+    y[yo + np.uint64(0)] = a3_0 + b
+    y[yo + np.uint64(1)] = a3_1 + b
+    y[yo + np.uint64(2)] = a3_2 + b
+    y[yo + np.uint64(3)] = a3_3 + b
+    y[yo + np.uint64(4)] = a3_4 + b
+    y[yo + np.uint64(5)] = a3_5 + b
+    y[yo + np.uint64(6)] = a3_6 + b
+    y[yo + np.uint64(7)] = a3_7 + b
+    y[yo + np.uint64(8)] = a3_8 + b
+    y[yo + np.uint64(9)] = a3_9 + b
+    y[yo + np.uint64(10)] = a3_10 + b
+    y[yo + np.uint64(11)] = a3_11 + b
+    y[yo + np.uint64(12)] = a3_12 + b
+    y[yo + np.uint64(13)] = a3_13 + b
+    y[yo + np.uint64(14)] = a3_14 + b
+    y[yo + np.uint64(15)] = a3_15 + b
     yo = yoff + np.uint64(4) * ystride
-    y[yo + np.uint64(0)] = a4_0
-    y[yo + np.uint64(1)] = a4_1
-    y[yo + np.uint64(2)] = a4_2
-    y[yo + np.uint64(3)] = a4_3
-    y[yo + np.uint64(4)] = a4_4
-    y[yo + np.uint64(5)] = a4_5
-    y[yo + np.uint64(6)] = a4_6
-    y[yo + np.uint64(7)] = a4_7
-    y[yo + np.uint64(8)] = a4_8
-    y[yo + np.uint64(9)] = a4_9
-    y[yo + np.uint64(10)] = a4_10
-    y[yo + np.uint64(11)] = a4_11
-    y[yo + np.uint64(12)] = a4_12
-    y[yo + np.uint64(13)] = a4_13
-    y[yo + np.uint64(14)] = a4_14
-    y[yo + np.uint64(15)] = a4_15
+    b = bias[n0 + 4]
+    y[yo + np.uint64(0)] = a4_0 + b
+    y[yo + np.uint64(1)] = a4_1 + b
+    y[yo + np.uint64(2)] = a4_2 + b
+    y[yo + np.uint64(3)] = a4_3 + b
+    y[yo + np.uint64(4)] = a4_4 + b
+    y[yo + np.uint64(5)] = a4_5 + b
+    y[yo + np.uint64(6)] = a4_6 + b
+    y[yo + np.uint64(7)] = a4_7 + b
+    y[yo + np.uint64(8)] = a4_8 + b
+    y[yo + np.uint64(9)] = a4_9 + b
+    y[yo + np.uint64(10)] = a4_10 + b
+    y[yo + np.uint64(11)] = a4_11 + b
+    y[yo + np.uint64(12)] = a4_12 + b
+    y[yo + np.uint64(13)] = a4_13 + b
+    y[yo + np.uint64(14)] = a4_14 + b
+    y[yo + np.uint64(15)] = a4_15 + b
     yo = yoff + np.uint64(5) * ystride
-    y[yo + np.uint64(0)] = a5_0
-    y[yo + np.uint64(1)] = a5_1
-    y[yo + np.uint64(2)] = a5_2
-    y[yo + np.uint64(3)] = a5_3
-    y[yo + np.uint64(4)] = a5_4
-    y[yo + np.uint64(5)] = a5_5
-    y[yo + np.uint64(6)] = a5_6
-    y[yo + np.uint64(7)] = a5_7
-    y[yo + np.uint64(8)] = a5_8
-    y[yo + np.uint64(9)] = a5_9
-    y[yo + np.uint64(10)] = a5_10
-    y[yo + np.uint64(11)] = a5_11
-    y[yo + np.uint64(12)] = a5_12
-    y[yo + np.uint64(13)] = a5_13
-    y[yo + np.uint64(14)] = a5_14
-    y[yo + np.uint64(15)] = a5_15
+    b = bias[n0 + 5]
+    y[yo + np.uint64(0)] = a5_0 + b
+    y[yo + np.uint64(1)] = a5_1 + b
+    y[yo + np.uint64(2)] = a5_2 + b
+    y[yo + np.uint64(3)] = a5_3 + b
+    y[yo + np.uint64(4)] = a5_4 + b
+    y[yo + np.uint64(5)] = a5_5 + b
+    y[yo + np.uint64(6)] = a5_6 + b
+    y[yo + np.uint64(7)] = a5_7 + b
+    y[yo + np.uint64(8)] = a5_8 + b
+    y[yo + np.uint64(9)] = a5_9 + b
+    y[yo + np.uint64(10)] = a5_10 + b
+    y[yo + np.uint64(11)] = a5_11 + b
+    y[yo + np.uint64(12)] = a5_12 + b
+    y[yo + np.uint64(13)] = a5_13 + b
+    y[yo + np.uint64(14)] = a5_14 + b
+    y[yo + np.uint64(15)] = a5_15 + b
     yo = yoff + np.uint64(6) * ystride
-    y[yo + np.uint64(0)] = a6_0
-    y[yo + np.uint64(1)] = a6_1
-    y[yo + np.uint64(2)] = a6_2
-    y[yo + np.uint64(3)] = a6_3
-    y[yo + np.uint64(4)] = a6_4
-    y[yo + np.uint64(5)] = a6_5
-    y[yo + np.uint64(6)] = a6_6
-    y[yo + np.uint64(7)] = a6_7
-    y[yo + np.uint64(8)] = a6_8
-    y[yo + np.uint64(9)] = a6_9
-    y[yo + np.uint64(10)] = a6_10
-    y[yo + np.uint64(11)] = a6_11
-    y[yo + np.uint64(12)] = a6_12
-    y[yo + np.uint64(13)] = a6_13
-    y[yo + np.uint64(14)] = a6_14
-    y[yo + np.uint64(15)] = a6_15
+    b = bias[n0 + 6]
+    y[yo + np.uint64(0)] = a6_0 + b
+    y[yo + np.uint64(1)] = a6_1 + b
+    y[yo + np.uint64(2)] = a6_2 + b
+    y[yo + np.uint64(3)] = a6_3 + b
+    y[yo + np.uint64(4)] = a6_4 + b
+    y[yo + np.uint64(5)] = a6_5 + b
+    y[yo + np.uint64(6)] = a6_6 + b
+    y[yo + np.uint64(7)] = a6_7 + b
+    y[yo + np.uint64(8)] = a6_8 + b
+    y[yo + np.uint64(9)] = a6_9 + b
+    y[yo + np.uint64(10)] = a6_10 + b
+    y[yo + np.uint64(11)] = a6_11 + b
+    y[yo + np.uint64(12)] = a6_12 + b
+    y[yo + np.uint64(13)] = a6_13 + b
+    y[yo + np.uint64(14)] = a6_14 + b
+    y[yo + np.uint64(15)] = a6_15 + b
     yo = yoff + np.uint64(7) * ystride
-    y[yo + np.uint64(0)] = a7_0
-    y[yo + np.uint64(1)] = a7_1
-    y[yo + np.uint64(2)] = a7_2
-    y[yo + np.uint64(3)] = a7_3
-    y[yo + np.uint64(4)] = a7_4
-    y[yo + np.uint64(5)] = a7_5
-    y[yo + np.uint64(6)] = a7_6
-    y[yo + np.uint64(7)] = a7_7
-    y[yo + np.uint64(8)] = a7_8
-    y[yo + np.uint64(9)] = a7_9
-    y[yo + np.uint64(10)] = a7_10
-    y[yo + np.uint64(11)] = a7_11
-    y[yo + np.uint64(12)] = a7_12
-    y[yo + np.uint64(13)] = a7_13
-    y[yo + np.uint64(14)] = a7_14
-    y[yo + np.uint64(15)] = a7_15
+    b = bias[n0 + 7]
+    y[yo + np.uint64(0)] = a7_0 + b
+    y[yo + np.uint64(1)] = a7_1 + b
+    y[yo + np.uint64(2)] = a7_2 + b
+    y[yo + np.uint64(3)] = a7_3 + b
+    y[yo + np.uint64(4)] = a7_4 + b
+    y[yo + np.uint64(5)] = a7_5 + b
+    y[yo + np.uint64(6)] = a7_6 + b
+    y[yo + np.uint64(7)] = a7_7 + b
+    y[yo + np.uint64(8)] = a7_8 + b
+    y[yo + np.uint64(9)] = a7_9 + b
+    y[yo + np.uint64(10)] = a7_10 + b
+    y[yo + np.uint64(11)] = a7_11 + b
+    y[yo + np.uint64(12)] = a7_12 + b
+    y[yo + np.uint64(13)] = a7_13 + b
+    y[yo + np.uint64(14)] = a7_14 + b
+    y[yo + np.uint64(15)] = a7_15 + b
 
 
 
 @kernel
-def _tile_bsr8x1_w8(y, yoff, ystride, x, xoff, xstride, data, indices, start, end):
-    # Y[r, :8] = sum over blocks p in [start, end) of W_p[r, c] * X[indices[p]*1 + c, :8]
+def _tile_bsr8x1_w8(y, yoff, ystride, x, xoff, xstride, data, indices, start, end, bias, n0):
+    # Y[r, :8] = bias[n0 + r] + sum over blocks p in [start, end) of W_p[r, c] * X[indices[p]*1 + c, :8]
     a0_0 = np.float32(0.0)
     a0_1 = np.float32(0.0)
     a0_2 = np.float32(0.0)
@@ -1573,77 +1595,85 @@ def _tile_bsr8x1_w8(y, yoff, ystride, x, xoff, xstride, data, indices, start, en
         a7_6 += w7_0 * x0_6
         a7_7 += w7_0 * x0_7
     yo = yoff + np.uint64(0) * ystride
-    y[yo + np.uint64(0)] = a0_0
-    y[yo + np.uint64(1)] = a0_1
-    y[yo + np.uint64(2)] = a0_2
-    y[yo + np.uint64(3)] = a0_3
-    y[yo + np.uint64(4)] = a0_4
-    y[yo + np.uint64(5)] = a0_5
-    y[yo + np.uint64(6)] = a0_6
-    y[yo + np.uint64(7)] = a0_7
+    b = bias[n0 + 0]
+    y[yo + np.uint64(0)] = a0_0 + b
+    y[yo + np.uint64(1)] = a0_1 + b
+    y[yo + np.uint64(2)] = a0_2 + b
+    y[yo + np.uint64(3)] = a0_3 + b
+    y[yo + np.uint64(4)] = a0_4 + b
+    y[yo + np.uint64(5)] = a0_5 + b
+    y[yo + np.uint64(6)] = a0_6 + b
+    y[yo + np.uint64(7)] = a0_7 + b
     yo = yoff + np.uint64(1) * ystride
-    y[yo + np.uint64(0)] = a1_0
-    y[yo + np.uint64(1)] = a1_1
-    y[yo + np.uint64(2)] = a1_2
-    y[yo + np.uint64(3)] = a1_3
-    y[yo + np.uint64(4)] = a1_4
-    y[yo + np.uint64(5)] = a1_5
-    y[yo + np.uint64(6)] = a1_6
-    y[yo + np.uint64(7)] = a1_7
+    b = bias[n0 + 1]
+    y[yo + np.uint64(0)] = a1_0 + b
+    y[yo + np.uint64(1)] = a1_1 + b
+    y[yo + np.uint64(2)] = a1_2 + b
+    y[yo + np.uint64(3)] = a1_3 + b
+    y[yo + np.uint64(4)] = a1_4 + b
+    y[yo + np.uint64(5)] = a1_5 + b
+    y[yo + np.uint64(6)] = a1_6 + b
+    y[yo + np.uint64(7)] = a1_7 + b
     yo = yoff + np.uint64(2) * ystride
-    y[yo + np.uint64(0)] = a2_0
-    y[yo + np.uint64(1)] = a2_1
-    y[yo + np.uint64(2)] = a2_2
-    y[yo + np.uint64(3)] = a2_3
-    y[yo + np.uint64(4)] = a2_4
-    y[yo + np.uint64(5)] = a2_5
-    y[yo + np.uint64(6)] = a2_6
-    y[yo + np.uint64(7)] = a2_7
+    b = bias[n0 + 2]
+    y[yo + np.uint64(0)] = a2_0 + b
+    y[yo + np.uint64(1)] = a2_1 + b
+    y[yo + np.uint64(2)] = a2_2 + b
+    y[yo + np.uint64(3)] = a2_3 + b
+    y[yo + np.uint64(4)] = a2_4 + b
+    y[yo + np.uint64(5)] = a2_5 + b
+    y[yo + np.uint64(6)] = a2_6 + b
+    y[yo + np.uint64(7)] = a2_7 + b
     yo = yoff + np.uint64(3) * ystride
-    y[yo + np.uint64(0)] = a3_0
-    y[yo + np.uint64(1)] = a3_1
-    y[yo + np.uint64(2)] = a3_2
-    y[yo + np.uint64(3)] = a3_3
-    y[yo + np.uint64(4)] = a3_4
-    y[yo + np.uint64(5)] = a3_5
-    y[yo + np.uint64(6)] = a3_6
-    y[yo + np.uint64(7)] = a3_7
+    b = bias[n0 + 3]
+    y[yo + np.uint64(0)] = a3_0 + b
+    y[yo + np.uint64(1)] = a3_1 + b
+    y[yo + np.uint64(2)] = a3_2 + b
+    y[yo + np.uint64(3)] = a3_3 + b
+    y[yo + np.uint64(4)] = a3_4 + b
+    y[yo + np.uint64(5)] = a3_5 + b
+    y[yo + np.uint64(6)] = a3_6 + b
+    y[yo + np.uint64(7)] = a3_7 + b
     yo = yoff + np.uint64(4) * ystride
-    y[yo + np.uint64(0)] = a4_0
-    y[yo + np.uint64(1)] = a4_1
-    y[yo + np.uint64(2)] = a4_2
-    y[yo + np.uint64(3)] = a4_3
-    y[yo + np.uint64(4)] = a4_4
-    y[yo + np.uint64(5)] = a4_5
-    y[yo + np.uint64(6)] = a4_6
-    y[yo + np.uint64(7)] = a4_7
+    b = bias[n0 + 4]
+    y[yo + np.uint64(0)] = a4_0 + b
+    y[yo + np.uint64(1)] = a4_1 + b
+    y[yo + np.uint64(2)] = a4_2 + b
+    y[yo + np.uint64(3)] = a4_3 + b
+    y[yo + np.uint64(4)] = a4_4 + b
+    y[yo + np.uint64(5)] = a4_5 + b
+    y[yo + np.uint64(6)] = a4_6 + b
+    y[yo + np.uint64(7)] = a4_7 + b
     yo = yoff + np.uint64(5) * ystride
-    y[yo + np.uint64(0)] = a5_0
-    y[yo + np.uint64(1)] = a5_1
-    y[yo + np.uint64(2)] = a5_2
-    y[yo + np.uint64(3)] = a5_3
-    y[yo + np.uint64(4)] = a5_4
-    y[yo + np.uint64(5)] = a5_5
-    y[yo + np.uint64(6)] = a5_6
-    y[yo + np.uint64(7)] = a5_7
+    b = bias[n0 + 5]
+    y[yo + np.uint64(0)] = a5_0 + b
+    y[yo + np.uint64(1)] = a5_1 + b
+    y[yo + np.uint64(2)] = a5_2 + b
+    y[yo + np.uint64(3)] = a5_3 + b
+    y[yo + np.uint64(4)] = a5_4 + b
+    y[yo + np.uint64(5)] = a5_5 + b
+    y[yo + np.uint64(6)] = a5_6 + b
+    y[yo + np.uint64(7)] = a5_7 + b
     yo = yoff + np.uint64(6) * ystride
-    y[yo + np.uint64(0)] = a6_0
-    y[yo + np.uint64(1)] = a6_1
-    y[yo + np.uint64(2)] = a6_2
-    y[yo + np.uint64(3)] = a6_3
-    y[yo + np.uint64(4)] = a6_4
-    y[yo + np.uint64(5)] = a6_5
-    y[yo + np.uint64(6)] = a6_6
-    y[yo + np.uint64(7)] = a6_7
+    b = bias[n0 + 6]
+    y[yo + np.uint64(0)] = a6_0 + b
+    y[yo + np.uint64(1)] = a6_1 + b
+    y[yo + np.uint64(2)] = a6_2 + b
+    y[yo + np.uint64(3)] = a6_3 + b
+    y[yo + np.uint64(4)] = a6_4 + b
+    y[yo + np.uint64(5)] = a6_5 + b
+    y[yo + np.uint64(6)] = a6_6 + b
+    y[yo + np.uint64(7)] = a6_7 + b
     yo = yoff + np.uint64(7) * ystride
-    y[yo + np.uint64(0)] = a7_0
-    y[yo + np.uint64(1)] = a7_1
-    y[yo + np.uint64(2)] = a7_2
-    y[yo + np.uint64(3)] = a7_3
-    y[yo + np.uint64(4)] = a7_4
-    y[yo + np.uint64(5)] = a7_5
-    y[yo + np.uint64(6)] = a7_6
-    y[yo + np.uint64(7)] = a7_7
+    b = bias[n0 + 7]
+    y[yo + np.uint64(0)] = a7_0 + b
+    y[yo + np.uint64(1)] = a7_1 + b
+    y[yo + np.uint64(2)] = a7_2 + b
+    y[yo + np.uint64(3)] = a7_3 + b
+    y[yo + np.uint64(4)] = a7_4 + b
+    y[yo + np.uint64(5)] = a7_5 + b
+    y[yo + np.uint64(6)] = a7_6 + b
+    y[yo + np.uint64(7)] = a7_7 + b
 
 
 @parallel_kernel
@@ -1665,6 +1695,7 @@ def spmm_bsr8x1(data, indices, indptr, x, bias, act, residual, has_residual, n_r
     yf = y.reshape(-1)
     rf = residual.reshape(-1)
     us = np.uint64(S)
+    fused = act == 0 and not has_residual  # the tile's store already added the bias
     for task in prange(B * n_tiles * n_row_chunks):
         b = task // (n_tiles * n_row_chunks)
         rest = task - b * n_tiles * n_row_chunks
@@ -1688,30 +1719,31 @@ def spmm_bsr8x1(data, indices, indptr, x, bias, act, residual, has_residual, n_r
             hi = np.uint64(indptr[br + 1])
             yoff = np.uint64((b * N + br * 8) * S + s0)
             if t < n_full:
-                _tile_bsr8x1_w16(yf, yoff, us, xf, xoff, us, data, indices, lo, hi)
+                _tile_bsr8x1_w16(yf, yoff, us, xf, xoff, us, data, indices, lo, hi, bias, br * 8)
+                if fused:
+                    continue
                 for r in range(8):
                     ro = yoff + np.uint64(r) * us
-                    epilogue_row(yf, ro, yf, ro, np.uint64(16), bias[br * 8 + r], act, rf, ro,
-                                 has_residual)
+                    epilogue_row(yf, ro, yf, ro, np.uint64(16), act, rf, ro, has_residual)
             else:
                 # Tail tiles go through scratch: a shifted tile overlaps its neighbour, and
                 # applying the epilogue in place there could apply it twice.
                 if padded:
                     _tile_bsr8x1_w8(scratch, np.uint64(0), np.uint64(8), panel, np.uint64(0),
-                                      np.uint64(8), data, indices, lo, hi)
+                                      np.uint64(8), data, indices, lo, hi, bias, br * 8)
                 else:
                     _tile_bsr8x1_w8(scratch, np.uint64(0), np.uint64(8), xf, xoff, us, data,
-                                      indices, lo, hi)
+                                      indices, lo, hi, bias, br * 8)
                 for r in range(8):
                     ro = yoff + np.uint64(r) * us
-                    epilogue_row(scratch, np.uint64(r * 8), yf, ro, np.uint64(width),
-                                 bias[br * 8 + r], act, rf, ro, has_residual)
+                    epilogue_row(scratch, np.uint64(r * 8), yf, ro, np.uint64(width), act, rf, ro,
+                                 has_residual)
 
 
 
 @kernel
-def _tile_bsr2x2_w32(y, yoff, ystride, x, xoff, xstride, data, indices, start, end):
-    # Y[r, :32] = sum over blocks p in [start, end) of W_p[r, c] * X[indices[p]*2 + c, :32]
+def _tile_bsr2x2_w32(y, yoff, ystride, x, xoff, xstride, data, indices, start, end, bias, n0):
+    # Y[r, :32] = bias[n0 + r] + sum over blocks p in [start, end) of W_p[r, c] * X[indices[p]*2 + c, :32]
     a0_0 = np.float32(0.0)
     a0_1 = np.float32(0.0)
     a0_2 = np.float32(0.0)
@@ -1977,77 +2009,79 @@ def _tile_bsr2x2_w32(y, yoff, ystride, x, xoff, xstride, data, indices, start, e
         a1_30 += w1_1 * x1_30
         a1_31 += w1_1 * x1_31
     yo = yoff + np.uint64(0) * ystride
-    y[yo + np.uint64(0)] = a0_0
-    y[yo + np.uint64(1)] = a0_1
-    y[yo + np.uint64(2)] = a0_2
-    y[yo + np.uint64(3)] = a0_3
-    y[yo + np.uint64(4)] = a0_4
-    y[yo + np.uint64(5)] = a0_5
-    y[yo + np.uint64(6)] = a0_6
-    y[yo + np.uint64(7)] = a0_7
-    y[yo + np.uint64(8)] = a0_8
-    y[yo + np.uint64(9)] = a0_9
-    y[yo + np.uint64(10)] = a0_10
-    y[yo + np.uint64(11)] = a0_11
-    y[yo + np.uint64(12)] = a0_12
-    y[yo + np.uint64(13)] = a0_13
-    y[yo + np.uint64(14)] = a0_14
-    y[yo + np.uint64(15)] = a0_15
-    y[yo + np.uint64(16)] = a0_16
-    y[yo + np.uint64(17)] = a0_17
-    y[yo + np.uint64(18)] = a0_18
-    y[yo + np.uint64(19)] = a0_19
-    y[yo + np.uint64(20)] = a0_20
-    y[yo + np.uint64(21)] = a0_21
-    y[yo + np.uint64(22)] = a0_22
-    y[yo + np.uint64(23)] = a0_23
-    y[yo + np.uint64(24)] = a0_24
-    y[yo + np.uint64(25)] = a0_25
-    y[yo + np.uint64(26)] = a0_26
-    y[yo + np.uint64(27)] = a0_27
-    y[yo + np.uint64(28)] = a0_28
-    y[yo + np.uint64(29)] = a0_29
-    y[yo + np.uint64(30)] = a0_30
-    y[yo + np.uint64(31)] = a0_31
+    b = bias[n0 + 0]
+    y[yo + np.uint64(0)] = a0_0 + b
+    y[yo + np.uint64(1)] = a0_1 + b
+    y[yo + np.uint64(2)] = a0_2 + b
+    y[yo + np.uint64(3)] = a0_3 + b
+    y[yo + np.uint64(4)] = a0_4 + b
+    y[yo + np.uint64(5)] = a0_5 + b
+    y[yo + np.uint64(6)] = a0_6 + b
+    y[yo + np.uint64(7)] = a0_7 + b
+    y[yo + np.uint64(8)] = a0_8 + b
+    y[yo + np.uint64(9)] = a0_9 + b
+    y[yo + np.uint64(10)] = a0_10 + b
+    y[yo + np.uint64(11)] = a0_11 + b
+    y[yo + np.uint64(12)] = a0_12 + b
+    y[yo + np.uint64(13)] = a0_13 + b
+    y[yo + np.uint64(14)] = a0_14 + b
+    y[yo + np.uint64(15)] = a0_15 + b
+    y[yo + np.uint64(16)] = a0_16 + b
+    y[yo + np.uint64(17)] = a0_17 + b
+    y[yo + np.uint64(18)] = a0_18 + b
+    y[yo + np.uint64(19)] = a0_19 + b
+    y[yo + np.uint64(20)] = a0_20 + b
+    y[yo + np.uint64(21)] = a0_21 + b
+    y[yo + np.uint64(22)] = a0_22 + b
+    y[yo + np.uint64(23)] = a0_23 + b
+    y[yo + np.uint64(24)] = a0_24 + b
+    y[yo + np.uint64(25)] = a0_25 + b
+    y[yo + np.uint64(26)] = a0_26 + b
+    y[yo + np.uint64(27)] = a0_27 + b
+    y[yo + np.uint64(28)] = a0_28 + b
+    y[yo + np.uint64(29)] = a0_29 + b
+    y[yo + np.uint64(30)] = a0_30 + b
+    y[yo + np.uint64(31)] = a0_31 + b
     yo = yoff + np.uint64(1) * ystride
-    y[yo + np.uint64(0)] = a1_0
-    y[yo + np.uint64(1)] = a1_1
-    y[yo + np.uint64(2)] = a1_2
-    y[yo + np.uint64(3)] = a1_3
-    y[yo + np.uint64(4)] = a1_4
-    y[yo + np.uint64(5)] = a1_5
-    y[yo + np.uint64(6)] = a1_6
-    y[yo + np.uint64(7)] = a1_7
-    y[yo + np.uint64(8)] = a1_8
-    y[yo + np.uint64(9)] = a1_9
-    y[yo + np.uint64(10)] = a1_10
-    y[yo + np.uint64(11)] = a1_11
-    y[yo + np.uint64(12)] = a1_12
-    y[yo + np.uint64(13)] = a1_13
-    y[yo + np.uint64(14)] = a1_14
-    y[yo + np.uint64(15)] = a1_15
-    y[yo + np.uint64(16)] = a1_16
-    y[yo + np.uint64(17)] = a1_17
-    y[yo + np.uint64(18)] = a1_18
-    y[yo + np.uint64(19)] = a1_19
-    y[yo + np.uint64(20)] = a1_20
-    y[yo + np.uint64(21)] = a1_21
-    y[yo + np.uint64(22)] = a1_22
-    y[yo + np.uint64(23)] = a1_23
-    y[yo + np.uint64(24)] = a1_24
-    y[yo + np.uint64(25)] = a1_25
-    y[yo + np.uint64(26)] = a1_26
-    y[yo + np.uint64(27)] = a1_27
-    y[yo + np.uint64(28)] = a1_28
-    y[yo + np.uint64(29)] = a1_29
-    y[yo + np.uint64(30)] = a1_30
-    y[yo + np.uint64(31)] = a1_31
+    b = bias[n0 + 1]
+    y[yo + np.uint64(0)] = a1_0 + b
+    y[yo + np.uint64(1)] = a1_1 + b
+    y[yo + np.uint64(2)] = a1_2 + b
+    y[yo + np.uint64(3)] = a1_3 + b
+    y[yo + np.uint64(4)] = a1_4 + b
+    y[yo + np.uint64(5)] = a1_5 + b
+    y[yo + np.uint64(6)] = a1_6 + b
+    y[yo + np.uint64(7)] = a1_7 + b
+    y[yo + np.uint64(8)] = a1_8 + b
+    y[yo + np.uint64(9)] = a1_9 + b
+    y[yo + np.uint64(10)] = a1_10 + b
+    y[yo + np.uint64(11)] = a1_11 + b
+    y[yo + np.uint64(12)] = a1_12 + b
+    y[yo + np.uint64(13)] = a1_13 + b
+    y[yo + np.uint64(14)] = a1_14 + b
+    y[yo + np.uint64(15)] = a1_15 + b
+    y[yo + np.uint64(16)] = a1_16 + b
+    y[yo + np.uint64(17)] = a1_17 + b
+    y[yo + np.uint64(18)] = a1_18 + b
+    y[yo + np.uint64(19)] = a1_19 + b
+    y[yo + np.uint64(20)] = a1_20 + b
+    y[yo + np.uint64(21)] = a1_21 + b
+    y[yo + np.uint64(22)] = a1_22 + b
+    y[yo + np.uint64(23)] = a1_23 + b
+    y[yo + np.uint64(24)] = a1_24 + b
+    y[yo + np.uint64(25)] = a1_25 + b
+    y[yo + np.uint64(26)] = a1_26 + b
+    y[yo + np.uint64(27)] = a1_27 + b
+    y[yo + np.uint64(28)] = a1_28 + b
+    y[yo + np.uint64(29)] = a1_29 + b
+    y[yo + np.uint64(30)] = a1_30 + b
+    y[yo + np.uint64(31)] = a1_31 + b
 
 
 
 @kernel
-def _tile_bsr2x2_w8(y, yoff, ystride, x, xoff, xstride, data, indices, start, end):
-    # Y[r, :8] = sum over blocks p in [start, end) of W_p[r, c] * X[indices[p]*2 + c, :8]
+def _tile_bsr2x2_w8(y, yoff, ystride, x, xoff, xstride, data, indices, start, end, bias, n0):
+    # Y[r, :8] = bias[n0 + r] + sum over blocks p in [start, end) of W_p[r, c] * X[indices[p]*2 + c, :8]
     a0_0 = np.float32(0.0)
     a0_1 = np.float32(0.0)
     a0_2 = np.float32(0.0)
@@ -2121,23 +2155,25 @@ def _tile_bsr2x2_w8(y, yoff, ystride, x, xoff, xstride, data, indices, start, en
         a1_6 += w1_1 * x1_6
         a1_7 += w1_1 * x1_7
     yo = yoff + np.uint64(0) * ystride
-    y[yo + np.uint64(0)] = a0_0
-    y[yo + np.uint64(1)] = a0_1
-    y[yo + np.uint64(2)] = a0_2
-    y[yo + np.uint64(3)] = a0_3
-    y[yo + np.uint64(4)] = a0_4
-    y[yo + np.uint64(5)] = a0_5
-    y[yo + np.uint64(6)] = a0_6
-    y[yo + np.uint64(7)] = a0_7
+    b = bias[n0 + 0]
+    y[yo + np.uint64(0)] = a0_0 + b
+    y[yo + np.uint64(1)] = a0_1 + b
+    y[yo + np.uint64(2)] = a0_2 + b
+    y[yo + np.uint64(3)] = a0_3 + b
+    y[yo + np.uint64(4)] = a0_4 + b
+    y[yo + np.uint64(5)] = a0_5 + b
+    y[yo + np.uint64(6)] = a0_6 + b
+    y[yo + np.uint64(7)] = a0_7 + b
     yo = yoff + np.uint64(1) * ystride
-    y[yo + np.uint64(0)] = a1_0
-    y[yo + np.uint64(1)] = a1_1
-    y[yo + np.uint64(2)] = a1_2
-    y[yo + np.uint64(3)] = a1_3
-    y[yo + np.uint64(4)] = a1_4
-    y[yo + np.uint64(5)] = a1_5
-    y[yo + np.uint64(6)] = a1_6
-    y[yo + np.uint64(7)] = a1_7
+    b = bias[n0 + 1]
+    y[yo + np.uint64(0)] = a1_0 + b
+    y[yo + np.uint64(1)] = a1_1 + b
+    y[yo + np.uint64(2)] = a1_2 + b
+    y[yo + np.uint64(3)] = a1_3 + b
+    y[yo + np.uint64(4)] = a1_4 + b
+    y[yo + np.uint64(5)] = a1_5 + b
+    y[yo + np.uint64(6)] = a1_6 + b
+    y[yo + np.uint64(7)] = a1_7 + b
 
 
 @parallel_kernel
@@ -2159,6 +2195,7 @@ def spmm_bsr2x2(data, indices, indptr, x, bias, act, residual, has_residual, n_r
     yf = y.reshape(-1)
     rf = residual.reshape(-1)
     us = np.uint64(S)
+    fused = act == 0 and not has_residual  # the tile's store already added the bias
     for task in prange(B * n_tiles * n_row_chunks):
         b = task // (n_tiles * n_row_chunks)
         rest = task - b * n_tiles * n_row_chunks
@@ -2182,30 +2219,31 @@ def spmm_bsr2x2(data, indices, indptr, x, bias, act, residual, has_residual, n_r
             hi = np.uint64(indptr[br + 1])
             yoff = np.uint64((b * N + br * 2) * S + s0)
             if t < n_full:
-                _tile_bsr2x2_w32(yf, yoff, us, xf, xoff, us, data, indices, lo, hi)
+                _tile_bsr2x2_w32(yf, yoff, us, xf, xoff, us, data, indices, lo, hi, bias, br * 2)
+                if fused:
+                    continue
                 for r in range(2):
                     ro = yoff + np.uint64(r) * us
-                    epilogue_row(yf, ro, yf, ro, np.uint64(32), bias[br * 2 + r], act, rf, ro,
-                                 has_residual)
+                    epilogue_row(yf, ro, yf, ro, np.uint64(32), act, rf, ro, has_residual)
             else:
                 # Tail tiles go through scratch: a shifted tile overlaps its neighbour, and
                 # applying the epilogue in place there could apply it twice.
                 if padded:
                     _tile_bsr2x2_w8(scratch, np.uint64(0), np.uint64(8), panel, np.uint64(0),
-                                      np.uint64(8), data, indices, lo, hi)
+                                      np.uint64(8), data, indices, lo, hi, bias, br * 2)
                 else:
                     _tile_bsr2x2_w8(scratch, np.uint64(0), np.uint64(8), xf, xoff, us, data,
-                                      indices, lo, hi)
+                                      indices, lo, hi, bias, br * 2)
                 for r in range(2):
                     ro = yoff + np.uint64(r) * us
-                    epilogue_row(scratch, np.uint64(r * 8), yf, ro, np.uint64(width),
-                                 bias[br * 2 + r], act, rf, ro, has_residual)
+                    epilogue_row(scratch, np.uint64(r * 8), yf, ro, np.uint64(width), act, rf, ro,
+                                 has_residual)
 
 
 
 @kernel
-def _tile_bsr1x4_w64(y, yoff, ystride, x, xoff, xstride, data, indices, start, end):
-    # Y[r, :64] = sum over blocks p in [start, end) of W_p[r, c] * X[indices[p]*4 + c, :64]
+def _tile_bsr1x4_w64(y, yoff, ystride, x, xoff, xstride, data, indices, start, end, bias, n0):
+    # Y[r, :64] = bias[n0 + r] + sum over blocks p in [start, end) of W_p[r, c] * X[indices[p]*4 + c, :64]
     a0_0 = np.float32(0.0)
     a0_1 = np.float32(0.0)
     a0_2 = np.float32(0.0)
@@ -2793,76 +2831,77 @@ def _tile_bsr1x4_w64(y, yoff, ystride, x, xoff, xstride, data, indices, start, e
         a0_62 += w0_3 * x3_62
         a0_63 += w0_3 * x3_63
     yo = yoff + np.uint64(0) * ystride
-    y[yo + np.uint64(0)] = a0_0
-    y[yo + np.uint64(1)] = a0_1
-    y[yo + np.uint64(2)] = a0_2
-    y[yo + np.uint64(3)] = a0_3
-    y[yo + np.uint64(4)] = a0_4
-    y[yo + np.uint64(5)] = a0_5
-    y[yo + np.uint64(6)] = a0_6
-    y[yo + np.uint64(7)] = a0_7
-    y[yo + np.uint64(8)] = a0_8
-    y[yo + np.uint64(9)] = a0_9
-    y[yo + np.uint64(10)] = a0_10
-    y[yo + np.uint64(11)] = a0_11
-    y[yo + np.uint64(12)] = a0_12
-    y[yo + np.uint64(13)] = a0_13
-    y[yo + np.uint64(14)] = a0_14
-    y[yo + np.uint64(15)] = a0_15
-    y[yo + np.uint64(16)] = a0_16
-    y[yo + np.uint64(17)] = a0_17
-    y[yo + np.uint64(18)] = a0_18
-    y[yo + np.uint64(19)] = a0_19
-    y[yo + np.uint64(20)] = a0_20
-    y[yo + np.uint64(21)] = a0_21
-    y[yo + np.uint64(22)] = a0_22
-    y[yo + np.uint64(23)] = a0_23
-    y[yo + np.uint64(24)] = a0_24
-    y[yo + np.uint64(25)] = a0_25
-    y[yo + np.uint64(26)] = a0_26
-    y[yo + np.uint64(27)] = a0_27
-    y[yo + np.uint64(28)] = a0_28
-    y[yo + np.uint64(29)] = a0_29
-    y[yo + np.uint64(30)] = a0_30
-    y[yo + np.uint64(31)] = a0_31
-    y[yo + np.uint64(32)] = a0_32
-    y[yo + np.uint64(33)] = a0_33
-    y[yo + np.uint64(34)] = a0_34
-    y[yo + np.uint64(35)] = a0_35
-    y[yo + np.uint64(36)] = a0_36
-    y[yo + np.uint64(37)] = a0_37
-    y[yo + np.uint64(38)] = a0_38
-    y[yo + np.uint64(39)] = a0_39
-    y[yo + np.uint64(40)] = a0_40
-    y[yo + np.uint64(41)] = a0_41
-    y[yo + np.uint64(42)] = a0_42
-    y[yo + np.uint64(43)] = a0_43
-    y[yo + np.uint64(44)] = a0_44
-    y[yo + np.uint64(45)] = a0_45
-    y[yo + np.uint64(46)] = a0_46
-    y[yo + np.uint64(47)] = a0_47
-    y[yo + np.uint64(48)] = a0_48
-    y[yo + np.uint64(49)] = a0_49
-    y[yo + np.uint64(50)] = a0_50
-    y[yo + np.uint64(51)] = a0_51
-    y[yo + np.uint64(52)] = a0_52
-    y[yo + np.uint64(53)] = a0_53
-    y[yo + np.uint64(54)] = a0_54
-    y[yo + np.uint64(55)] = a0_55
-    y[yo + np.uint64(56)] = a0_56
-    y[yo + np.uint64(57)] = a0_57
-    y[yo + np.uint64(58)] = a0_58
-    y[yo + np.uint64(59)] = a0_59
-    y[yo + np.uint64(60)] = a0_60
-    y[yo + np.uint64(61)] = a0_61
-    y[yo + np.uint64(62)] = a0_62
-    y[yo + np.uint64(63)] = a0_63
+    b = bias[n0 + 0]
+    y[yo + np.uint64(0)] = a0_0 + b
+    y[yo + np.uint64(1)] = a0_1 + b
+    y[yo + np.uint64(2)] = a0_2 + b
+    y[yo + np.uint64(3)] = a0_3 + b
+    y[yo + np.uint64(4)] = a0_4 + b
+    y[yo + np.uint64(5)] = a0_5 + b
+    y[yo + np.uint64(6)] = a0_6 + b
+    y[yo + np.uint64(7)] = a0_7 + b
+    y[yo + np.uint64(8)] = a0_8 + b
+    y[yo + np.uint64(9)] = a0_9 + b
+    y[yo + np.uint64(10)] = a0_10 + b
+    y[yo + np.uint64(11)] = a0_11 + b
+    y[yo + np.uint64(12)] = a0_12 + b
+    y[yo + np.uint64(13)] = a0_13 + b
+    y[yo + np.uint64(14)] = a0_14 + b
+    y[yo + np.uint64(15)] = a0_15 + b
+    y[yo + np.uint64(16)] = a0_16 + b
+    y[yo + np.uint64(17)] = a0_17 + b
+    y[yo + np.uint64(18)] = a0_18 + b
+    y[yo + np.uint64(19)] = a0_19 + b
+    y[yo + np.uint64(20)] = a0_20 + b
+    y[yo + np.uint64(21)] = a0_21 + b
+    y[yo + np.uint64(22)] = a0_22 + b
+    y[yo + np.uint64(23)] = a0_23 + b
+    y[yo + np.uint64(24)] = a0_24 + b
+    y[yo + np.uint64(25)] = a0_25 + b
+    y[yo + np.uint64(26)] = a0_26 + b
+    y[yo + np.uint64(27)] = a0_27 + b
+    y[yo + np.uint64(28)] = a0_28 + b
+    y[yo + np.uint64(29)] = a0_29 + b
+    y[yo + np.uint64(30)] = a0_30 + b
+    y[yo + np.uint64(31)] = a0_31 + b
+    y[yo + np.uint64(32)] = a0_32 + b
+    y[yo + np.uint64(33)] = a0_33 + b
+    y[yo + np.uint64(34)] = a0_34 + b
+    y[yo + np.uint64(35)] = a0_35 + b
+    y[yo + np.uint64(36)] = a0_36 + b
+    y[yo + np.uint64(37)] = a0_37 + b
+    y[yo + np.uint64(38)] = a0_38 + b
+    y[yo + np.uint64(39)] = a0_39 + b
+    y[yo + np.uint64(40)] = a0_40 + b
+    y[yo + np.uint64(41)] = a0_41 + b
+    y[yo + np.uint64(42)] = a0_42 + b
+    y[yo + np.uint64(43)] = a0_43 + b
+    y[yo + np.uint64(44)] = a0_44 + b
+    y[yo + np.uint64(45)] = a0_45 + b
+    y[yo + np.uint64(46)] = a0_46 + b
+    y[yo + np.uint64(47)] = a0_47 + b
+    y[yo + np.uint64(48)] = a0_48 + b
+    y[yo + np.uint64(49)] = a0_49 + b
+    y[yo + np.uint64(50)] = a0_50 + b
+    y[yo + np.uint64(51)] = a0_51 + b
+    y[yo + np.uint64(52)] = a0_52 + b
+    y[yo + np.uint64(53)] = a0_53 + b
+    y[yo + np.uint64(54)] = a0_54 + b
+    y[yo + np.uint64(55)] = a0_55 + b
+    y[yo + np.uint64(56)] = a0_56 + b
+    y[yo + np.uint64(57)] = a0_57 + b
+    y[yo + np.uint64(58)] = a0_58 + b
+    y[yo + np.uint64(59)] = a0_59 + b
+    y[yo + np.uint64(60)] = a0_60 + b
+    y[yo + np.uint64(61)] = a0_61 + b
+    y[yo + np.uint64(62)] = a0_62 + b
+    y[yo + np.uint64(63)] = a0_63 + b
 
 
 
 @kernel
-def _tile_bsr1x4_w8(y, yoff, ystride, x, xoff, xstride, data, indices, start, end):
-    # Y[r, :8] = sum over blocks p in [start, end) of W_p[r, c] * X[indices[p]*4 + c, :8]
+def _tile_bsr1x4_w8(y, yoff, ystride, x, xoff, xstride, data, indices, start, end, bias, n0):
+    # Y[r, :8] = bias[n0 + r] + sum over blocks p in [start, end) of W_p[r, c] * X[indices[p]*4 + c, :8]
     a0_0 = np.float32(0.0)
     a0_1 = np.float32(0.0)
     a0_2 = np.float32(0.0)
@@ -2946,14 +2985,15 @@ def _tile_bsr1x4_w8(y, yoff, ystride, x, xoff, xstride, data, indices, start, en
         a0_6 += w0_3 * x3_6
         a0_7 += w0_3 * x3_7
     yo = yoff + np.uint64(0) * ystride
-    y[yo + np.uint64(0)] = a0_0
-    y[yo + np.uint64(1)] = a0_1
-    y[yo + np.uint64(2)] = a0_2
-    y[yo + np.uint64(3)] = a0_3
-    y[yo + np.uint64(4)] = a0_4
-    y[yo + np.uint64(5)] = a0_5
-    y[yo + np.uint64(6)] = a0_6
-    y[yo + np.uint64(7)] = a0_7
+    b = bias[n0 + 0]
+    y[yo + np.uint64(0)] = a0_0 + b
+    y[yo + np.uint64(1)] = a0_1 + b
+    y[yo + np.uint64(2)] = a0_2 + b
+    y[yo + np.uint64(3)] = a0_3 + b
+    y[yo + np.uint64(4)] = a0_4 + b
+    y[yo + np.uint64(5)] = a0_5 + b
+    y[yo + np.uint64(6)] = a0_6 + b
+    y[yo + np.uint64(7)] = a0_7 + b
 
 
 @parallel_kernel
@@ -2975,6 +3015,7 @@ def spmm_bsr1x4(data, indices, indptr, x, bias, act, residual, has_residual, n_r
     yf = y.reshape(-1)
     rf = residual.reshape(-1)
     us = np.uint64(S)
+    fused = act == 0 and not has_residual  # the tile's store already added the bias
     for task in prange(B * n_tiles * n_row_chunks):
         b = task // (n_tiles * n_row_chunks)
         rest = task - b * n_tiles * n_row_chunks
@@ -2998,21 +3039,22 @@ def spmm_bsr1x4(data, indices, indptr, x, bias, act, residual, has_residual, n_r
             hi = np.uint64(indptr[br + 1])
             yoff = np.uint64((b * N + br * 1) * S + s0)
             if t < n_full:
-                _tile_bsr1x4_w64(yf, yoff, us, xf, xoff, us, data, indices, lo, hi)
+                _tile_bsr1x4_w64(yf, yoff, us, xf, xoff, us, data, indices, lo, hi, bias, br * 1)
+                if fused:
+                    continue
                 for r in range(1):
                     ro = yoff + np.uint64(r) * us
-                    epilogue_row(yf, ro, yf, ro, np.uint64(64), bias[br * 1 + r], act, rf, ro,
-                                 has_residual)
+                    epilogue_row(yf, ro, yf, ro, np.uint64(64), act, rf, ro, has_residual)
             else:
                 # Tail tiles go through scratch: a shifted tile overlaps its neighbour, and
                 # applying the epilogue in place there could apply it twice.
                 if padded:
                     _tile_bsr1x4_w8(scratch, np.uint64(0), np.uint64(8), panel, np.uint64(0),
-                                      np.uint64(8), data, indices, lo, hi)
+                                      np.uint64(8), data, indices, lo, hi, bias, br * 1)
                 else:
                     _tile_bsr1x4_w8(scratch, np.uint64(0), np.uint64(8), xf, xoff, us, data,
-                                      indices, lo, hi)
+                                      indices, lo, hi, bias, br * 1)
                 for r in range(1):
                     ro = yoff + np.uint64(r) * us
-                    epilogue_row(scratch, np.uint64(r * 8), yf, ro, np.uint64(width),
-                                 bias[br * 1 + r], act, rf, ro, has_residual)
+                    epilogue_row(scratch, np.uint64(r * 8), yf, ro, np.uint64(width), act, rf, ro,
+                                 has_residual)

@@ -13,7 +13,8 @@ Each format gets one micro-kernel per token width and one parallel driver:
   Numba emits no negative-index wraparound, and the nonzero loop carries no other state.
 - `spmm_<fmt>(...)`, the parallel driver: prange over (sequence, token tile, row chunk) tasks, the
   main width for full tiles, width 8 for the tail, and a zero-padded panel when S < 8; then the
-  fused epilogue (bias, activation, residual) per stored row.
+  bias added as the tile stores its sums, activation and residual in a second pass over the
+  just-written (L1-resident) row when requested.
 """
 
 from __future__ import annotations
@@ -47,8 +48,8 @@ from .spmm_epilogue import epilogue_row, pack_panel
 
 def _tile(name: str, R: int, C: int, T: int) -> str:
     u = "np.uint64"
-    L = [f"@kernel\ndef _tile_{name}_w{T}(y, yoff, ystride, x, xoff, xstride, data, indices, start, end):"]
-    L.append(f"    # Y[r, :{T}] = sum over blocks p in [start, end) of W_p[r, c] * X[indices[p]*{C} + c, :{T}]")
+    L = [f"@kernel\ndef _tile_{name}_w{T}(y, yoff, ystride, x, xoff, xstride, data, indices, start, end, bias, n0):"]
+    L.append(f"    # Y[r, :{T}] = bias[n0 + r] + sum over blocks p in [start, end) of W_p[r, c] * X[indices[p]*{C} + c, :{T}]")
     for r in range(R):
         for j in range(T):
             L.append(f"    a{r}_{j} = np.float32(0.0)")
@@ -72,8 +73,9 @@ def _tile(name: str, R: int, C: int, T: int) -> str:
                 L.append(f"        a{r}_{j} += w{r}_{c} * x{c}_{j}")
     for r in range(R):
         L.append(f"    yo = yoff + {u}({r}) * ystride")
+        L.append(f"    b = bias[n0 + {r}]")
         for j in range(T):
-            L.append(f"    y[yo + {u}({j})] = a{r}_{j}")
+            L.append(f"    y[yo + {u}({j})] = a{r}_{j} + b")
     return "\n".join(L) + "\n"
 
 
@@ -99,6 +101,7 @@ def spmm_{name}(data, indices, indptr, x, bias, act, residual, has_residual, n_r
     yf = y.reshape(-1)
     rf = residual.reshape(-1)
     us = np.uint64(S)
+    fused = act == 0 and not has_residual  # the tile's store already added the bias
     for task in prange(B * n_tiles * n_row_chunks):
         b = task // (n_tiles * n_row_chunks)
         rest = task - b * n_tiles * n_row_chunks
@@ -122,24 +125,25 @@ def spmm_{name}(data, indices, indptr, x, bias, act, residual, has_residual, n_r
             hi = np.uint64(indptr[br + 1])
             yoff = np.uint64((b * N + br * {R}) * S + s0)
             if t < n_full:
-                _tile_{name}_w{TM}(yf, yoff, us, xf, xoff, us, data, indices, lo, hi)
+                _tile_{name}_w{TM}(yf, yoff, us, xf, xoff, us, data, indices, lo, hi, bias, br * {R})
+                if fused:
+                    continue
                 for r in range({R}):
                     ro = yoff + np.uint64(r) * us
-                    epilogue_row(yf, ro, yf, ro, np.uint64({TM}), bias[br * {R} + r], act, rf, ro,
-                                 has_residual)
+                    epilogue_row(yf, ro, yf, ro, np.uint64({TM}), act, rf, ro, has_residual)
             else:
                 # Tail tiles go through scratch: a shifted tile overlaps its neighbour, and
                 # applying the epilogue in place there could apply it twice.
                 if padded:
                     _tile_{name}_w{W}(scratch, np.uint64(0), np.uint64({W}), panel, np.uint64(0),
-                                      np.uint64({W}), data, indices, lo, hi)
+                                      np.uint64({W}), data, indices, lo, hi, bias, br * {R})
                 else:
                     _tile_{name}_w{W}(scratch, np.uint64(0), np.uint64({W}), xf, xoff, us, data,
-                                      indices, lo, hi)
+                                      indices, lo, hi, bias, br * {R})
                 for r in range({R}):
                     ro = yoff + np.uint64(r) * us
-                    epilogue_row(scratch, np.uint64(r * {W}), yf, ro, np.uint64(width),
-                                 bias[br * {R} + r], act, rf, ro, has_residual)
+                    epilogue_row(scratch, np.uint64(r * {W}), yf, ro, np.uint64(width), act, rf, ro,
+                                 has_residual)
 '''
 
 

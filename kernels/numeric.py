@@ -50,7 +50,9 @@ def erf_f32(x):
     q = x2 * q + _B4
     q = x2 * q + _B6
     q = x2 * q + _B8
-    return p / q
+    # np.divide, not `/`: Numba's `/` checks for a zero divisor (Python semantics), and that
+    # branch stops LLVM from vectorising the loop; q is never 0 on the clamped range.
+    return np.divide(p, q)
 
 
 @kernel

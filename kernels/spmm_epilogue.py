@@ -1,6 +1,6 @@
 """Helpers shared by the generated spmm drivers: the fused epilogue and the short-sequence panel.
 
-`epilogue_row` turns one row of raw matmul sums into the layer output: + bias, activation
+`epilogue_row` turns one row of biased matmul sums into the layer output: activation
 (0 none, 1 exact GELU via the vectorisable `erf_f32`, 2 tanh GELU, 3 relu), + residual. Each
 activation has its own loop so LLVM sees branch-free bodies it can vectorise.
 """
@@ -14,21 +14,21 @@ _ZERO = np.float32(0.0)
 
 
 @kernel
-def epilogue_row(src, soff, dst, doff, width, bias_n, act, res, roff, has_residual):
-    # dst[doff + j] = act(src[soff + j] + bias_n) (+ res[roff + j]) for j < width. All flat
-    # float32 arrays, uint64 offsets (no wraparound checks); src may equal dst at the same offset.
+def epilogue_row(src, soff, dst, doff, width, act, res, roff, has_residual):
+    # dst[doff + j] = act(src[soff + j]) (+ res[roff + j]) for j < width; the bias is already in
+    # src. Flat float32 arrays, uint64 offsets (no wraparound checks); src may be dst, same offset.
     if act == 1:
         for j in range(width):
-            dst[doff + j] = gelu_f32(src[soff + j] + bias_n)
+            dst[doff + j] = gelu_f32(src[soff + j])
     elif act == 2:
         for j in range(width):
-            dst[doff + j] = gelu_tanh_f32(src[soff + j] + bias_n)
+            dst[doff + j] = gelu_tanh_f32(src[soff + j])
     elif act == 3:
         for j in range(width):
-            dst[doff + j] = max(src[soff + j] + bias_n, _ZERO)
+            dst[doff + j] = max(src[soff + j], _ZERO)
     else:
         for j in range(width):
-            dst[doff + j] = src[soff + j] + bias_n
+            dst[doff + j] = src[soff + j]
     if has_residual:
         for j in range(width):
             dst[doff + j] += res[roff + j]

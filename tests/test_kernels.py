@@ -167,7 +167,7 @@ def test_tiles_are_vectorised():
 
     tile = numba.njit(fastmath=jit.FASTMATH, nogil=True)(gen._tile_csr_w64.py_func)
     f32, u64 = numba.float32[::1], numba.uint64
-    sig = (f32, u64, u64, f32, u64, u64, f32, numba.int32[::1], u64, u64)
+    sig = (f32, u64, u64, f32, u64, u64, f32, numba.int32[::1], u64, u64, f32, numba.int64)
     tile.compile(sig)
     asm = "\n".join(tile.inspect_asm().values())
     assert "vfmadd231ps\t" in asm and ("%ymm" in asm or "%zmm" in asm)
