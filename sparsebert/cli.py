@@ -49,6 +49,77 @@ def _layers(value: str) -> list[int]:
         ) from None
 
 
+# --- prune / inspect / benchmark: model tools ---------------------------------------------------
+
+
+def cmd_prune(args) -> dict:
+    from .prune import prune_checkpoint
+
+    return prune_checkpoint(args.src, args.dst, sparsity=args.sparsity, block=args.block,
+                            scope=args.scope, layers=args.layers, overwrite=args.overwrite)
+
+
+def cmd_inspect(args) -> dict | None:
+    from .inspection import format_table, inspect_model
+
+    info = inspect_model(args.path, layers=args.layers, formats=args.formats)
+    if args.json:
+        return info
+    print(format_table(info))
+    return None
+
+
+def cmd_benchmark(args) -> dict:
+    from .benchmark import benchmark_model
+
+    result = benchmark_model(args.path, engine=args.engine, batch_size=args.batch_size,
+                             seq_len=args.seq_len, time_s=args.time, warmup_s=args.warmup,
+                             threads=args.threads, layers=args.layers, formats=args.formats)
+    if args.json:
+        out = Path(args.json)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=2, default=str) + "\n", encoding="utf-8")
+    return result
+
+
+def _add_tool_commands(sub) -> None:
+    formats = ("auto", "dense", "csr", "bsr", "bsr4x1", "bsr8x1", "bsr2x2", "bsr1x4")
+
+    p = sub.add_parser("prune", help="magnitude-prune a checkpoint into a new Hugging Face folder",
+                       description="One-shot magnitude pruning of the encoder linears (exact zeros).")
+    p.add_argument("src", help="source model: Hugging Face folder or .onnx file")
+    p.add_argument("dst", help="new folder for the pruned model")
+    p.add_argument("--sparsity", type=float, required=True, help="fraction of weights to zero, in [0, 1)")
+    p.add_argument("--block", default=None, help="prune aligned RxC blocks of W (out x in), e.g. 4x1")
+    p.add_argument("--scope", choices=("per-layer", "global"), default="per-layer")
+    p.add_argument("--layers", type=_layers, default=None,
+                   help="keep only these encoder layers, in this order, e.g. 0,2,4,6,8,11")
+    p.add_argument("--overwrite", action="store_true", help="write into a non-empty destination")
+    p.set_defaults(func=cmd_prune)
+
+    p = sub.add_parser("inspect", help="per-layer sparsity, block structure and chosen formats",
+                       description="Load a model and report each encoder linear as it will run.")
+    p.add_argument("path", help="model: Hugging Face folder, .onnx file or deployment folder")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument("--layers", type=_layers, default=None)
+    p.add_argument("--formats", choices=formats, default="auto")
+    p.set_defaults(func=cmd_inspect)
+
+    p = sub.add_parser("benchmark", help="throughput and latency on random inputs",
+                       description="Time a model on sparsebert or ONNX Runtime with random token ids.")
+    p.add_argument("path", help="model folder or .onnx file (onnxruntime: .onnx or folder with model.onnx)")
+    p.add_argument("--engine", choices=("sparsebert", "onnxruntime"), default="sparsebert")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--seq-len", type=int, default=128)
+    p.add_argument("--time", type=float, default=10.0, help="seconds of timed batches")
+    p.add_argument("--warmup", type=float, default=None, help="seconds of warm-up (default min(2, time/5))")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--layers", type=_layers, default=None)
+    p.add_argument("--formats", choices=formats, default="auto")
+    p.add_argument("--json", metavar="OUT", default=None, help="also write the result to this file")
+    p.set_defaults(func=cmd_benchmark)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sparsebert",
@@ -67,6 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--layers", type=_layers, default=None,
                    help="keep only these encoder layers, e.g. 0,2,4,6,8,11")
     p.set_defaults(func=cmd_encode)
+    _add_tool_commands(sub)
     return parser
 
 
