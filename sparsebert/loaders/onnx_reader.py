@@ -322,11 +322,14 @@ class _Graph:
             return None
         return inputs[1] if inputs[0] == name else inputs[0]
 
-    def walk_to(self, start: str, stop_ops: set[str]) -> tuple[list[tuple[object, int]], list]:
+    def walk_to(
+        self, start: str, stop_ops: set[str], strict: bool = True
+    ) -> tuple[list[tuple[object, int]], list]:
         """Follow activations forward from tensor `start` until nodes of `stop_ops`.
 
         Returns the (node, input slot) pairs where the walk reached a stop node, and the nodes
-        crossed on the way. Shape computations and index inputs are not followed.
+        crossed on the way. Shape computations and index inputs are not followed. A walk longer
+        than _MAX_WALK nodes raises when `strict`, else it just stops (optional parts).
         """
         hits: list[tuple[object, int]] = []
         crossed: list = []
@@ -346,6 +349,8 @@ class _Graph:
                     continue
                 seen_nodes.add(id(node))
                 if len(seen_nodes) > _MAX_WALK:
+                    if not strict:
+                        return hits, crossed
                     raise CheckpointError(
                         f"the dataflow after {start!r} does not reach a {sorted(stop_ops)} node "
                         f"within {_MAX_WALK} steps; this graph is not a BERT encoder export: "
@@ -445,10 +450,14 @@ class _BertWalker:
         heads: set[int] = set()
         intermediate: set[int] = set()
         acts: set[str] = set()
+        layer_inputs: set[str] = set()
         while True:
             projections = self._linear_users(x, (self.hidden, self.hidden))
             if not projections:
                 break
+            if x in layer_inputs:
+                raise self.fail(f"the encoder layers form a cycle at {x!r}")
+            layer_inputs.add(x)
             x, n_heads, ffn, act = self._layer(layers, x, projections)
             if n_heads is not None:
                 heads.add(n_heads)
@@ -549,6 +558,11 @@ class _BertWalker:
     def _embeddings(self, config: dict) -> str:
         word_node, word = self._word_gather()
         vocab, self.hidden = word.shape
+        if vocab == 0 or self.hidden == 0:
+            raise CheckpointError(
+                f"{self.g.path!r}: the word-embedding table has shape {word.shape}; an empty "
+                f"table cannot be a trained model: re-export it"
+            )
         self.sd["embeddings.word_embeddings.weight"] = word
 
         # Climb the chain of Adds that sums the embedding terms; it ends at the LayerNorm.
@@ -631,9 +645,9 @@ class _BertWalker:
         if len(folded) + len(token_type) > 1:
             raise self.fail(f"more than one token-type term added to the word embeddings ({terms!r})")
 
-        position = position[0][1]
-        self.sd["embeddings.position_embeddings.weight"] = position
-        config.update(vocab_size=int(vocab), max_position_embeddings=int(position.shape[0]))
+        position_table = position[0][1]
+        self.sd["embeddings.position_embeddings.weight"] = position_table
+        config.update(vocab_size=int(vocab), max_position_embeddings=int(position_table.shape[0]))
         if token_type:
             table = token_type[0][1]
             self.sd["embeddings.token_type_embeddings.weight"] = table
@@ -1025,7 +1039,7 @@ class _BertWalker:
                         queue.append(out)
         for node in self.g.nodes:
             if node.op_type == "Softmax" and id(node) in downstream:
-                hits, _ = self.g.walk_to(_out(node), {"MatMul"})
+                hits, _ = self.g.walk_to(_out(node), {"MatMul"}, strict=False)
                 if any(slot == 0 for _, slot in hits):
                     raise self.fail(
                         f"an attention block (Softmax {node.name!r} feeding a MatMul) follows the "
@@ -1048,7 +1062,7 @@ class _BertWalker:
     # -- pooler ------------------------------------------------------------------------------
 
     def _pooler(self, x: str) -> None:
-        hits, _ = self.g.walk_to(x, {"MatMul", "Gemm"})
+        hits, _ = self.g.walk_to(x, {"MatMul", "Gemm"}, strict=False)
         for node, slot in hits:
             if slot != 0:
                 continue
