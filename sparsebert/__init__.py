@@ -25,3 +25,6 @@ from .api import Model, load, pool  # noqa: E402
 from .model import BertEncoder, EncoderOutput  # noqa: E402
 
 __all__ += ["BertEncoder", "EncoderOutput", "Model", "load", "pool"]
+from .pipelines import pipeline  # noqa: E402
+
+__all__ += ["pipeline"]

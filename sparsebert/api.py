@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
+from .batching import DEFAULT_CHUNK_SIZE, check_positive, chunked, forward_bucketed, progress_bar
 from .errors import CheckpointError, InputError
 from .loaders import read_checkpoint
 from .model import BertEncoder, EncoderOutput
@@ -54,31 +55,55 @@ class Model:
         batch_size: int = 32,
         normalize: bool = True,
         pooling: str = "mean",
+        *,
+        chunk_size: int = DEFAULT_CHUNK_SIZE,
+        show_progress_bar: bool = False,
     ) -> np.ndarray:
-        """Sentence embeddings (N, H) float32, in input order."""
+        """Sentence embeddings (N, H) float32, in input order.
+
+        `texts` may be any iterable (a generator of lines is read lazily, `chunk_size` texts at a
+        time); within a chunk, texts are sorted by length so each batch pads little.
+        """
         if pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        parts = list(self.iter_encode(texts, batch_size, normalize, pooling,
+                                      chunk_size=chunk_size, show_progress_bar=show_progress_bar))
+        if not parts:
+            return np.zeros((0, self.config.hidden_size), dtype=np.float32)
+        return np.concatenate(parts)
+
+    def iter_encode(
+        self,
+        texts: Iterable[str],
+        batch_size: int = 32,
+        normalize: bool = True,
+        pooling: str = "mean",
+        *,
+        chunk_size: int = DEFAULT_CHUNK_SIZE,
+        show_progress_bar: bool = False,
+    ) -> Iterator[np.ndarray]:
+        """Like `encode`, but yields one (n, H) array per chunk of up to `chunk_size` texts."""
+        if pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
+        batch_size = check_positive("batch_size", batch_size)
+        chunk_size = check_positive("chunk_size", chunk_size)
         if isinstance(texts, str):
             texts = [texts]
-        chunks = []
-        batch: list[str] = []
-        for text in texts:
-            batch.append(text)
-            if len(batch) == batch_size:
-                chunks.append(self._embed(batch, normalize, pooling))
-                batch = []
-        if batch:
-            chunks.append(self._embed(batch, normalize, pooling))
-        if not chunks:
-            return np.zeros((0, self.config.hidden_size), dtype=np.float32)
-        return np.concatenate(chunks)
+        return self._iter_encode(texts, batch_size, normalize, pooling, chunk_size, show_progress_bar)
 
-    def _embed(self, texts: Sequence[str], normalize: bool, pooling: str) -> np.ndarray:
-        enc = self.tokenize(texts)
-        hidden = self(enc.input_ids, enc.attention_mask, enc.token_type_ids).last_hidden_state
-        return pool(hidden, enc.attention_mask, pooling, normalize)
+    def _iter_encode(self, texts, batch_size, normalize, pooling, chunk_size, show_progress_bar):
+        total = len(texts) if hasattr(texts, "__len__") else None
+
+        def head(out, ids, mask, types):
+            return pool(out.last_hidden_state, mask, pooling, normalize)
+
+        pad_id = self.tokenizer.pad_id if self.tokenizer is not None else 0
+        with progress_bar(show_progress_bar, total, "encode") as bar:
+            for chunk in chunked(texts, chunk_size):
+                encodings = self.tokenize(chunk).encodings
+                rows = forward_bucketed(self, encodings, batch_size, head, pad_id)
+                bar.update(len(chunk))
+                yield np.stack(rows).astype(np.float32, copy=False)
 
 
 def pool(hidden: np.ndarray, mask: np.ndarray, pooling: str = "mean", normalize: bool = True) -> np.ndarray:

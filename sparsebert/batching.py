@@ -1,0 +1,108 @@
+"""Throughput batching for texts: stream in chunks, sort by length, pad each batch to its own longest.
+
+Every text-level API (`Model.encode`, the pipelines) runs the encoder through `forward_bucketed`:
+within a chunk, sequences are ordered by token count and cut into batches of `batch_size`, so a
+batch pads only to the longest of similar-length neighbours; results go back to input order.
+`chunked` pulls at most `chunk_size` items from any iterable at a time, so a generator of 100k lines
+is consumed lazily and memory stays bounded by one chunk.
+
+What it leaves out: dynamic batch sizes by token budget, and overlapping tokenisation with compute.
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Callable, Iterable, Iterator, Sequence
+
+import numpy as np
+
+DEFAULT_CHUNK_SIZE = 1024
+
+
+def check_positive(name: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def chunked(items: Iterable, size: int) -> Iterator[list]:
+    """Lists of up to `size` consecutive items; pulls nothing beyond the chunk being built."""
+    it = iter(items)
+    while True:
+        chunk = list(itertools.islice(it, size))
+        if not chunk:
+            return
+        yield chunk
+
+
+def collate(encodings: Sequence, pad_id: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`tokenizers.Encoding`s → input_ids, attention_mask, token_type_ids (B, T) int64, T = longest."""
+    B = len(encodings)
+    T = max(len(e.ids) for e in encodings)
+    ids = np.full((B, T), pad_id, dtype=np.int64)
+    mask = np.zeros((B, T), dtype=np.int64)
+    types = np.zeros((B, T), dtype=np.int64)
+    for i, e in enumerate(encodings):
+        n = len(e.ids)
+        ids[i, :n] = e.ids
+        mask[i, :n] = 1
+        types[i, :n] = e.type_ids
+    return ids, mask, types
+
+
+def length_batches(lengths: Sequence[int], batch_size: int) -> list[np.ndarray]:
+    """Row indices grouped into batches of similar length (stable sort, longest first so the
+    largest allocation happens once, up front)."""
+    order = np.argsort(-np.asarray(lengths, dtype=np.int64), kind="stable")
+    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+def forward_bucketed(
+    model,
+    encodings: Sequence,
+    batch_size: int,
+    head: Callable,
+    pad_id: int,
+) -> list:
+    """Run the encoder over `encodings` in length-sorted batches; return one result per encoding,
+    in input order.
+
+    head(output: EncoderOutput, ids, mask, types) -> sequence with one result per batch row. Heads
+    reduce (b, T, H) hidden states to something small (pooled vectors, logits), so a chunk never
+    holds more than one batch of hidden states.
+    """
+    results: list = [None] * len(encodings)
+    for rows in length_batches([len(e.ids) for e in encodings], batch_size):
+        ids, mask, types = collate([encodings[r] for r in rows], pad_id)
+        out = model(ids, mask, types)
+        for r, res in zip(rows, head(out, ids, mask, types)):
+            results[r] = res
+    return results
+
+
+class progress_bar:
+    """tqdm when installed and `enabled`, else a silent counter with the same `update` / `close`."""
+
+    def __init__(self, enabled: bool, total: int | None = None, desc: str = "", unit: str = "text"):
+        self._bar = None
+        if enabled:
+            try:
+                from tqdm.auto import tqdm
+            except ImportError:
+                tqdm = None
+            if tqdm is not None:
+                self._bar = tqdm(total=total, desc=desc, unit=unit)
+
+    def update(self, n: int) -> None:
+        if self._bar is not None:
+            self._bar.update(n)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
