@@ -15,7 +15,7 @@ import numpy as np
 
 from .config import BertConfig
 from .errors import InputError
-from .kernels import dense, ops
+from .kernels import attention, ops
 from .linear import make_linear
 from .weights import BertWeights
 
@@ -54,7 +54,7 @@ class Layer:
     def __call__(self, x: np.ndarray, key_bias: np.ndarray) -> np.ndarray:
         qkv = self.qkv(x)  # (B, 3H, T): Q, K, V row blocks
         ctx = np.empty_like(x)  # (B, H, T): per head, V_h @ softmax(Q_hᵀ K_h / √D + mask)ᵀ
-        dense.attention(qkv, key_bias, self.heads, self.scale, ctx)
+        attention.attention(qkv, key_bias, self.heads, self.scale, ctx)
         h = self.attn_out(ctx, residual=x)  # (B, H, T)
         ops.layer_norm(h, self.attn_norm.gamma, self.attn_norm.beta, self.eps)
         f = self.ffn_in(h, activation=self.act)  # (B, I, T)
