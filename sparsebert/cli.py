@@ -120,6 +120,55 @@ def _add_tool_commands(sub) -> None:
     p.set_defaults(func=cmd_benchmark)
 
 
+# --- run: task pipelines over a file (pipelines owner) -------------------------------------
+
+
+def cmd_run(args) -> dict | None:
+    from .pipelines import TASKS, pipeline
+    from .pipelines.files import run_file
+
+    options = {"batch_size": args.batch_size}
+    for flag, key in (("--top-k", "top_k"), ("--aggregation-strategy", "aggregation_strategy")):
+        value = getattr(args, key)
+        if value is None:
+            continue
+        if key not in TASKS[args.task].defaults:
+            raise SparseBertError(f"{flag} does not apply to the {args.task} task")
+        options[key] = value
+    if args.layers is not None:
+        options["layers"] = args.layers
+    return run_file(pipeline(args.task, args.path, **options), args.input, args.output)
+
+
+def _add_run_command(sub) -> None:
+    from .pipelines import TASKS
+    from .pipelines.files import INPUT_FORMATS
+
+    epilog = "input formats:\n" + "\n".join(f"  {task}: {fmt}" for task, fmt in INPUT_FORMATS.items())
+    p = sub.add_parser(
+        "run", help="run a task pipeline (classification, NER, QA, fill-mask, embeddings) on a file",
+        description="Texts in, answers out: one input per line, one JSON line per result, shaped\n"
+                    "like Hugging Face transformers' pipelines (ner = token-classification,\n"
+                    "sentiment-analysis = text-classification).",
+        epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("task", choices=sorted(TASKS), metavar="TASK", help=f"one of {sorted(TASKS)}")
+    p.add_argument("path", help="model: Hugging Face folder, .onnx file or deployment folder")
+    p.add_argument("--input", required=True, help="input file, one input per line ('-' for stdin)")
+    p.add_argument("--output", default=None, help="JSON lines file to write (default: stdout)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--top-k", type=int, default=None,
+                   help="answers per input (text-classification, question-answering, fill-mask)")
+    p.add_argument("--aggregation-strategy", default=None,
+                   choices=("none", "simple", "first", "max", "average"),
+                   help="token-classification grouping of tokens into entities (default none)")
+    p.add_argument("--layers", type=_layers, default=None,
+                   help="keep only these encoder layers, e.g. 0,2,4,6,8,11")
+    p.set_defaults(func=cmd_run)
+
+
+# --- end run ---------------------------------------------------------------------------------
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sparsebert",
@@ -139,6 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="keep only these encoder layers, e.g. 0,2,4,6,8,11")
     p.set_defaults(func=cmd_encode)
     _add_tool_commands(sub)
+    _add_run_command(sub)
     return parser
 
 

@@ -18,22 +18,12 @@ import pytest
 import sparsebert
 from sparsebert.errors import CheckpointError, InputError
 
+from pipeline_models import make_models
+
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 SCORE_TOL = 1e-4
-
-WORDS = (
-    "the quick brown fox jumps over lazy dog paris is capital of france where does live a cat in "
-    "house john works at google new york city what who river long flows through many countries "
-    "and sea"
-).split()
-VOCAB = (
-    ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + list(".,?!'") + WORDS
-    + ["##s", "##ing", "##ed", "##er", "##ly", "##ish"]
-    + list("abcdefghijklmnopqrstuvwxyz") + ["##" + c for c in "abcdefghijklmnopqrstuvwxyz"]
-)
-NER_LABELS = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC", "B-ORG", "I-ORG"]
 
 SENTENCES = [
     "John works at Google in New York City.",
@@ -45,39 +35,9 @@ SENTENCES = [
 ]
 
 
-def _save(folder, model_cls, seed, **config_kwargs):
-    from transformers import BertConfig, BertTokenizerFast
-
-    folder.mkdir()
-    (folder / "vocab.txt").write_text("\n".join(VOCAB) + "\n", encoding="utf-8")
-    BertTokenizerFast(str(folder / "vocab.txt")).save_pretrained(str(folder))
-    torch.manual_seed(seed)
-    cfg = BertConfig(vocab_size=len(VOCAB), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                     intermediate_size=64, max_position_embeddings=128, initializer_range=0.3,
-                     **config_kwargs)
-    model_cls(cfg).eval().save_pretrained(str(folder))
-    return folder
-
-
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
-    from transformers import (BertForMaskedLM, BertForQuestionAnswering, BertForSequenceClassification,
-                              BertForTokenClassification, BertModel)
-
-    root = tmp_path_factory.mktemp("pipelines")
-    return {
-        "cls": _save(root / "cls", BertForSequenceClassification, 1,
-                     id2label={0: "negative", 1: "neutral", 2: "positive"},
-                     label2id={"negative": 0, "neutral": 1, "positive": 2}),
-        "multilabel": _save(root / "multilabel", BertForSequenceClassification, 2, num_labels=4,
-                            problem_type="multi_label_classification"),
-        "ner": _save(root / "ner", BertForTokenClassification, 3,
-                     id2label=dict(enumerate(NER_LABELS)),
-                     label2id={v: k for k, v in enumerate(NER_LABELS)}),
-        "qa": _save(root / "qa", BertForQuestionAnswering, 4),
-        "mlm": _save(root / "mlm", BertForMaskedLM, 5),
-        "base": _save(root / "base", BertModel, 6),
-    }
+    return make_models(tmp_path_factory.mktemp("pipelines"))
 
 
 def _hf(task, folder, **kwargs):
