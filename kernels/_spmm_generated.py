@@ -323,11 +323,11 @@ def _tile_csr_w8(y, yoff, ystride, x, xoff, xstride, data, indices, start, end, 
 @parallel_kernel
 def spmm_csr(data, indices, indptr, x, bias, act, residual, has_residual, n_row_chunks, y):
     # Y[b] (N, S) = act(W (N, K) @ X[b] (K, S) + bias[:, None]) (+ residual[b]) for every b.
-    # W is block-sparse with 1x1 blocks: block p covers rows 1*i..1*i+0 (i its block row,
-    # indptr[i] <= p < indptr[i+1]) and columns 1*indices[p]..+0; data[1*p + 1*r + c].
+    # W in CSR: row n holds data[p] at column indices[p] for indptr[n] <= p < indptr[n+1]
+    # (columns in any order; repeats add up).
     # Trusts (validated by sparsebert.linear): float32 C-contiguous x (B, K, S), y (B, N, S),
-    # residual (B, N, S) if has_residual; N % 1 == 0, K % 1 == 0, indptr monotone from 0,
-    # indices in [0, K/1); act 0 none, 1 gelu, 2 gelu_tanh, 3 relu.
+    # residual (B, N, S) if has_residual, bias (N,); indptr monotone from 0 to the entry count,
+    # indices in range; act 0 none, 1 gelu, 2 gelu_tanh, 3 relu; n_row_chunks >= 1.
     B, K, S = x.shape
     N = y.shape[1]
     n_brows = N // 1
@@ -348,13 +348,16 @@ def spmm_csr(data, indices, indptr, x, bias, act, residual, has_residual, n_row_
         br1 = min(br0 + chunk, n_brows)
         if t < n_full:
             s0 = t * 64
+            own = s0
             width = 64
         else:
-            # Tail tiles are 8 wide; the last one is shifted left to end at S (recomputing a few
-            # columns, which is idempotent), or padded when the whole sequence is shorter.
-            s0 = min(n_full * 64 + (t - n_full) * 8, max(S - 8, 0))
-            width = min(8, S)
-        padded = width < 8
+            # Tail tiles own columns [own, own + width) and compute 8 columns from s0: the last
+            # one is shifted left to end at S (no read past the row), or zero-padded when S < 8.
+            # Only owned columns are written, so no two tasks write the same element.
+            own = n_full * 64 + (t - n_full) * 8
+            width = min(8, S - own)
+            s0 = min(own, max(S - 8, 0))
+        padded = S < 8
         panel = pack_panel(x, b, S if padded else 0, 8)
         scratch = np.empty(8 if t >= n_full else 0, dtype=np.float32)
         xoff = np.uint64(b * K * S + s0)
@@ -370,8 +373,7 @@ def spmm_csr(data, indices, indptr, x, bias, act, residual, has_residual, n_row_
                     ro = yoff + np.uint64(r) * us
                     epilogue_row(yf, ro, yf, ro, np.uint64(64), act, rf, ro, has_residual)
             else:
-                # Tail tiles go through scratch: a shifted tile overlaps its neighbour, and
-                # applying the epilogue in place there could apply it twice.
+                # Through scratch: a shifted tile computes columns it does not own.
                 if padded:
                     _tile_csr_w8(scratch, np.uint64(0), np.uint64(8), panel, np.uint64(0),
                                       np.uint64(8), data, indices, lo, hi, bias, br * 1)
@@ -379,9 +381,9 @@ def spmm_csr(data, indices, indptr, x, bias, act, residual, has_residual, n_row_
                     _tile_csr_w8(scratch, np.uint64(0), np.uint64(8), xf, xoff, us, data,
                                       indices, lo, hi, bias, br * 1)
                 for r in range(1):
-                    ro = yoff + np.uint64(r) * us
-                    epilogue_row(scratch, np.uint64(r * 8), yf, ro, np.uint64(width), act, rf, ro,
-                                 has_residual)
+                    ro = yoff + np.uint64(r) * us + np.uint64(own - s0)
+                    epilogue_row(scratch, np.uint64(r * 8 + own - s0), yf, ro, np.uint64(width),
+                                 act, rf, ro, has_residual)
 
 
 
@@ -949,11 +951,12 @@ def _tile_bsr4x1_w8(y, yoff, ystride, x, xoff, xstride, data, indices, start, en
 @parallel_kernel
 def spmm_bsr4x1(data, indices, indptr, x, bias, act, residual, has_residual, n_row_chunks, y):
     # Y[b] (N, S) = act(W (N, K) @ X[b] (K, S) + bias[:, None]) (+ residual[b]) for every b.
-    # W is block-sparse with 4x1 blocks: block p covers rows 4*i..4*i+3 (i its block row,
-    # indptr[i] <= p < indptr[i+1]) and columns 1*indices[p]..+0; data[4*p + 1*r + c].
+    # W in BSR with 4x1 blocks (N % 4 == 0, K % 1 == 0): block p, for indptr[i] <= p <
+    # indptr[i+1], covers rows 4*i.. and columns 1*indices[p]..; W value (r, c) of the
+    # block is data[4*p + 1*r + c].
     # Trusts (validated by sparsebert.linear): float32 C-contiguous x (B, K, S), y (B, N, S),
-    # residual (B, N, S) if has_residual; N % 4 == 0, K % 1 == 0, indptr monotone from 0,
-    # indices in [0, K/1); act 0 none, 1 gelu, 2 gelu_tanh, 3 relu.
+    # residual (B, N, S) if has_residual, bias (N,); indptr monotone from 0 to the entry count,
+    # indices in range; act 0 none, 1 gelu, 2 gelu_tanh, 3 relu; n_row_chunks >= 1.
     B, K, S = x.shape
     N = y.shape[1]
     n_brows = N // 4
@@ -974,13 +977,16 @@ def spmm_bsr4x1(data, indices, indptr, x, bias, act, residual, has_residual, n_r
         br1 = min(br0 + chunk, n_brows)
         if t < n_full:
             s0 = t * 32
+            own = s0
             width = 32
         else:
-            # Tail tiles are 8 wide; the last one is shifted left to end at S (recomputing a few
-            # columns, which is idempotent), or padded when the whole sequence is shorter.
-            s0 = min(n_full * 32 + (t - n_full) * 8, max(S - 8, 0))
-            width = min(8, S)
-        padded = width < 8
+            # Tail tiles own columns [own, own + width) and compute 8 columns from s0: the last
+            # one is shifted left to end at S (no read past the row), or zero-padded when S < 8.
+            # Only owned columns are written, so no two tasks write the same element.
+            own = n_full * 32 + (t - n_full) * 8
+            width = min(8, S - own)
+            s0 = min(own, max(S - 8, 0))
+        padded = S < 8
         panel = pack_panel(x, b, S if padded else 0, 8)
         scratch = np.empty(32 if t >= n_full else 0, dtype=np.float32)
         xoff = np.uint64(b * K * S + s0)
@@ -996,8 +1002,7 @@ def spmm_bsr4x1(data, indices, indptr, x, bias, act, residual, has_residual, n_r
                     ro = yoff + np.uint64(r) * us
                     epilogue_row(yf, ro, yf, ro, np.uint64(32), act, rf, ro, has_residual)
             else:
-                # Tail tiles go through scratch: a shifted tile overlaps its neighbour, and
-                # applying the epilogue in place there could apply it twice.
+                # Through scratch: a shifted tile computes columns it does not own.
                 if padded:
                     _tile_bsr4x1_w8(scratch, np.uint64(0), np.uint64(8), panel, np.uint64(0),
                                       np.uint64(8), data, indices, lo, hi, bias, br * 4)
@@ -1005,9 +1010,9 @@ def spmm_bsr4x1(data, indices, indptr, x, bias, act, residual, has_residual, n_r
                     _tile_bsr4x1_w8(scratch, np.uint64(0), np.uint64(8), xf, xoff, us, data,
                                       indices, lo, hi, bias, br * 4)
                 for r in range(4):
-                    ro = yoff + np.uint64(r) * us
-                    epilogue_row(scratch, np.uint64(r * 8), yf, ro, np.uint64(width), act, rf, ro,
-                                 has_residual)
+                    ro = yoff + np.uint64(r) * us + np.uint64(own - s0)
+                    epilogue_row(scratch, np.uint64(r * 8 + own - s0), yf, ro, np.uint64(width),
+                                 act, rf, ro, has_residual)
 
 
 
@@ -1679,11 +1684,12 @@ def _tile_bsr8x1_w8(y, yoff, ystride, x, xoff, xstride, data, indices, start, en
 @parallel_kernel
 def spmm_bsr8x1(data, indices, indptr, x, bias, act, residual, has_residual, n_row_chunks, y):
     # Y[b] (N, S) = act(W (N, K) @ X[b] (K, S) + bias[:, None]) (+ residual[b]) for every b.
-    # W is block-sparse with 8x1 blocks: block p covers rows 8*i..8*i+7 (i its block row,
-    # indptr[i] <= p < indptr[i+1]) and columns 1*indices[p]..+0; data[8*p + 1*r + c].
+    # W in BSR with 8x1 blocks (N % 8 == 0, K % 1 == 0): block p, for indptr[i] <= p <
+    # indptr[i+1], covers rows 8*i.. and columns 1*indices[p]..; W value (r, c) of the
+    # block is data[8*p + 1*r + c].
     # Trusts (validated by sparsebert.linear): float32 C-contiguous x (B, K, S), y (B, N, S),
-    # residual (B, N, S) if has_residual; N % 8 == 0, K % 1 == 0, indptr monotone from 0,
-    # indices in [0, K/1); act 0 none, 1 gelu, 2 gelu_tanh, 3 relu.
+    # residual (B, N, S) if has_residual, bias (N,); indptr monotone from 0 to the entry count,
+    # indices in range; act 0 none, 1 gelu, 2 gelu_tanh, 3 relu; n_row_chunks >= 1.
     B, K, S = x.shape
     N = y.shape[1]
     n_brows = N // 8
@@ -1704,13 +1710,16 @@ def spmm_bsr8x1(data, indices, indptr, x, bias, act, residual, has_residual, n_r
         br1 = min(br0 + chunk, n_brows)
         if t < n_full:
             s0 = t * 16
+            own = s0
             width = 16
         else:
-            # Tail tiles are 8 wide; the last one is shifted left to end at S (recomputing a few
-            # columns, which is idempotent), or padded when the whole sequence is shorter.
-            s0 = min(n_full * 16 + (t - n_full) * 8, max(S - 8, 0))
-            width = min(8, S)
-        padded = width < 8
+            # Tail tiles own columns [own, own + width) and compute 8 columns from s0: the last
+            # one is shifted left to end at S (no read past the row), or zero-padded when S < 8.
+            # Only owned columns are written, so no two tasks write the same element.
+            own = n_full * 16 + (t - n_full) * 8
+            width = min(8, S - own)
+            s0 = min(own, max(S - 8, 0))
+        padded = S < 8
         panel = pack_panel(x, b, S if padded else 0, 8)
         scratch = np.empty(64 if t >= n_full else 0, dtype=np.float32)
         xoff = np.uint64(b * K * S + s0)
@@ -1726,8 +1735,7 @@ def spmm_bsr8x1(data, indices, indptr, x, bias, act, residual, has_residual, n_r
                     ro = yoff + np.uint64(r) * us
                     epilogue_row(yf, ro, yf, ro, np.uint64(16), act, rf, ro, has_residual)
             else:
-                # Tail tiles go through scratch: a shifted tile overlaps its neighbour, and
-                # applying the epilogue in place there could apply it twice.
+                # Through scratch: a shifted tile computes columns it does not own.
                 if padded:
                     _tile_bsr8x1_w8(scratch, np.uint64(0), np.uint64(8), panel, np.uint64(0),
                                       np.uint64(8), data, indices, lo, hi, bias, br * 8)
@@ -1735,9 +1743,9 @@ def spmm_bsr8x1(data, indices, indptr, x, bias, act, residual, has_residual, n_r
                     _tile_bsr8x1_w8(scratch, np.uint64(0), np.uint64(8), xf, xoff, us, data,
                                       indices, lo, hi, bias, br * 8)
                 for r in range(8):
-                    ro = yoff + np.uint64(r) * us
-                    epilogue_row(scratch, np.uint64(r * 8), yf, ro, np.uint64(width), act, rf, ro,
-                                 has_residual)
+                    ro = yoff + np.uint64(r) * us + np.uint64(own - s0)
+                    epilogue_row(scratch, np.uint64(r * 8 + own - s0), yf, ro, np.uint64(width),
+                                 act, rf, ro, has_residual)
 
 
 
@@ -2179,11 +2187,12 @@ def _tile_bsr2x2_w8(y, yoff, ystride, x, xoff, xstride, data, indices, start, en
 @parallel_kernel
 def spmm_bsr2x2(data, indices, indptr, x, bias, act, residual, has_residual, n_row_chunks, y):
     # Y[b] (N, S) = act(W (N, K) @ X[b] (K, S) + bias[:, None]) (+ residual[b]) for every b.
-    # W is block-sparse with 2x2 blocks: block p covers rows 2*i..2*i+1 (i its block row,
-    # indptr[i] <= p < indptr[i+1]) and columns 2*indices[p]..+1; data[4*p + 2*r + c].
+    # W in BSR with 2x2 blocks (N % 2 == 0, K % 2 == 0): block p, for indptr[i] <= p <
+    # indptr[i+1], covers rows 2*i.. and columns 2*indices[p]..; W value (r, c) of the
+    # block is data[4*p + 2*r + c].
     # Trusts (validated by sparsebert.linear): float32 C-contiguous x (B, K, S), y (B, N, S),
-    # residual (B, N, S) if has_residual; N % 2 == 0, K % 2 == 0, indptr monotone from 0,
-    # indices in [0, K/2); act 0 none, 1 gelu, 2 gelu_tanh, 3 relu.
+    # residual (B, N, S) if has_residual, bias (N,); indptr monotone from 0 to the entry count,
+    # indices in range; act 0 none, 1 gelu, 2 gelu_tanh, 3 relu; n_row_chunks >= 1.
     B, K, S = x.shape
     N = y.shape[1]
     n_brows = N // 2
@@ -2204,13 +2213,16 @@ def spmm_bsr2x2(data, indices, indptr, x, bias, act, residual, has_residual, n_r
         br1 = min(br0 + chunk, n_brows)
         if t < n_full:
             s0 = t * 32
+            own = s0
             width = 32
         else:
-            # Tail tiles are 8 wide; the last one is shifted left to end at S (recomputing a few
-            # columns, which is idempotent), or padded when the whole sequence is shorter.
-            s0 = min(n_full * 32 + (t - n_full) * 8, max(S - 8, 0))
-            width = min(8, S)
-        padded = width < 8
+            # Tail tiles own columns [own, own + width) and compute 8 columns from s0: the last
+            # one is shifted left to end at S (no read past the row), or zero-padded when S < 8.
+            # Only owned columns are written, so no two tasks write the same element.
+            own = n_full * 32 + (t - n_full) * 8
+            width = min(8, S - own)
+            s0 = min(own, max(S - 8, 0))
+        padded = S < 8
         panel = pack_panel(x, b, S if padded else 0, 8)
         scratch = np.empty(16 if t >= n_full else 0, dtype=np.float32)
         xoff = np.uint64(b * K * S + s0)
@@ -2226,8 +2238,7 @@ def spmm_bsr2x2(data, indices, indptr, x, bias, act, residual, has_residual, n_r
                     ro = yoff + np.uint64(r) * us
                     epilogue_row(yf, ro, yf, ro, np.uint64(32), act, rf, ro, has_residual)
             else:
-                # Tail tiles go through scratch: a shifted tile overlaps its neighbour, and
-                # applying the epilogue in place there could apply it twice.
+                # Through scratch: a shifted tile computes columns it does not own.
                 if padded:
                     _tile_bsr2x2_w8(scratch, np.uint64(0), np.uint64(8), panel, np.uint64(0),
                                       np.uint64(8), data, indices, lo, hi, bias, br * 2)
@@ -2235,9 +2246,9 @@ def spmm_bsr2x2(data, indices, indptr, x, bias, act, residual, has_residual, n_r
                     _tile_bsr2x2_w8(scratch, np.uint64(0), np.uint64(8), xf, xoff, us, data,
                                       indices, lo, hi, bias, br * 2)
                 for r in range(2):
-                    ro = yoff + np.uint64(r) * us
-                    epilogue_row(scratch, np.uint64(r * 8), yf, ro, np.uint64(width), act, rf, ro,
-                                 has_residual)
+                    ro = yoff + np.uint64(r) * us + np.uint64(own - s0)
+                    epilogue_row(scratch, np.uint64(r * 8 + own - s0), yf, ro, np.uint64(width),
+                                 act, rf, ro, has_residual)
 
 
 
@@ -2999,11 +3010,12 @@ def _tile_bsr1x4_w8(y, yoff, ystride, x, xoff, xstride, data, indices, start, en
 @parallel_kernel
 def spmm_bsr1x4(data, indices, indptr, x, bias, act, residual, has_residual, n_row_chunks, y):
     # Y[b] (N, S) = act(W (N, K) @ X[b] (K, S) + bias[:, None]) (+ residual[b]) for every b.
-    # W is block-sparse with 1x4 blocks: block p covers rows 1*i..1*i+0 (i its block row,
-    # indptr[i] <= p < indptr[i+1]) and columns 4*indices[p]..+3; data[4*p + 4*r + c].
+    # W in BSR with 1x4 blocks (N % 1 == 0, K % 4 == 0): block p, for indptr[i] <= p <
+    # indptr[i+1], covers rows 1*i.. and columns 4*indices[p]..; W value (r, c) of the
+    # block is data[4*p + 4*r + c].
     # Trusts (validated by sparsebert.linear): float32 C-contiguous x (B, K, S), y (B, N, S),
-    # residual (B, N, S) if has_residual; N % 1 == 0, K % 4 == 0, indptr monotone from 0,
-    # indices in [0, K/4); act 0 none, 1 gelu, 2 gelu_tanh, 3 relu.
+    # residual (B, N, S) if has_residual, bias (N,); indptr monotone from 0 to the entry count,
+    # indices in range; act 0 none, 1 gelu, 2 gelu_tanh, 3 relu; n_row_chunks >= 1.
     B, K, S = x.shape
     N = y.shape[1]
     n_brows = N // 1
@@ -3024,13 +3036,16 @@ def spmm_bsr1x4(data, indices, indptr, x, bias, act, residual, has_residual, n_r
         br1 = min(br0 + chunk, n_brows)
         if t < n_full:
             s0 = t * 64
+            own = s0
             width = 64
         else:
-            # Tail tiles are 8 wide; the last one is shifted left to end at S (recomputing a few
-            # columns, which is idempotent), or padded when the whole sequence is shorter.
-            s0 = min(n_full * 64 + (t - n_full) * 8, max(S - 8, 0))
-            width = min(8, S)
-        padded = width < 8
+            # Tail tiles own columns [own, own + width) and compute 8 columns from s0: the last
+            # one is shifted left to end at S (no read past the row), or zero-padded when S < 8.
+            # Only owned columns are written, so no two tasks write the same element.
+            own = n_full * 64 + (t - n_full) * 8
+            width = min(8, S - own)
+            s0 = min(own, max(S - 8, 0))
+        padded = S < 8
         panel = pack_panel(x, b, S if padded else 0, 8)
         scratch = np.empty(8 if t >= n_full else 0, dtype=np.float32)
         xoff = np.uint64(b * K * S + s0)
@@ -3046,8 +3061,7 @@ def spmm_bsr1x4(data, indices, indptr, x, bias, act, residual, has_residual, n_r
                     ro = yoff + np.uint64(r) * us
                     epilogue_row(yf, ro, yf, ro, np.uint64(64), act, rf, ro, has_residual)
             else:
-                # Tail tiles go through scratch: a shifted tile overlaps its neighbour, and
-                # applying the epilogue in place there could apply it twice.
+                # Through scratch: a shifted tile computes columns it does not own.
                 if padded:
                     _tile_bsr1x4_w8(scratch, np.uint64(0), np.uint64(8), panel, np.uint64(0),
                                       np.uint64(8), data, indices, lo, hi, bias, br * 1)
@@ -3055,6 +3069,6 @@ def spmm_bsr1x4(data, indices, indptr, x, bias, act, residual, has_residual, n_r
                     _tile_bsr1x4_w8(scratch, np.uint64(0), np.uint64(8), xf, xoff, us, data,
                                       indices, lo, hi, bias, br * 1)
                 for r in range(1):
-                    ro = yoff + np.uint64(r) * us
-                    epilogue_row(scratch, np.uint64(r * 8), yf, ro, np.uint64(width), act, rf, ro,
-                                 has_residual)
+                    ro = yoff + np.uint64(r) * us + np.uint64(own - s0)
+                    epilogue_row(scratch, np.uint64(r * 8 + own - s0), yf, ro, np.uint64(width),
+                                 act, rf, ro, has_residual)

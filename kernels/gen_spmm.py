@@ -81,15 +81,21 @@ def _tile(name: str, R: int, C: int, T: int) -> str:
 
 def _driver(name: str, R: int, C: int, TM: int) -> str:
     W = TAIL_WIDTH
+    if R * C == 1:
+        layout = ("    # W in CSR: row n holds data[p] at column indices[p] for indptr[n] <= p < indptr[n+1]\n"
+                  "    # (columns in any order; repeats add up).")
+    else:
+        layout = (f"    # W in BSR with {R}x{C} blocks (N % {R} == 0, K % {C} == 0): block p, for indptr[i] <= p <\n"
+                  f"    # indptr[i+1], covers rows {R}*i.. and columns {C}*indices[p]..; W value (r, c) of the\n"
+                  f"    # block is data[{R * C}*p + {C}*r + c].")
     return f'''
 @parallel_kernel
 def spmm_{name}(data, indices, indptr, x, bias, act, residual, has_residual, n_row_chunks, y):
     # Y[b] (N, S) = act(W (N, K) @ X[b] (K, S) + bias[:, None]) (+ residual[b]) for every b.
-    # W is block-sparse with {R}x{C} blocks: block p covers rows {R}*i..{R}*i+{R - 1} (i its block row,
-    # indptr[i] <= p < indptr[i+1]) and columns {C}*indices[p]..+{C - 1}; data[{R * C}*p + {C}*r + c].
+{layout}
     # Trusts (validated by sparsebert.linear): float32 C-contiguous x (B, K, S), y (B, N, S),
-    # residual (B, N, S) if has_residual; N % {R} == 0, K % {C} == 0, indptr monotone from 0,
-    # indices in [0, K/{C}); act 0 none, 1 gelu, 2 gelu_tanh, 3 relu.
+    # residual (B, N, S) if has_residual, bias (N,); indptr monotone from 0 to the entry count,
+    # indices in range; act 0 none, 1 gelu, 2 gelu_tanh, 3 relu; n_row_chunks >= 1.
     B, K, S = x.shape
     N = y.shape[1]
     n_brows = N // {R}
@@ -110,13 +116,16 @@ def spmm_{name}(data, indices, indptr, x, bias, act, residual, has_residual, n_r
         br1 = min(br0 + chunk, n_brows)
         if t < n_full:
             s0 = t * {TM}
+            own = s0
             width = {TM}
         else:
-            # Tail tiles are {W} wide; the last one is shifted left to end at S (recomputing a few
-            # columns, which is idempotent), or padded when the whole sequence is shorter.
-            s0 = min(n_full * {TM} + (t - n_full) * {W}, max(S - {W}, 0))
-            width = min({W}, S)
-        padded = width < {W}
+            # Tail tiles own columns [own, own + width) and compute {W} columns from s0: the last
+            # one is shifted left to end at S (no read past the row), or zero-padded when S < {W}.
+            # Only owned columns are written, so no two tasks write the same element.
+            own = n_full * {TM} + (t - n_full) * {W}
+            width = min({W}, S - own)
+            s0 = min(own, max(S - {W}, 0))
+        padded = S < {W}
         panel = pack_panel(x, b, S if padded else 0, {W})
         scratch = np.empty({R * W} if t >= n_full else 0, dtype=np.float32)
         xoff = np.uint64(b * K * S + s0)
@@ -132,8 +141,7 @@ def spmm_{name}(data, indices, indptr, x, bias, act, residual, has_residual, n_r
                     ro = yoff + np.uint64(r) * us
                     epilogue_row(yf, ro, yf, ro, np.uint64({TM}), act, rf, ro, has_residual)
             else:
-                # Tail tiles go through scratch: a shifted tile overlaps its neighbour, and
-                # applying the epilogue in place there could apply it twice.
+                # Through scratch: a shifted tile computes columns it does not own.
                 if padded:
                     _tile_{name}_w{W}(scratch, np.uint64(0), np.uint64({W}), panel, np.uint64(0),
                                       np.uint64({W}), data, indices, lo, hi, bias, br * {R})
@@ -141,9 +149,9 @@ def spmm_{name}(data, indices, indptr, x, bias, act, residual, has_residual, n_r
                     _tile_{name}_w{W}(scratch, np.uint64(0), np.uint64({W}), xf, xoff, us, data,
                                       indices, lo, hi, bias, br * {R})
                 for r in range({R}):
-                    ro = yoff + np.uint64(r) * us
-                    epilogue_row(scratch, np.uint64(r * {W}), yf, ro, np.uint64(width), act, rf, ro,
-                                 has_residual)
+                    ro = yoff + np.uint64(r) * us + np.uint64(own - s0)
+                    epilogue_row(scratch, np.uint64(r * {W} + own - s0), yf, ro, np.uint64(width),
+                                 act, rf, ro, has_residual)
 '''
 
 
