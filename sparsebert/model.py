@@ -11,10 +11,11 @@ Weight matmuls go through `sparsebert.linear`, which picks dense, CSR or BSR for
 from __future__ import annotations
 
 import dataclasses
+import time
 import numpy as np
 
 from .config import BertConfig
-from .errors import InputError
+from .errors import CheckpointError, InputError
 from .kernels import attention, ops
 from .linear import make_linear
 from .weights import BertWeights
@@ -51,16 +52,43 @@ class Layer:
     def linears(self) -> dict:
         return {"qkv": self.qkv, "attn_out": self.attn_out, "ffn_in": self.ffn_in, "ffn_out": self.ffn_out}
 
-    def __call__(self, x: np.ndarray, key_bias: np.ndarray) -> np.ndarray:
+    def __call__(self, x: np.ndarray, key_bias: np.ndarray, tick=None) -> np.ndarray:
+        tick = tick or _no_tick
         qkv = self.qkv(x)  # (B, 3H, T): Q, K, V row blocks
+        tick("qkv")
         ctx = np.empty_like(x)  # (B, H, T): per head, V_h @ softmax(Q_hᵀ K_h / √D + mask)ᵀ
         attention.attention(qkv, key_bias, self.heads, self.scale, ctx)
+        tick("attention")
         h = self.attn_out(ctx, residual=x)  # (B, H, T)
+        tick("attn_out")
         ops.layer_norm(h, self.attn_norm.gamma, self.attn_norm.beta, self.eps)
+        tick("layer_norm")
         f = self.ffn_in(h, activation=self.act)  # (B, I, T)
+        tick("ffn_in")
         y = self.ffn_out(f, residual=h)  # (B, H, T)
+        tick("ffn_out")
         ops.layer_norm(y, self.ffn_norm.gamma, self.ffn_norm.beta, self.eps)
+        tick("layer_norm")
         return y
+
+
+def _no_tick(name: str) -> None:
+    pass
+
+
+class _Clock:
+    """Accumulates wall time between ticks under (layer, step) names, for `BertEncoder.profile`."""
+
+    def __init__(self):
+        self.layer = "embeddings"
+        self.times: dict[str, float] = {}
+        self.last = time.perf_counter()
+
+    def __call__(self, name: str) -> None:
+        now = time.perf_counter()
+        key = f"{self.layer}.{name}"
+        self.times[key] = self.times.get(key, 0.0) + now - self.last
+        self.last = now
 
 
 class BertEncoder:
@@ -98,6 +126,18 @@ class BertEncoder:
         return {"linears": rows, "total": total}
 
     def __call__(self, input_ids, attention_mask=None, token_type_ids=None) -> EncoderOutput:
+        return self._forward(input_ids, attention_mask, token_type_ids, None)
+
+    def profile(self, input_ids, attention_mask=None, token_type_ids=None) -> dict[str, float]:
+        """Run one forward pass and return seconds spent per step, keyed "layer{i}.{step}"
+        (steps: qkv, attention, attn_out, layer_norm, ffn_in, ffn_out), plus "embeddings.*" and
+        "output.*". Timing is per kernel call, so it includes each call's thread start-up."""
+        clock = _Clock()
+        self._forward(input_ids, attention_mask, token_type_ids, clock)
+        return clock.times
+
+    def _forward(self, input_ids, attention_mask, token_type_ids, clock) -> EncoderOutput:
+        tick = clock or _no_tick
         ids, mask, types = self.check_inputs(input_ids, attention_mask, token_type_ids)
         B, T = ids.shape
         w = self.weights
@@ -110,14 +150,23 @@ class BertEncoder:
         ops.layer_norm(x, w.emb_norm.gamma, w.emb_norm.beta, np.float32(self.config.layer_norm_eps))
 
         key_bias = np.where(mask > 0, np.float32(0), _MASKED).astype(np.float32)  # (B, T)
-        for layer in self.layers:
-            x = layer(x, key_bias)  # (B, H, T)
+        tick("embed")
+        for i, layer in enumerate(self.layers):
+            if clock is not None:
+                clock.layer = f"layer{i}"
+            x = layer(x, key_bias, tick)  # (B, H, T)
+        if clock is not None:
+            clock.layer = "output"
 
         pooled = None
         if self.pooler is not None:
             cls = np.ascontiguousarray(x[:, :, :1])  # (B, H, 1)
             pooled = np.tanh(self.pooler(cls)[:, :, 0])  # (B, H)
         hidden = np.ascontiguousarray(x.transpose(0, 2, 1))  # (B, T, H)
+        # One cheap pass: never hand back NaN as an answer.
+        if not np.isfinite(hidden).all() or (pooled is not None and not np.isfinite(pooled).all()):
+            raise CheckpointError(_overflow_message(w))
+        tick("pooler_and_transpose")
         return EncoderOutput(hidden, pooled)
 
     def check_inputs(self, input_ids, attention_mask, token_type_ids):
@@ -143,6 +192,24 @@ class BertEncoder:
             limit = c.type_vocab_size if self.weights.type_emb is not None else 1
             _check_range(types, 0, limit, "token_type_ids", f"type_vocab_size ({limit})")
         return ids, mask, types
+
+
+def _overflow_message(w: BertWeights) -> str:
+    """Explain non-finite activations from finite inputs: some weight is far outside any trained
+    model's range (inputs are validated, and LayerNorm keeps sane weights from overflowing)."""
+    named = {"word_emb": w.word_emb, "pos_emb": w.pos_emb, "type_emb": w.type_emb,
+             "pooler_w": w.pooler_w, "pooler_b": w.pooler_b}
+    for i, layer in enumerate(w.layers):
+        for field in ("qkv_w", "qkv_b", "attn_out_w", "attn_out_b", "ffn_in_w", "ffn_in_b",
+                      "ffn_out_w", "ffn_out_b"):
+            named[f"layer {i} {field}"] = getattr(layer, field)
+    sizes = {k: float(np.abs(v).max()) for k, v in named.items() if v is not None and v.size}
+    worst = max(sizes, key=sizes.get)
+    return (
+        f"the forward pass overflowed to NaN/Inf; the largest weight magnitude is {sizes[worst]:.3g} "
+        f"in {worst} (trained BERT weights stay below ~100): the checkpoint is corrupt, re-download "
+        "or re-export it"
+    )
 
 
 def _int_matrix(value, name: str, shape=None) -> np.ndarray:
