@@ -112,10 +112,13 @@ def main(argv=None) -> None:
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--json", help="also write the report to this JSON file")
     p.add_argument("--quick", action="store_true", help="only the 3072x768 layer at 90%%")
+    p.add_argument("--batches", help="token batches as BxS,BxS (default 32x128,1x128)")
     args = p.parse_args(argv)
     kw = {}
     if args.quick:
         kw = dict(shapes=((3072, 768),), cases=(("csr", 0.9), ("bsr4x1", 0.9), ("bsr2x2", 0.9)))
+    if args.batches:
+        kw["batches"] = tuple(tuple(int(v) for v in b.split("x")) for b in args.batches.split(","))
     report = benchmark_linear(repeats=args.repeats, **kw)
     print(format_table(report))
     if args.json:

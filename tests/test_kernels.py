@@ -171,3 +171,12 @@ def test_tiles_are_vectorised():
     tile.compile(sig)
     asm = "\n".join(tile.inspect_asm().values())
     assert "vfmadd231ps\t" in asm and ("%ymm" in asm or "%zmm" in asm)
+
+
+@pytest.mark.parametrize("N,K", [(37, 13), (1, 300), (300, 1)])
+def test_csr_sizes_not_multiple_of_any_block(N, K):
+    # BSR needs N % R == 0 and K % C == 0 (ragged weights are rejected by sparsebert.linear,
+    # see test_linear.py); CSR takes any shape.
+    w = random_weight(np.random.default_rng(6), N, K, 0.7)
+    for B, S in [(2, 67), (1, 1)]:
+        check("csr", w, B, S, act=1, with_residual=True)
