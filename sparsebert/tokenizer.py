@@ -103,6 +103,10 @@ class Tokenizer:
 def _check_texts(texts, what: str) -> list[str]:
     if isinstance(texts, str):
         texts = [texts]
+    if isinstance(texts, (bytes, bytearray)) or not hasattr(texts, "__iter__"):
+        raise InputError(
+            f"{what} must be a str or a sequence of str, got {type(texts).__name__}: {texts!r:.80}"
+        )
     texts = list(texts)
     if not texts:
         raise InputError(f"{what} is empty: pass at least one string")
