@@ -69,9 +69,12 @@ class BertConfig:
                 f"hidden_act {self.hidden_act!r} is not supported; expected one of {ACTIVATIONS}"
             )
         eps = self.layer_norm_eps
-        if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 < eps < 1:
-            raise ConfigError(f"layer_norm_eps must be a float in (0, 1), got {eps!r}")
-        if not isinstance(self.pad_token_id, int) or not 0 <= self.pad_token_id < self.vocab_size:
+        # Below ~1e-30 the float32 eps the kernels use underflows to 0 (or a denormal), and a
+        # constant feature row would divide by zero.
+        if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 1e-30 <= eps < 1:
+            raise ConfigError(f"layer_norm_eps must be a float in [1e-30, 1), got {eps!r}")
+        pad = self.pad_token_id
+        if isinstance(pad, bool) or not isinstance(pad, int) or not 0 <= pad < self.vocab_size:
             raise ConfigError(
                 f"pad_token_id {self.pad_token_id!r} is outside the vocabulary "
                 f"[0, {self.vocab_size})"

@@ -11,7 +11,10 @@ Weight matmuls go through `sparsebert.linear`, which picks dense, CSR or BSR for
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
+
+import numba
 import numpy as np
 
 from .config import BertConfig
@@ -179,6 +182,7 @@ class BertEncoder:
                 f"sequence length {T} exceeds max_position_embeddings {c.max_position_embeddings}; "
                 "truncate the inputs (the tokenizer does this for texts)"
             )
+        _check_memory(B, T, c)
         _check_range(ids, 0, c.vocab_size, "input_ids", "the vocabulary size")
         if attention_mask is None:
             mask = np.ones((B, T), dtype=np.int64)
@@ -192,6 +196,49 @@ class BertEncoder:
             limit = c.type_vocab_size if self.weights.type_emb is not None else 1
             _check_range(types, 0, limit, "token_type_ids", f"type_vocab_size ({limit})")
         return ids, mask, types
+
+
+def call_bytes(B: int, T: int, c: BertConfig) -> int:
+    """Estimated peak working memory of one forward call, in bytes.
+
+    Live float32 activations: embeddings and their (B, H, T) copy, qkv (3H), attention context,
+    attention output, FFN input (I) and output, and the (B, T, H) result: about B*T*(9H + I)*4;
+    int64 ids/mask/types 24*B*T; attention scores T*T*4 per concurrently running (sequence, head)."""
+    H, I = c.hidden_size, c.intermediate_size
+    heads_live = min(B * c.num_attention_heads, max(1, numba.get_num_threads()))
+    return 4 * B * T * (9 * H + I) + 24 * B * T + 4 * T * T * heads_live
+
+
+def available_bytes() -> int:
+    """Memory the OS can hand out now: MemAvailable (Linux), else free physical pages."""
+    try:
+        with open("/proc/meminfo", "rb") as f:
+            for line in f:
+                if line.startswith(b"MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, AttributeError):
+        return 1 << 62  # unknown: do not refuse
+
+
+# Below this estimate a call is not worth a look at /proc/meminfo.
+_CHECK_MEMORY_ABOVE = 256 << 20
+
+
+def _check_memory(B: int, T: int, c: BertConfig) -> None:
+    need = call_bytes(B, T, c)
+    if need < _CHECK_MEMORY_ABOVE:
+        return
+    have = available_bytes()
+    if need > have:
+        raise InputError(
+            f"a batch of {B} sequences x {T} tokens needs about {need / 2**30:.2f} GiB of working "
+            f"memory, but only {have / 2**30:.2f} GiB is available; pass fewer sequences per call "
+            f"(e.g. batch_size={max(1, int(B * have / need / 2))}) or shorter sequences"
+        )
 
 
 def _overflow_message(w: BertWeights) -> str:

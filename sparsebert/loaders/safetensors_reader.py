@@ -12,6 +12,7 @@ Floating tensors come back as float32 (BF16 and F16 widened exactly); integer bu
 from __future__ import annotations
 
 import json
+import math
 import os
 import struct
 
@@ -90,7 +91,7 @@ def parse_safetensors(blob: bytes, where: str = "<bytes>") -> dict[str, np.ndarr
             raise bad(f"tensor {name!r} has invalid data_offsets {offsets!r}")
         begin, end = offsets
         dtype = _DTYPES[dtype_name]
-        count = int(np.prod(shape, dtype=np.int64)) if shape else 1
+        count = math.prod(shape)  # exact Python ints: an int64 product can wrap to match
         if not 0 <= begin <= end <= len(data):
             raise bad(
                 f"tensor {name!r} spans bytes [{begin}, {end}) outside the data buffer "
