@@ -132,6 +132,8 @@ def benchmark_model(
     """Load `path` on `engine`, time the first call, warm up, and measure for `time_s` seconds."""
     _check_positive(batch_size, "batch_size")
     _check_positive(seq_len, "seq_len")
+    if isinstance(time_s, bool) or not isinstance(time_s, (int, float)) or not time_s > 0:
+        raise ValueError(f"time_s must be a positive number of seconds, got {time_s!r}")
     if warmup_s is None:
         warmup_s = min(2.0, 0.2 * time_s)
     runner = load_runner(path, engine, threads=threads, layers=layers, formats=formats)
