@@ -7,7 +7,7 @@ import numpy as np
 from numba import prange
 
 from .jit import kernel, parallel_kernel
-from .spmm_epilogue import epilogue_row, pack_panel
+from .spmm_epilogue import epilogue_row, pack_sequences
 
 
 
@@ -332,12 +332,34 @@ def spmm_csr(data, indices, indptr, x, bias, act, residual, has_residual, n_row_
     N = y.shape[1]
     n_brows = N // 1
     chunk = (n_brows + n_row_chunks - 1) // n_row_chunks
-    n_full = S // 64
-    n_tail = (S - n_full * 64 + 7) // 8
-    n_tiles = n_full + n_tail
-    xf = x.reshape(-1)
     yf = y.reshape(-1)
     rf = residual.reshape(-1)
+    if S < 64:
+        # Short sequences: g whole sequences side by side in one zero-padded (K, 64) panel, so
+        # the full-width tile runs on them; results go through scratch to each sequence's rows.
+        g = 64 // S
+        n_groups = (B + g - 1) // g
+        for task in prange(n_groups * n_row_chunks):
+            grp = task // n_row_chunks
+            br0 = (task - grp * n_row_chunks) * chunk
+            br1 = min(br0 + chunk, n_brows)
+            b0 = grp * g
+            nb = min(g, B - b0)
+            panel = pack_sequences(x, b0, nb, 64)
+            scratch = np.empty(64, dtype=np.float32)
+            for br in range(br0, br1):
+                _tile_csr_w64(scratch, np.uint64(0), np.uint64(64), panel, np.uint64(0),
+                                  np.uint64(64), data, indices, np.uint64(indptr[br]),
+                                  np.uint64(indptr[br + 1]), bias, br * 1)
+                for r in range(1):
+                    for i in range(nb):
+                        ro = np.uint64(((b0 + i) * N + br * 1 + r) * S)
+                        epilogue_row(scratch, np.uint64(r * 64 + i * S), yf, ro, np.uint64(S),
+                                     act, rf, ro, has_residual)
+        return
+    n_full = S // 64
+    n_tiles = n_full + (S - n_full * 64 + 7) // 8
+    xf = x.reshape(-1)
     us = np.uint64(S)
     fused = act == 0 and not has_residual  # the tile's store already added the bias
     for task in prange(B * n_tiles * n_row_chunks):
@@ -351,14 +373,12 @@ def spmm_csr(data, indices, indptr, x, bias, act, residual, has_residual, n_row_
             own = s0
             width = 64
         else:
-            # Tail tiles own columns [own, own + width) and compute 8 columns from s0: the last
-            # one is shifted left to end at S (no read past the row), or zero-padded when S < 8.
-            # Only owned columns are written, so no two tasks write the same element.
+            # Tail tiles own columns [own, own + width) and compute 8 columns from s0; the last
+            # is shifted left to end at S (S >= 64 here). Writing only owned columns means no
+            # two tasks write the same element.
             own = n_full * 64 + (t - n_full) * 8
             width = min(8, S - own)
-            s0 = min(own, max(S - 8, 0))
-        padded = S < 8
-        panel = pack_panel(x, b, S if padded else 0, 8)
+            s0 = min(own, S - 8)
         scratch = np.empty(8 if t >= n_full else 0, dtype=np.float32)
         xoff = np.uint64(b * K * S + s0)
         for br in range(br0, br1):
@@ -373,13 +393,8 @@ def spmm_csr(data, indices, indptr, x, bias, act, residual, has_residual, n_row_
                     ro = yoff + np.uint64(r) * us
                     epilogue_row(yf, ro, yf, ro, np.uint64(64), act, rf, ro, has_residual)
             else:
-                # Through scratch: a shifted tile computes columns it does not own.
-                if padded:
-                    _tile_csr_w8(scratch, np.uint64(0), np.uint64(8), panel, np.uint64(0),
-                                      np.uint64(8), data, indices, lo, hi, bias, br * 1)
-                else:
-                    _tile_csr_w8(scratch, np.uint64(0), np.uint64(8), xf, xoff, us, data,
-                                      indices, lo, hi, bias, br * 1)
+                _tile_csr_w8(scratch, np.uint64(0), np.uint64(8), xf, xoff, us, data,
+                                  indices, lo, hi, bias, br * 1)
                 for r in range(1):
                     ro = yoff + np.uint64(r) * us + np.uint64(own - s0)
                     epilogue_row(scratch, np.uint64(r * 8 + own - s0), yf, ro, np.uint64(width),
@@ -961,12 +976,34 @@ def spmm_bsr4x1(data, indices, indptr, x, bias, act, residual, has_residual, n_r
     N = y.shape[1]
     n_brows = N // 4
     chunk = (n_brows + n_row_chunks - 1) // n_row_chunks
-    n_full = S // 32
-    n_tail = (S - n_full * 32 + 7) // 8
-    n_tiles = n_full + n_tail
-    xf = x.reshape(-1)
     yf = y.reshape(-1)
     rf = residual.reshape(-1)
+    if S < 32:
+        # Short sequences: g whole sequences side by side in one zero-padded (K, 32) panel, so
+        # the full-width tile runs on them; results go through scratch to each sequence's rows.
+        g = 32 // S
+        n_groups = (B + g - 1) // g
+        for task in prange(n_groups * n_row_chunks):
+            grp = task // n_row_chunks
+            br0 = (task - grp * n_row_chunks) * chunk
+            br1 = min(br0 + chunk, n_brows)
+            b0 = grp * g
+            nb = min(g, B - b0)
+            panel = pack_sequences(x, b0, nb, 32)
+            scratch = np.empty(128, dtype=np.float32)
+            for br in range(br0, br1):
+                _tile_bsr4x1_w32(scratch, np.uint64(0), np.uint64(32), panel, np.uint64(0),
+                                  np.uint64(32), data, indices, np.uint64(indptr[br]),
+                                  np.uint64(indptr[br + 1]), bias, br * 4)
+                for r in range(4):
+                    for i in range(nb):
+                        ro = np.uint64(((b0 + i) * N + br * 4 + r) * S)
+                        epilogue_row(scratch, np.uint64(r * 32 + i * S), yf, ro, np.uint64(S),
+                                     act, rf, ro, has_residual)
+        return
+    n_full = S // 32
+    n_tiles = n_full + (S - n_full * 32 + 7) // 8
+    xf = x.reshape(-1)
     us = np.uint64(S)
     fused = act == 0 and not has_residual  # the tile's store already added the bias
     for task in prange(B * n_tiles * n_row_chunks):
@@ -980,14 +1017,12 @@ def spmm_bsr4x1(data, indices, indptr, x, bias, act, residual, has_residual, n_r
             own = s0
             width = 32
         else:
-            # Tail tiles own columns [own, own + width) and compute 8 columns from s0: the last
-            # one is shifted left to end at S (no read past the row), or zero-padded when S < 8.
-            # Only owned columns are written, so no two tasks write the same element.
+            # Tail tiles own columns [own, own + width) and compute 8 columns from s0; the last
+            # is shifted left to end at S (S >= 32 here). Writing only owned columns means no
+            # two tasks write the same element.
             own = n_full * 32 + (t - n_full) * 8
             width = min(8, S - own)
-            s0 = min(own, max(S - 8, 0))
-        padded = S < 8
-        panel = pack_panel(x, b, S if padded else 0, 8)
+            s0 = min(own, S - 8)
         scratch = np.empty(32 if t >= n_full else 0, dtype=np.float32)
         xoff = np.uint64(b * K * S + s0)
         for br in range(br0, br1):
@@ -1002,13 +1037,8 @@ def spmm_bsr4x1(data, indices, indptr, x, bias, act, residual, has_residual, n_r
                     ro = yoff + np.uint64(r) * us
                     epilogue_row(yf, ro, yf, ro, np.uint64(32), act, rf, ro, has_residual)
             else:
-                # Through scratch: a shifted tile computes columns it does not own.
-                if padded:
-                    _tile_bsr4x1_w8(scratch, np.uint64(0), np.uint64(8), panel, np.uint64(0),
-                                      np.uint64(8), data, indices, lo, hi, bias, br * 4)
-                else:
-                    _tile_bsr4x1_w8(scratch, np.uint64(0), np.uint64(8), xf, xoff, us, data,
-                                      indices, lo, hi, bias, br * 4)
+                _tile_bsr4x1_w8(scratch, np.uint64(0), np.uint64(8), xf, xoff, us, data,
+                                  indices, lo, hi, bias, br * 4)
                 for r in range(4):
                     ro = yoff + np.uint64(r) * us + np.uint64(own - s0)
                     epilogue_row(scratch, np.uint64(r * 8 + own - s0), yf, ro, np.uint64(width),
@@ -1694,12 +1724,34 @@ def spmm_bsr8x1(data, indices, indptr, x, bias, act, residual, has_residual, n_r
     N = y.shape[1]
     n_brows = N // 8
     chunk = (n_brows + n_row_chunks - 1) // n_row_chunks
-    n_full = S // 16
-    n_tail = (S - n_full * 16 + 7) // 8
-    n_tiles = n_full + n_tail
-    xf = x.reshape(-1)
     yf = y.reshape(-1)
     rf = residual.reshape(-1)
+    if S < 16:
+        # Short sequences: g whole sequences side by side in one zero-padded (K, 16) panel, so
+        # the full-width tile runs on them; results go through scratch to each sequence's rows.
+        g = 16 // S
+        n_groups = (B + g - 1) // g
+        for task in prange(n_groups * n_row_chunks):
+            grp = task // n_row_chunks
+            br0 = (task - grp * n_row_chunks) * chunk
+            br1 = min(br0 + chunk, n_brows)
+            b0 = grp * g
+            nb = min(g, B - b0)
+            panel = pack_sequences(x, b0, nb, 16)
+            scratch = np.empty(128, dtype=np.float32)
+            for br in range(br0, br1):
+                _tile_bsr8x1_w16(scratch, np.uint64(0), np.uint64(16), panel, np.uint64(0),
+                                  np.uint64(16), data, indices, np.uint64(indptr[br]),
+                                  np.uint64(indptr[br + 1]), bias, br * 8)
+                for r in range(8):
+                    for i in range(nb):
+                        ro = np.uint64(((b0 + i) * N + br * 8 + r) * S)
+                        epilogue_row(scratch, np.uint64(r * 16 + i * S), yf, ro, np.uint64(S),
+                                     act, rf, ro, has_residual)
+        return
+    n_full = S // 16
+    n_tiles = n_full + (S - n_full * 16 + 7) // 8
+    xf = x.reshape(-1)
     us = np.uint64(S)
     fused = act == 0 and not has_residual  # the tile's store already added the bias
     for task in prange(B * n_tiles * n_row_chunks):
@@ -1713,14 +1765,12 @@ def spmm_bsr8x1(data, indices, indptr, x, bias, act, residual, has_residual, n_r
             own = s0
             width = 16
         else:
-            # Tail tiles own columns [own, own + width) and compute 8 columns from s0: the last
-            # one is shifted left to end at S (no read past the row), or zero-padded when S < 8.
-            # Only owned columns are written, so no two tasks write the same element.
+            # Tail tiles own columns [own, own + width) and compute 8 columns from s0; the last
+            # is shifted left to end at S (S >= 16 here). Writing only owned columns means no
+            # two tasks write the same element.
             own = n_full * 16 + (t - n_full) * 8
             width = min(8, S - own)
-            s0 = min(own, max(S - 8, 0))
-        padded = S < 8
-        panel = pack_panel(x, b, S if padded else 0, 8)
+            s0 = min(own, S - 8)
         scratch = np.empty(64 if t >= n_full else 0, dtype=np.float32)
         xoff = np.uint64(b * K * S + s0)
         for br in range(br0, br1):
@@ -1735,13 +1785,8 @@ def spmm_bsr8x1(data, indices, indptr, x, bias, act, residual, has_residual, n_r
                     ro = yoff + np.uint64(r) * us
                     epilogue_row(yf, ro, yf, ro, np.uint64(16), act, rf, ro, has_residual)
             else:
-                # Through scratch: a shifted tile computes columns it does not own.
-                if padded:
-                    _tile_bsr8x1_w8(scratch, np.uint64(0), np.uint64(8), panel, np.uint64(0),
-                                      np.uint64(8), data, indices, lo, hi, bias, br * 8)
-                else:
-                    _tile_bsr8x1_w8(scratch, np.uint64(0), np.uint64(8), xf, xoff, us, data,
-                                      indices, lo, hi, bias, br * 8)
+                _tile_bsr8x1_w8(scratch, np.uint64(0), np.uint64(8), xf, xoff, us, data,
+                                  indices, lo, hi, bias, br * 8)
                 for r in range(8):
                     ro = yoff + np.uint64(r) * us + np.uint64(own - s0)
                     epilogue_row(scratch, np.uint64(r * 8 + own - s0), yf, ro, np.uint64(width),
@@ -2197,12 +2242,34 @@ def spmm_bsr2x2(data, indices, indptr, x, bias, act, residual, has_residual, n_r
     N = y.shape[1]
     n_brows = N // 2
     chunk = (n_brows + n_row_chunks - 1) // n_row_chunks
-    n_full = S // 32
-    n_tail = (S - n_full * 32 + 7) // 8
-    n_tiles = n_full + n_tail
-    xf = x.reshape(-1)
     yf = y.reshape(-1)
     rf = residual.reshape(-1)
+    if S < 32:
+        # Short sequences: g whole sequences side by side in one zero-padded (K, 32) panel, so
+        # the full-width tile runs on them; results go through scratch to each sequence's rows.
+        g = 32 // S
+        n_groups = (B + g - 1) // g
+        for task in prange(n_groups * n_row_chunks):
+            grp = task // n_row_chunks
+            br0 = (task - grp * n_row_chunks) * chunk
+            br1 = min(br0 + chunk, n_brows)
+            b0 = grp * g
+            nb = min(g, B - b0)
+            panel = pack_sequences(x, b0, nb, 32)
+            scratch = np.empty(64, dtype=np.float32)
+            for br in range(br0, br1):
+                _tile_bsr2x2_w32(scratch, np.uint64(0), np.uint64(32), panel, np.uint64(0),
+                                  np.uint64(32), data, indices, np.uint64(indptr[br]),
+                                  np.uint64(indptr[br + 1]), bias, br * 2)
+                for r in range(2):
+                    for i in range(nb):
+                        ro = np.uint64(((b0 + i) * N + br * 2 + r) * S)
+                        epilogue_row(scratch, np.uint64(r * 32 + i * S), yf, ro, np.uint64(S),
+                                     act, rf, ro, has_residual)
+        return
+    n_full = S // 32
+    n_tiles = n_full + (S - n_full * 32 + 7) // 8
+    xf = x.reshape(-1)
     us = np.uint64(S)
     fused = act == 0 and not has_residual  # the tile's store already added the bias
     for task in prange(B * n_tiles * n_row_chunks):
@@ -2216,14 +2283,12 @@ def spmm_bsr2x2(data, indices, indptr, x, bias, act, residual, has_residual, n_r
             own = s0
             width = 32
         else:
-            # Tail tiles own columns [own, own + width) and compute 8 columns from s0: the last
-            # one is shifted left to end at S (no read past the row), or zero-padded when S < 8.
-            # Only owned columns are written, so no two tasks write the same element.
+            # Tail tiles own columns [own, own + width) and compute 8 columns from s0; the last
+            # is shifted left to end at S (S >= 32 here). Writing only owned columns means no
+            # two tasks write the same element.
             own = n_full * 32 + (t - n_full) * 8
             width = min(8, S - own)
-            s0 = min(own, max(S - 8, 0))
-        padded = S < 8
-        panel = pack_panel(x, b, S if padded else 0, 8)
+            s0 = min(own, S - 8)
         scratch = np.empty(16 if t >= n_full else 0, dtype=np.float32)
         xoff = np.uint64(b * K * S + s0)
         for br in range(br0, br1):
@@ -2238,13 +2303,8 @@ def spmm_bsr2x2(data, indices, indptr, x, bias, act, residual, has_residual, n_r
                     ro = yoff + np.uint64(r) * us
                     epilogue_row(yf, ro, yf, ro, np.uint64(32), act, rf, ro, has_residual)
             else:
-                # Through scratch: a shifted tile computes columns it does not own.
-                if padded:
-                    _tile_bsr2x2_w8(scratch, np.uint64(0), np.uint64(8), panel, np.uint64(0),
-                                      np.uint64(8), data, indices, lo, hi, bias, br * 2)
-                else:
-                    _tile_bsr2x2_w8(scratch, np.uint64(0), np.uint64(8), xf, xoff, us, data,
-                                      indices, lo, hi, bias, br * 2)
+                _tile_bsr2x2_w8(scratch, np.uint64(0), np.uint64(8), xf, xoff, us, data,
+                                  indices, lo, hi, bias, br * 2)
                 for r in range(2):
                     ro = yoff + np.uint64(r) * us + np.uint64(own - s0)
                     epilogue_row(scratch, np.uint64(r * 8 + own - s0), yf, ro, np.uint64(width),
@@ -3020,12 +3080,34 @@ def spmm_bsr1x4(data, indices, indptr, x, bias, act, residual, has_residual, n_r
     N = y.shape[1]
     n_brows = N // 1
     chunk = (n_brows + n_row_chunks - 1) // n_row_chunks
-    n_full = S // 64
-    n_tail = (S - n_full * 64 + 7) // 8
-    n_tiles = n_full + n_tail
-    xf = x.reshape(-1)
     yf = y.reshape(-1)
     rf = residual.reshape(-1)
+    if S < 64:
+        # Short sequences: g whole sequences side by side in one zero-padded (K, 64) panel, so
+        # the full-width tile runs on them; results go through scratch to each sequence's rows.
+        g = 64 // S
+        n_groups = (B + g - 1) // g
+        for task in prange(n_groups * n_row_chunks):
+            grp = task // n_row_chunks
+            br0 = (task - grp * n_row_chunks) * chunk
+            br1 = min(br0 + chunk, n_brows)
+            b0 = grp * g
+            nb = min(g, B - b0)
+            panel = pack_sequences(x, b0, nb, 64)
+            scratch = np.empty(64, dtype=np.float32)
+            for br in range(br0, br1):
+                _tile_bsr1x4_w64(scratch, np.uint64(0), np.uint64(64), panel, np.uint64(0),
+                                  np.uint64(64), data, indices, np.uint64(indptr[br]),
+                                  np.uint64(indptr[br + 1]), bias, br * 1)
+                for r in range(1):
+                    for i in range(nb):
+                        ro = np.uint64(((b0 + i) * N + br * 1 + r) * S)
+                        epilogue_row(scratch, np.uint64(r * 64 + i * S), yf, ro, np.uint64(S),
+                                     act, rf, ro, has_residual)
+        return
+    n_full = S // 64
+    n_tiles = n_full + (S - n_full * 64 + 7) // 8
+    xf = x.reshape(-1)
     us = np.uint64(S)
     fused = act == 0 and not has_residual  # the tile's store already added the bias
     for task in prange(B * n_tiles * n_row_chunks):
@@ -3039,14 +3121,12 @@ def spmm_bsr1x4(data, indices, indptr, x, bias, act, residual, has_residual, n_r
             own = s0
             width = 64
         else:
-            # Tail tiles own columns [own, own + width) and compute 8 columns from s0: the last
-            # one is shifted left to end at S (no read past the row), or zero-padded when S < 8.
-            # Only owned columns are written, so no two tasks write the same element.
+            # Tail tiles own columns [own, own + width) and compute 8 columns from s0; the last
+            # is shifted left to end at S (S >= 64 here). Writing only owned columns means no
+            # two tasks write the same element.
             own = n_full * 64 + (t - n_full) * 8
             width = min(8, S - own)
-            s0 = min(own, max(S - 8, 0))
-        padded = S < 8
-        panel = pack_panel(x, b, S if padded else 0, 8)
+            s0 = min(own, S - 8)
         scratch = np.empty(8 if t >= n_full else 0, dtype=np.float32)
         xoff = np.uint64(b * K * S + s0)
         for br in range(br0, br1):
@@ -3061,13 +3141,8 @@ def spmm_bsr1x4(data, indices, indptr, x, bias, act, residual, has_residual, n_r
                     ro = yoff + np.uint64(r) * us
                     epilogue_row(yf, ro, yf, ro, np.uint64(64), act, rf, ro, has_residual)
             else:
-                # Through scratch: a shifted tile computes columns it does not own.
-                if padded:
-                    _tile_bsr1x4_w8(scratch, np.uint64(0), np.uint64(8), panel, np.uint64(0),
-                                      np.uint64(8), data, indices, lo, hi, bias, br * 1)
-                else:
-                    _tile_bsr1x4_w8(scratch, np.uint64(0), np.uint64(8), xf, xoff, us, data,
-                                      indices, lo, hi, bias, br * 1)
+                _tile_bsr1x4_w8(scratch, np.uint64(0), np.uint64(8), xf, xoff, us, data,
+                                  indices, lo, hi, bias, br * 1)
                 for r in range(1):
                     ro = yoff + np.uint64(r) * us + np.uint64(own - s0)
                     epilogue_row(scratch, np.uint64(r * 8 + own - s0), yf, ro, np.uint64(width),

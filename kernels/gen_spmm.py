@@ -12,7 +12,8 @@ Each format gets one micro-kernel per token width and one parallel driver:
   one block row (R output rows) over T tokens and stores the raw sums to y. Offsets are uint64 so
   Numba emits no negative-index wraparound, and the nonzero loop carries no other state.
 - `spmm_<fmt>(...)`, the parallel driver: prange over (sequence, token tile, row chunk) tasks, the
-  main width for full tiles, width 8 for the tail, and a zero-padded panel when S < 8; then the
+  main width for full tiles and width 8 for the tail; sequences shorter than the main width are
+  packed several to a zero-padded panel so they still run the full-width tile. Then the
   bias added as the tile stores its sums, activation and residual in a second pass over the
   just-written (L1-resident) row when requested.
 """
@@ -42,7 +43,7 @@ import numpy as np
 from numba import prange
 
 from .jit import kernel, parallel_kernel
-from .spmm_epilogue import epilogue_row, pack_panel
+from .spmm_epilogue import epilogue_row, pack_sequences
 '''
 
 
@@ -100,12 +101,34 @@ def spmm_{name}(data, indices, indptr, x, bias, act, residual, has_residual, n_r
     N = y.shape[1]
     n_brows = N // {R}
     chunk = (n_brows + n_row_chunks - 1) // n_row_chunks
-    n_full = S // {TM}
-    n_tail = (S - n_full * {TM} + {W - 1}) // {W}
-    n_tiles = n_full + n_tail
-    xf = x.reshape(-1)
     yf = y.reshape(-1)
     rf = residual.reshape(-1)
+    if S < {TM}:
+        # Short sequences: g whole sequences side by side in one zero-padded (K, {TM}) panel, so
+        # the full-width tile runs on them; results go through scratch to each sequence's rows.
+        g = {TM} // S
+        n_groups = (B + g - 1) // g
+        for task in prange(n_groups * n_row_chunks):
+            grp = task // n_row_chunks
+            br0 = (task - grp * n_row_chunks) * chunk
+            br1 = min(br0 + chunk, n_brows)
+            b0 = grp * g
+            nb = min(g, B - b0)
+            panel = pack_sequences(x, b0, nb, {TM})
+            scratch = np.empty({R * TM}, dtype=np.float32)
+            for br in range(br0, br1):
+                _tile_{name}_w{TM}(scratch, np.uint64(0), np.uint64({TM}), panel, np.uint64(0),
+                                  np.uint64({TM}), data, indices, np.uint64(indptr[br]),
+                                  np.uint64(indptr[br + 1]), bias, br * {R})
+                for r in range({R}):
+                    for i in range(nb):
+                        ro = np.uint64(((b0 + i) * N + br * {R} + r) * S)
+                        epilogue_row(scratch, np.uint64(r * {TM} + i * S), yf, ro, np.uint64(S),
+                                     act, rf, ro, has_residual)
+        return
+    n_full = S // {TM}
+    n_tiles = n_full + (S - n_full * {TM} + {W - 1}) // {W}
+    xf = x.reshape(-1)
     us = np.uint64(S)
     fused = act == 0 and not has_residual  # the tile's store already added the bias
     for task in prange(B * n_tiles * n_row_chunks):
@@ -119,14 +142,12 @@ def spmm_{name}(data, indices, indptr, x, bias, act, residual, has_residual, n_r
             own = s0
             width = {TM}
         else:
-            # Tail tiles own columns [own, own + width) and compute {W} columns from s0: the last
-            # one is shifted left to end at S (no read past the row), or zero-padded when S < {W}.
-            # Only owned columns are written, so no two tasks write the same element.
+            # Tail tiles own columns [own, own + width) and compute {W} columns from s0; the last
+            # is shifted left to end at S (S >= {TM} here). Writing only owned columns means no
+            # two tasks write the same element.
             own = n_full * {TM} + (t - n_full) * {W}
             width = min({W}, S - own)
-            s0 = min(own, max(S - {W}, 0))
-        padded = S < {W}
-        panel = pack_panel(x, b, S if padded else 0, {W})
+            s0 = min(own, S - {W})
         scratch = np.empty({R * W} if t >= n_full else 0, dtype=np.float32)
         xoff = np.uint64(b * K * S + s0)
         for br in range(br0, br1):
@@ -141,13 +162,8 @@ def spmm_{name}(data, indices, indptr, x, bias, act, residual, has_residual, n_r
                     ro = yoff + np.uint64(r) * us
                     epilogue_row(yf, ro, yf, ro, np.uint64({TM}), act, rf, ro, has_residual)
             else:
-                # Through scratch: a shifted tile computes columns it does not own.
-                if padded:
-                    _tile_{name}_w{W}(scratch, np.uint64(0), np.uint64({W}), panel, np.uint64(0),
-                                      np.uint64({W}), data, indices, lo, hi, bias, br * {R})
-                else:
-                    _tile_{name}_w{W}(scratch, np.uint64(0), np.uint64({W}), xf, xoff, us, data,
-                                      indices, lo, hi, bias, br * {R})
+                _tile_{name}_w{W}(scratch, np.uint64(0), np.uint64({W}), xf, xoff, us, data,
+                                  indices, lo, hi, bias, br * {R})
                 for r in range({R}):
                     ro = yoff + np.uint64(r) * us + np.uint64(own - s0)
                     epilogue_row(scratch, np.uint64(r * {W} + own - s0), yf, ro, np.uint64(width),

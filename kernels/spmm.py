@@ -14,7 +14,7 @@ registers (generated unrolled locals, `gen_spmm.py`) and streaming the matching 
 (K x tile floats, which stay in L2). Blocks let one X load feed R rows.
 
 Contract of the wrappers below (the kernels in `_spmm_generated.py` trust it; `sparsebert.linear`
-validates it once when a weight is built): x float32 C-contiguous (B, K, S) with S >= 1; data
+validates it once when a weight is built): x float32 C-contiguous (B, K, S); data
 float32 C-contiguous, (nnz,) for CSR or (nblocks, R, C) for BSR; indices int32 (block) column
 ids in range; indptr int32/int64 (rows + 1,) non-decreasing from 0 to nnz; bias float32 (N,);
 residual None or float32 C-contiguous (B, N, S). Indices need not be sorted within a row.
@@ -44,7 +44,8 @@ _TILE = {"csr": 64, (4, 1): 32, (8, 1): 16, (2, 2): 32, (1, 4): 64}
 
 
 def _row_chunks(B: int, S: int, tile: int, n_rows: int) -> int:
-    tiles = B * (S // tile + -(-(S % tile) // 8))
+    # Token tiles the driver makes (see gen_spmm): short sequences are packed tile // S per tile.
+    tiles = -(-B // (tile // S)) if S < tile else B * (S // tile + -(-(S % tile) // 8))
     want = _TASKS_PER_THREAD * numba.get_num_threads()
     return int(max(1, min(n_rows, -(-want // max(tiles, 1)))))
 
@@ -59,6 +60,8 @@ def spmm_csr(data, indices, indptr, x, bias, *, act=0, residual=None, out=None):
     """Y (B, N, S) = act(W @ X[b] + bias) (+ residual) with W (N, K) in CSR; returns Y."""
     n = indptr.shape[0] - 1
     y = _out(x, n, out)
+    if y.size == 0:
+        return y
     has_res = residual is not None
     _gen.spmm_csr(data, indices, indptr, x, bias, act, residual if has_res else _NO_RESIDUAL,
                   has_res, _row_chunks(x.shape[0], x.shape[2], _TILE["csr"], n), y)
@@ -70,6 +73,8 @@ def spmm_bsr(data, indices, indptr, x, bias, *, act=0, residual=None, out=None):
     R, C = data.shape[1], data.shape[2]
     n_brows = indptr.shape[0] - 1
     y = _out(x, n_brows * R, out)
+    if y.size == 0:
+        return y
     has_res = residual is not None
     BSR_KERNELS[(R, C)](data.reshape(-1), indices, indptr, x, bias, act,
                         residual if has_res else _NO_RESIDUAL, has_res,

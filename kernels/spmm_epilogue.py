@@ -35,12 +35,13 @@ def epilogue_row(src, soff, dst, doff, width, act, res, roff, has_residual):
 
 
 @kernel
-def pack_panel(x, b, S, width):
-    # Flat (K, width) copy of x[b, :, :S] zero-padded on the right, for sequences shorter than
-    # one tail tile; S == 0 returns an empty array (no panel needed).
-    K = x.shape[1]
-    panel = np.zeros(K * width if S > 0 else 0, dtype=np.float32)
-    for k in range(K if S > 0 else 0):
-        for s in range(S):
-            panel[k * width + s] = x[b, k, s]
+def pack_sequences(x, b0, nb, width):
+    # Flat (K, width) panel holding x[b0 + i, :, :S] at columns i*S .. i*S + S - 1 for i < nb,
+    # zero elsewhere (nb * S <= width): short sequences side by side for one full-width tile.
+    K, S = x.shape[1], x.shape[2]
+    panel = np.zeros(K * width, dtype=np.float32)
+    for k in range(K):
+        for i in range(nb):
+            for s in range(S):
+                panel[k * width + i * S + s] = x[b0 + i, k, s]
     return panel

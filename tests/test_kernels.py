@@ -92,7 +92,8 @@ def test_random_sparsity(fmt, sparsity, B, S):
 def test_epilogues(fmt, act, with_residual):
     block = (1, 1) if fmt == "csr" else fmt
     w = random_weight(np.random.default_rng(2), 32, 24, 0.5, block)
-    for B, S in [(2, 70), (1, 3)]:
+    # (5, 30) and (7, 13): several short-sequence panels, the last one partly filled.
+    for B, S in [(2, 70), (1, 3), (5, 30), (7, 13)]:
         check(fmt, w, B, S, act, with_residual)
 
 
