@@ -260,3 +260,46 @@ def test_pooling_config_is_read(tmp_path, models):
     model = sparsebert.load(folder)
     np.testing.assert_allclose(pipe(SENTENCES), model.encode(SENTENCES, normalize=False, pooling="cls"),
                                atol=1e-6)
+
+
+# -- ONNX task heads ------------------------------------------------------------------------------
+
+
+def _export_legacy_onnx(src, dst):
+    """BertFor... folder → dst/model.onnx (legacy exporter, opset 14) with config and tokenizer."""
+    import shutil
+
+    class Wrap(torch.nn.Module):
+        def __init__(self, model):
+            super().__init__()
+            self.model = model
+
+        def forward(self, input_ids, attention_mask, token_type_ids):
+            out = self.model(input_ids=input_ids, attention_mask=attention_mask,
+                             token_type_ids=token_type_ids)
+            return (out.start_logits, out.end_logits) if hasattr(out, "start_logits") else out.logits
+
+    cfg = transformers.AutoConfig.from_pretrained(str(src))
+    model = getattr(transformers, cfg.architectures[0]).from_pretrained(str(src)).eval()
+    dst.mkdir()
+    for name in ("config.json", "tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(src / name, dst / name)
+    ids = torch.tensor([[2, 10, 11, 12, 3]])
+    names = ["input_ids", "attention_mask", "token_type_ids"]
+    torch.onnx.export(Wrap(model), (ids, torch.ones_like(ids), torch.zeros_like(ids)),
+                      str(dst / "model.onnx"), dynamo=False, opset_version=14, input_names=names,
+                      dynamic_axes={n: {0: "batch", 1: "tokens"} for n in names})
+    return dst
+
+
+@pytest.mark.parametrize("task,key,inputs", [
+    ("text-classification", "cls", SENTENCES),
+    ("token-classification", "ner", SENTENCES),
+    ("question-answering", "qa", [{"question": "who works at google?", "context": QA_CONTEXT}]),
+])
+def test_onnx_task_heads_match_safetensors(models, tmp_path, task, key, inputs):
+    pytest.importorskip("onnx")
+    onnx_dir = _export_legacy_onnx(models[key], tmp_path / key)
+    from_onnx = sparsebert.pipeline(task, onnx_dir)
+    from_safetensors = sparsebert.pipeline(task, models[key])
+    _assert_same(from_onnx(inputs), from_safetensors(inputs))
