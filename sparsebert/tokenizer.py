@@ -16,7 +16,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .errors import CheckpointError, InputError
+from .errors import CheckpointError, ConfigError, InputError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,7 +51,7 @@ class Tokenizer:
                 "or vocab.txt with tokenizer="
             ) from None
         if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 2:
-            raise ValueError(f"max_length must be an integer ≥ 2, got {max_length!r}")
+            raise ConfigError(f"max_length must be an integer ≥ 2, got {max_length!r}")
         tok.no_padding()
         tok.enable_truncation(max_length=max_length)
         self._tok = getattr(tok, "_tokenizer", tok)

@@ -22,7 +22,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from .config import BertConfig
-from .errors import CheckpointError
+from .errors import CheckpointError, ConfigError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -118,21 +118,21 @@ def select_layers(layers: Sequence[int] | None, num_layers: int) -> tuple[int, .
     if layers is None:
         return tuple(range(num_layers))
     if isinstance(layers, (str, bytes)) or not isinstance(layers, Sequence):
-        raise ValueError(f"layers must be a sequence of layer indices, got {layers!r}")
+        raise ConfigError(f"layers must be a sequence of layer indices, got {layers!r}")
     chosen = []
     for i in layers:
         if isinstance(i, bool) or not isinstance(i, (int, np.integer)):
-            raise ValueError(f"layers must hold integers, got {i!r} in {list(layers)!r}")
+            raise ConfigError(f"layers must hold integers, got {i!r} in {list(layers)!r}")
         if not 0 <= i < num_layers:
-            raise ValueError(
+            raise ConfigError(
                 f"layer index {i} is out of range: the checkpoint has {num_layers} layers "
                 f"(valid indices 0..{num_layers - 1})"
             )
         chosen.append(int(i))
     if not chosen:
-        raise ValueError("layers is empty: keep at least one encoder layer")
+        raise ConfigError("layers is empty: keep at least one encoder layer")
     if len(set(chosen)) != len(chosen):
-        raise ValueError(f"layers repeats an index: {chosen}; each layer may be kept once")
+        raise ConfigError(f"layers repeats an index: {chosen}; each layer may be kept once")
     return tuple(chosen)
 
 

@@ -345,7 +345,30 @@ def _target_tokenize(case_dir: Path, args: dict):
         raise _Wrong(f"tokenize returned {batch.input_ids.dtype} {batch.input_ids.shape}")
 
 
-TARGETS = {"load": _target_load, "call": _target_call, "encode": _target_encode,
+def _target_from_arrays(case_dir: Path, args: dict):
+    """Raw CSR/BSR arrays through the validating constructor, then one kernel call, compared with
+    numpy's dense product of the same arrays (duplicate indices add up in both)."""
+    import numpy as np
+
+    from sparsebert.linear import BSRLinear, CSRLinear
+
+    blocked, a, x = _read_pickle(case_dir)
+    lin = (BSRLinear if blocked else CSRLinear).from_arrays(**a)
+    y = lin(x)
+    N, K = a["shape"]
+    data = np.asarray(a["data"], np.float32)
+    R, C = (data.shape[1], data.shape[2]) if blocked else (1, 1)
+    w = np.zeros((N // R, K // C, R, C), np.float32)
+    rows = np.repeat(np.arange(N // R), np.diff(a["indptr"]))
+    np.add.at(w, (rows, a["indices"]), data.reshape(-1, R, C))
+    w = w.transpose(0, 2, 1, 3).reshape(N, K)
+    ref = np.einsum("nk,bks->bns", w.astype(np.float64), x) + a["bias"][None, :, None]
+    _check_finite(y, ref.shape, "spmm output")
+    if not np.allclose(y, ref, atol=1e-4, rtol=1e-4):
+        raise _Wrong(f"spmm differs from the dense product by {np.abs(y - ref).max():.3g}")
+
+
+TARGETS = {"from_arrays": _target_from_arrays, "load": _target_load, "call": _target_call, "encode": _target_encode,
            "tokenize": _target_tokenize}
 
 
