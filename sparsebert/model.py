@@ -10,8 +10,10 @@ Weight matmuls go through `sparsebert.linear`, which picks dense, CSR or BSR for
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
+import threading
 import time
 
 import numba
@@ -96,7 +98,11 @@ class _Clock:
 
 class BertEncoder:
     """Tensors in, tensors out. Holds read-only weights; every call allocates its own activations,
-    so one encoder may serve many threads at once (calls run in parallel)."""
+    so one encoder may serve many threads at once. Under Numba's "omp" (GNU OpenMP, the layer used
+    here) or "tbb" threading layers, concurrent calls run in parallel, each with its own team of
+    Numba threads, and give bitwise the same results as serial calls (tests/test_threads.py).
+    The "workqueue" layer aborts the process on concurrent parallel regions, so under it calls
+    serialise on a lock (`_kernel_lock`)."""
 
     def __init__(self, weights: BertWeights, formats=None):
         """`formats(name, weight) -> str` picks each linear's format ("auto" when None)."""
@@ -129,14 +135,16 @@ class BertEncoder:
         return {"linears": rows, "total": total}
 
     def __call__(self, input_ids, attention_mask=None, token_type_ids=None) -> EncoderOutput:
-        return self._forward(input_ids, attention_mask, token_type_ids, None)
+        with _kernel_lock():
+            return self._forward(input_ids, attention_mask, token_type_ids, None)
 
     def profile(self, input_ids, attention_mask=None, token_type_ids=None) -> dict[str, float]:
         """Run one forward pass and return seconds spent per step, keyed "layer{i}.{step}"
         (steps: qkv, attention, attn_out, layer_norm, ffn_in, ffn_out), plus "embeddings.*" and
         "output.*". Timing is per kernel call, so it includes each call's thread start-up."""
         clock = _Clock()
-        self._forward(input_ids, attention_mask, token_type_ids, clock)
+        with _kernel_lock():
+            self._forward(input_ids, attention_mask, token_type_ids, clock)
         return clock.times
 
     def _forward(self, input_ids, attention_mask, token_type_ids, clock) -> EncoderOutput:
@@ -196,6 +204,21 @@ class BertEncoder:
             limit = c.type_vocab_size if self.weights.type_emb is not None else 1
             _check_range(types, 0, limit, "token_type_ids", f"type_vocab_size ({limit})")
         return ids, mask, types
+
+
+# Numba's "workqueue" threading layer terminates the process when two Python threads run parallel
+# kernels at once; "omp" and "tbb" are threadsafe. Calls take this lock only under workqueue, or
+# until the first parallel kernel has run and the layer is known.
+_WORKQUEUE_LOCK = threading.RLock()
+_NO_LOCK = contextlib.nullcontext()
+
+
+def _kernel_lock():
+    try:
+        layer = numba.threading_layer()
+    except ValueError:  # no parallel kernel has run in this process yet
+        return _WORKQUEUE_LOCK
+    return _WORKQUEUE_LOCK if layer == "workqueue" else _NO_LOCK
 
 
 def call_bytes(B: int, T: int, c: BertConfig) -> int:
