@@ -89,6 +89,8 @@ class Model:
         chunk_size = check_positive("chunk_size", chunk_size)
         if isinstance(texts, str):
             texts = [texts]
+        elif not isinstance(texts, Iterable):
+            raise InputError(f"texts must be a str or an iterable of str, got {type(texts).__name__}")
         return self._iter_encode(texts, batch_size, normalize, pooling, chunk_size, show_progress_bar)
 
     def _iter_encode(self, texts, batch_size, normalize, pooling, chunk_size, show_progress_bar):
