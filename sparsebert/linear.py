@@ -1,7 +1,8 @@
 """Weight matmuls on sparsebert's activation layout, and the choice of format for each one.
 
 A `Linear` computes `Y[b] (N, S) = W (N, K) @ X[b] (K, S) + bias`, optionally followed by an
-activation and a residual add, on activations laid out `(B, F, S)` (see `sparsebert.kernels`).
+activation and a residual add, on activations laid out `(B, F, S)` (see `sparsebert.kernels`);
+`lin(x, activation=None, residual=None, out=None)` returns a new array, or fills `out`.
 This module owns every decision about weight formats: the dense path goes through BLAS
 (single-threaded gemms inside Numba's thread pool, `kernels/dense.py`); sparse paths call the Numba kernels in `sparsebert.kernels.spmm`:
 
@@ -36,13 +37,29 @@ _NO_RESIDUAL = np.zeros((1, 1, 1), dtype=np.float32)
 BLOCK_SHAPES = spmm.BLOCK_SHAPES  # (R, C) pairs with a kernel, e.g. (4, 1)
 FORMATS = ("auto", "dense", "csr", "bsr") + tuple(f"bsr{r}x{c}" for r, c in BLOCK_SHAPES)
 
-# Cost model: throughput per *stored* multiply-add relative to dense BLAS on the same layer,
-# medians measured with benchmarks/bench_linear.py on the 2-core dev machine (B=32, S=128 and
-# B=1, S=128; BERT-base layer shapes). A sparse format wins when
-# stored_fraction / RELATIVE_RATE[fmt] < 1. CSR's rate drops as rows get very short, hence the
-# small per-row overhead term (in units of stored multiply-adds).
-RELATIVE_RATE = {"dense": 1.0, "csr": 0.30, (4, 1): 0.55, (8, 1): 0.55, (2, 2): 0.50, (1, 4): 0.40}
+# Cost model: throughput per *stored* multiply-add relative to numpy's BLAS sgemm on the same
+# layer, from benchmarks/bench_linear.py on the 2-core dev machine (B=32, S=128, BERT-base shapes;
+# sgemm there runs ~280 GFLOP/s with AVX-512). CSR measured 0.20-0.28 (70% -> 95% sparse; the
+# drop at high sparsity is the per-row overhead term), 4x1 blocks 0.36-0.58, 2x2 and 8x1 a little
+# below 4x1, 1x4 ~0.30. A sparse format is chosen when stored / (N*K) / rate < 1: for CSR that
+# is above ~73% sparsity (measured crossover between 70% (0.93x) and 80% (1.28x)).
+RELATIVE_RATE = {"dense": 1.0, "csr": 0.27, (4, 1): 0.45, (8, 1): 0.42, (2, 2): 0.42, (1, 4): 0.30}
 _ROW_OVERHEAD = 4.0
+
+
+def _check_out(out, shape, x, residual) -> np.ndarray:
+    """`out=` lets a caller reuse a workspace: a fresh 50 MB output costs ~5-10 ms of page
+    faults per call here, a third of a 90%-sparse BSR layer. It must not overlap the inputs."""
+    if not (isinstance(out, np.ndarray) and out.shape == shape and out.dtype == np.float32
+            and out.flags.c_contiguous and out.flags.writeable):
+        raise InputError(
+            f"out must be a writeable C-contiguous float32 array of shape {shape}, got "
+            f"{getattr(out, 'dtype', type(out).__name__)} {getattr(out, 'shape', '')}"
+        )
+    for name, a in (("x", x), ("residual", residual)):
+        if a is not None and np.may_share_memory(out, a):
+            raise InputError(f"out must not overlap {name}: the kernel reads {name} while writing out")
+    return out
 
 
 def _act_code(activation) -> int:
@@ -80,10 +97,13 @@ class DenseLinear:
         """Multiply-adds per token the kernel performs (dense: all of them)."""
         return self.out_features * self.in_features
 
-    def __call__(self, x: np.ndarray, *, activation=None, residual=None) -> np.ndarray:
+    def __call__(self, x: np.ndarray, *, activation=None, residual=None, out=None) -> np.ndarray:
         # BLAS inside Numba's thread pool (see kernels/dense.py for why not np.matmul).
         B, _, S = x.shape
-        y = np.empty((B, self.out_features, S), dtype=np.float32)
+        if out is None:
+            y = np.empty((B, self.out_features, S), dtype=np.float32)
+        else:
+            y = _check_out(out, (B, self.out_features, S), x, residual)
         res, has_res = (_NO_RESIDUAL, False) if residual is None else (residual, True)
         # Enough row chunks that every thread gets a few gemms, even at batch size 1.
         chunks = -(-4 * numba.get_num_threads() // B)
@@ -120,7 +140,7 @@ class _SparseLinear:
     def describe(self) -> dict:
         return _describe(self)
 
-    def _check_call(self, x, residual):
+    def _check_call(self, x, residual, out):
         if not isinstance(x, np.ndarray) or x.ndim != 3 or x.shape[1] != self.in_features:
             raise InputError(
                 f"{self.format} linear expects x of shape (B, {self.in_features}, S), got "
@@ -134,6 +154,8 @@ class _SparseLinear:
                     f"residual must have shape {want}, got {getattr(residual, 'shape', residual)}"
                 )
             residual = np.ascontiguousarray(residual, dtype=np.float32)
+        if out is not None:
+            _check_out(out, (x.shape[0], self.out_features, x.shape[2]), x, residual)
         return x, residual
 
 
@@ -171,10 +193,10 @@ class CSRLinear(_SparseLinear):
         np.add.at(w, (rows, self.indices), self.data)
         return w
 
-    def __call__(self, x: np.ndarray, *, activation=None, residual=None) -> np.ndarray:
-        x, residual = self._check_call(x, residual)
+    def __call__(self, x: np.ndarray, *, activation=None, residual=None, out=None) -> np.ndarray:
+        x, residual = self._check_call(x, residual, out)
         return spmm.spmm_csr(self.data, self.indices, self.indptr, x, self.bias,
-                             act=_act_code(activation), residual=residual)
+                             act=_act_code(activation), residual=residual, out=out)
 
 
 class BSRLinear(_SparseLinear):
@@ -222,10 +244,10 @@ class BSRLinear(_SparseLinear):
         np.add.at(blocks, (brow, self.indices), self.data)
         return blocks.transpose(0, 2, 1, 3).reshape(self.out_features, self.in_features)
 
-    def __call__(self, x: np.ndarray, *, activation=None, residual=None) -> np.ndarray:
-        x, residual = self._check_call(x, residual)
+    def __call__(self, x: np.ndarray, *, activation=None, residual=None, out=None) -> np.ndarray:
+        x, residual = self._check_call(x, residual, out)
         return spmm.spmm_bsr(self.data, self.indices, self.indptr, x, self.bias,
-                             act=_act_code(activation), residual=residual)
+                             act=_act_code(activation), residual=residual, out=out)
 
 
 # ----------------------------------------------------------------------------- format choice

@@ -225,3 +225,17 @@ def test_from_dense_rejects_non_finite():
 def test_warmup_reports_each_format():
     times = warmup(("dense", "csr", "bsr4x1"))
     assert set(times) == {"dense", "csr", "bsr4x1"} and all(t >= 0 for t in times.values())
+
+
+@pytest.mark.parametrize("fmt", ["dense", "csr", "bsr4x1"])
+def test_out_buffer(layer, fmt):
+    w, b, x, r = layer
+    lin = make_linear(w, b, fmt)
+    out = np.full((2, 32, 37), np.nan, np.float32)
+    y = lin(x, activation="gelu", residual=r, out=out)
+    assert y is out
+    np.testing.assert_allclose(out, dense_reference(w, b, x, "gelu", r), atol=1e-5, rtol=1e-5)
+    with pytest.raises(InputError, match="overlap residual"):
+        lin(x, residual=r, out=r)
+    with pytest.raises(InputError, match="shape"):
+        lin(x, out=np.empty((2, 32, 36), np.float32))
