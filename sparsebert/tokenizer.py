@@ -67,6 +67,12 @@ class Tokenizer:
         return 0
 
     @property
+    def backend(self):
+        """The underlying `tokenizers.Tokenizer` (padding off, truncation at max_length), for
+        callers that need encodings, word ids or decoding beyond `__call__`."""
+        return self._tok
+
+    @property
     def vocab_size(self) -> int:
         return self._tok.get_vocab_size(with_added_tokens=True)
 

@@ -145,7 +145,7 @@ class Pipeline:
 
     def raw_tokenizer(self):
         """The underlying `tokenizers.Tokenizer`, for offsets, word ids and decoding."""
-        return self.model.tokenizer._tok
+        return self.model.tokenizer.backend
 
 
 def missing_head_message(task: str, name: str, present: list[str]) -> str:
