@@ -1,8 +1,9 @@
 """Micro-benchmark of one linear layer: dense BLAS vs the CSR / BSR kernels of sparsebert.linear.
 
 For each layer shape, token batch (B, S), sparsity and format it times `Linear(x)` (bias epilogue
-included) interleaved with plain `np.matmul(W, X)` (the numpy sgemm baseline) and reports medians,
-useful GFLOP/s (2 * nnz * tokens / time) and the speedup over the sgemm in the same run.
+included) interleaved with plain `np.matmul(W, X)` (the numpy sgemm baseline) and with the
+project's own `DenseLinear`, and reports medians, useful GFLOP/s (2 * nnz * tokens / time) and the
+speedup over the sgemm in the same run.
 Unstructured pruning for CSR; aligned block pruning for BSR formats. Kernel compile / cache-load
 time is measured apart by `sparsebert.linear.warmup()` before anything is timed.
 
@@ -69,12 +70,15 @@ def benchmark_linear(shapes=DEFAULT_SHAPES, batches=DEFAULT_BATCHES, cases=DEFAU
                 block = (1, 1) if fmt == "csr" else tuple(int(v) for v in fmt[3:].split("x"))
                 w = pruned_weight(rng, N, K, sparsity, block)
                 lin = linear.make_linear(w, bias, fmt)
-                lin(x), np.matmul(w, x)  # warm caches and pages
-                t_dense, t_fmt = [], []
+                dense_lin = linear.make_linear(w, bias, "dense")
+                lin(x), np.matmul(w, x), dense_lin(x)  # warm caches and pages
+                t_dense, t_fmt, t_dlin = [], [], []
                 for _ in range(repeats):
                     t_dense.append(_time(np.matmul, w, x))
                     t_fmt.append(_time(lin, x))
+                    t_dlin.append(_time(dense_lin, x))
                 td, tf = statistics.median(t_dense), statistics.median(t_fmt)
+                tdl = statistics.median(t_dlin)
                 nnz = int(np.count_nonzero(w))
                 rows.append({
                     "N": N, "K": K, "B": B, "S": S, "format": fmt, "sparsity": sparsity,
@@ -82,6 +86,7 @@ def benchmark_linear(shapes=DEFAULT_SHAPES, batches=DEFAULT_BATCHES, cases=DEFAU
                     "dense_gflops": 2 * N * K * tokens / td / 1e9,
                     "useful_gflops": 2 * nnz * tokens / tf / 1e9,
                     "speedup": td / tf, "auto_choice": linear.choose_format(w),
+                    "dense_linear_ms": tdl * 1e3, "speedup_vs_dense_linear": tdl / tf,
                 })
     return {
         "machine": {"processor": platform.processor() or platform.machine(),
@@ -98,12 +103,13 @@ def format_table(report: dict) -> str:
     lines = [f"kernel compile/cache-load seconds: "
              + ", ".join(f"{k} {v:.2f}" for k, v in report["compile_seconds"].items()),
              f"{'N x K':>11} {'B x S':>8} {'format':>7} {'sparse':>6} {'dense ms':>9} "
-             f"{'GF/s':>6} {'sparse ms':>9} {'useful GF/s':>11} {'speedup':>7} {'auto':>7}"]
+             f"{'GF/s':>6} {'sparse ms':>9} {'useful GF/s':>11} {'speedup':>7} {'auto':>7} {'DenseLinear ms':>14}"]
     for r in report["results"]:
         lines.append(
             f"{r['N']:>5}x{r['K']:<5} {r['B']:>3}x{r['S']:<4} {r['format']:>7} {r['sparsity']:>6.0%} "
             f"{r['dense_ms']:>9.2f} {r['dense_gflops']:>6.0f} {r['sparse_ms']:>9.2f} "
-            f"{r['useful_gflops']:>11.1f} {r['speedup']:>6.2f}x {r['auto_choice']:>7}")
+            f"{r['useful_gflops']:>11.1f} {r['speedup']:>6.2f}x {r['auto_choice']:>7} "
+            f"{r['dense_linear_ms']:>14.2f}")
     return "\n".join(lines)
 
 
