@@ -11,10 +11,15 @@ from __future__ import annotations
 
 import io
 import json
+import numbers
 import os
 from pathlib import Path
 
-import matplotlib
+# Model-building helpers (transformers, huggingface_hub) draw progress bars that clutter saved
+# notebooks; set before they are imported.
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+
+import matplotlib  # noqa: E402
 
 matplotlib.use("Agg")  # headless everywhere; figures are shown as PNG images by `show`
 
@@ -66,17 +71,18 @@ def show(fig, name: str | None = None) -> None:
 
 def text_table(rows: list[dict], columns: list[tuple]) -> str:
     """Plain-text table. columns: (header, key or callable(row), format spec)."""
-    cells = [[h for h, _, _ in columns]]
-    for r in rows:
-        line = []
-        for _, key, spec in columns:
-            v = key(r) if callable(key) else r.get(key)
-            line.append("" if v is None else format(v, spec))
-        cells.append(line)
+    values = [[key(r) if callable(key) else r.get(key) for _, key, _ in columns] for r in rows]
+    cells = [[h for h, _, _ in columns]] + [
+        ["" if v is None else format(v, spec) for v, (_, _, spec) in zip(vals, columns)]
+        for vals in values]
+    # Numbers right-aligned, text left-aligned, by what the column holds.
+    numeric = [all(isinstance(vals[i], numbers.Number) for vals in values if vals[i] is not None)
+               for i in range(len(columns))]
     widths = [max(len(row[i]) for row in cells) for i in range(len(columns))]
     out = []
     for j, row in enumerate(cells):
-        out.append("  ".join(c.rjust(w) if j else c.ljust(w) for c, w in zip(row, widths)).rstrip())
+        out.append("  ".join(c.rjust(w) if num else c.ljust(w)
+                             for c, w, num in zip(row, widths, numeric)).rstrip())
         if j == 0:
             out.append("  ".join("-" * w for w in widths))
     return "\n".join(out)
