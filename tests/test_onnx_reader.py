@@ -263,8 +263,9 @@ def test_names_the_missing_layer_norm(exports, tmp_path):
 
 
 def test_refuses_a_graph_whose_layers_it_cannot_follow(exports, tmp_path):
-    # A Cast between layer 0 and layer 1 hides layer 1 from the walk: reading only layer 0 would
-    # be a silently truncated model, so the unaccounted MatMuls must make it fail.
+    # A float64 round trip between layer 0 and layer 1 (not an inference no-op the reader skips)
+    # hides layer 1 from the walk: reading only layer 0 would be a silently truncated model, so
+    # the attention block left downstream must make it fail.
     def edit(graph):
         layer_norms = [n for n in graph.node if n.op_type == "LayerNormalization"]
         boundary = layer_norms[2].output[0]  # embeddings LN, layer 0 attention LN, layer 0 output LN
@@ -272,10 +273,39 @@ def test_refuses_a_graph_whose_layers_it_cannot_follow(exports, tmp_path):
             for i, name in enumerate(node.input):
                 if name == boundary:
                     node.input[i] = boundary + "_cast"
-        graph.node.append(helper.make_node("Cast", [boundary], [boundary + "_cast"],
+        graph.node.append(helper.make_node("Cast", [boundary], [boundary + "_f64"],
+                                           to=onnx.TensorProto.DOUBLE))
+        graph.node.append(helper.make_node("Cast", [boundary + "_f64"], [boundary + "_cast"],
                                            to=onnx.TensorProto.FLOAT))
     with pytest.raises(CheckpointError, match="could not be followed"):
         read_onnx(_edited_export(exports, tmp_path, edit))
+
+
+def test_reads_through_inference_no_ops(exports, models, tmp_path):
+    # Identity, a Cast to the type the tensor already has and a Dropout (training_mode=True, as
+    # exporters write it for a module left in train mode) between layer 0 and layer 1, and after
+    # the embedding LayerNorm, are what dynamo exports of BertFor... models carry: read through.
+    def edit(graph):
+        layer_norms = [n for n in graph.node if n.op_type == "LayerNormalization"]
+        graph.initializer.extend([numpy_helper.from_array(np.array(0.1, np.float32), "ratio"),
+                                  numpy_helper.from_array(np.array(True), "train")])
+        for ln in (layer_norms[0], layer_norms[2]):
+            boundary = ln.output[0]
+            for node in graph.node:
+                for i, name in enumerate(node.input):
+                    if name == boundary:
+                        node.input[i] = boundary + "_dropped"
+            graph.node.extend([
+                helper.make_node("Identity", [boundary], [boundary + "_id"]),
+                helper.make_node("Cast", [boundary + "_id"], [boundary + "_cast"],
+                                 to=onnx.TensorProto.FLOAT),
+                helper.make_node("Dropout", [boundary + "_cast", "ratio", "train"],
+                                 [boundary + "_dropped"]),
+            ])
+    ck = read_onnx(_edited_export(exports, tmp_path, edit))
+    state, config = _reference(models["dense"])
+    _assert_exact(ck, state)
+    assert ck.config == config
 
 
 def test_refuses_fixed_shape_export_with_folded_positions(models, tmp_path):

@@ -231,6 +231,88 @@ def _as_float32(array: np.ndarray, what: str) -> np.ndarray:
 # --------------------------------------------------------------------------------------------
 
 
+# Ops whose output has the element type of their first input (enough to tell which Casts are
+# no-ops on the activations of a float export; anything else is "unknown", and an unknown Cast
+# is kept, i.e. treated strictly).
+_SAME_TYPE_OPS = {
+    "Add", "Sub", "Mul", "Div", "MatMul", "Gemm", "LayerNormalization", "Softmax", "Gelu", "Erf",
+    "Tanh", "Relu", "Sigmoid", "Sqrt", "Pow", "Neg", "Abs", "Exp", "ReduceMean", "Reshape",
+    "Transpose", "Squeeze", "Unsqueeze", "Flatten", "Expand", "Slice", "Concat", "Split", "Tile",
+    "Identity", "Dropout", "Gather", "GatherND", "Max", "Min",
+}
+
+
+def _elem_types(graph, initializers) -> dict[str, int]:
+    """Element types of the tensors whose type follows from inputs, initializers and op rules.
+
+    One pass in node order (ONNX requires topological order; an unsorted graph just leaves some
+    types unknown).
+    """
+    import onnx
+
+    types: dict[str, int] = {name: t.data_type for name, t in initializers.items()}
+    for info in list(graph.input) + list(graph.value_info) + list(graph.output):
+        if info.type.HasField("tensor_type") and info.type.tensor_type.elem_type:
+            types.setdefault(info.name, info.type.tensor_type.elem_type)
+    for node in graph.node:
+        out = _out(node)
+        if not out or out in types:
+            continue
+        if node.op_type == "Cast":
+            found = _attr(node, "to", None)
+        elif node.op_type == "Constant":
+            found = next((a.t.data_type for a in node.attribute
+                          if a.name == "value" and a.type == onnx.AttributeProto.TENSOR), None)
+            if found is None and any(a.name in ("value_float", "value_floats") for a in node.attribute):
+                found = onnx.TensorProto.FLOAT
+        elif node.op_type == "Where":
+            found = types.get(_in(node, 1))
+        elif node.op_type in _SAME_TYPE_OPS:
+            found = types.get(_in(node, 0))
+        else:
+            found = None
+        if found:
+            types[out] = int(found)
+    return types
+
+
+def _bypass_no_ops(graph, initializers) -> dict[str, str]:
+    """Rewire the graph around inference no-ops; return {no-op output: the tensor it stands for}.
+
+    No-ops: Identity, Cast to the type its input already has, and Dropout whose mask output is
+    unused. A Dropout is skipped whatever its training_mode input says: exporters emit
+    training_mode=True when the module they traced was left in train mode (a wrapper without
+    .eval()), onnxruntime's graph optimiser removes such nodes for inference, and the weights are
+    the same. Consumers' inputs are renamed in place (the proto is this reader's own parse), so
+    every walk follows the dataflow as if the no-ops were not there.
+    """
+    types = _elem_types(graph, initializers)
+    used = {name for node in graph.node for name in node.input if name}
+    raw: dict[str, str] = {}
+    for node in graph.node:
+        out, src = _out(node), _in(node, 0)
+        if not out or not src or out == src:
+            continue
+        if node.op_type == "Identity" and len(node.input) == 1 and len(node.output) == 1:
+            raw[out] = src
+        elif node.op_type == "Dropout" and not (len(node.output) > 1 and node.output[1] in used):
+            raw[out] = src
+        elif (node.op_type == "Cast" and len(node.input) == 1 and src in types
+              and _attr(node, "to", None) == types[src]):
+            raw[out] = src
+    alias: dict[str, str] = {}
+    for name in raw:
+        target, hops = raw[name], 0
+        while target in raw and hops < len(raw):  # chains of no-ops; the bound stops cycles
+            target, hops = raw[target], hops + 1
+        alias[name] = target
+    for node in graph.node:
+        for slot, name in enumerate(node.input):
+            if name in alias:
+                node.input[slot] = alias[name]
+    return alias
+
+
 class _Graph:
     """Producer/consumer maps and lazy constant resolution over one ONNX graph."""
 
@@ -244,7 +326,8 @@ class _Graph:
         self.initializers = {t.name: t for t in graph.initializer}
         self.input_names = tuple(i.name for i in graph.input if i.name not in self.initializers)
         self.output_names = tuple(o.name for o in graph.output)
-        self.nodes = list(graph.node)
+        self.alias = _bypass_no_ops(graph, self.initializers)
+        self.nodes = [n for n in graph.node if not any(o in self.alias for o in n.output if o)]
         self.producer: dict[str, object] = {}
         self.consumers: dict[str, list[tuple[object, int]]] = {}
         for node in self.nodes:
@@ -299,6 +382,10 @@ class _Graph:
                 return _as_float32(source, f"Cast input {_in(node, 0)!r}")
             return None
         return None
+
+    def canonical(self, name: str) -> str:
+        """The tensor `name` stands for once inference no-ops (Dropout, Identity, ...) are skipped."""
+        return self.alias.get(name, name)
 
     def float_const(self, name: str, what: str) -> np.ndarray | None:
         """A constant read as float32 weights; a non-float constant in a weight slot raises."""
@@ -453,7 +540,11 @@ class _BertWalker:
         layer_inputs: set[str] = set()
         while True:
             projections = self._linear_users(x, (self.hidden, self.hidden))
-            if not projections:
+            if layers and len(projections) < 3:
+                # The encoder ends at this LayerNorm; one or two HxH linears on it are a head's
+                # (the MLM transform dense). A layer that is really there but could not be
+                # followed leaves an attention block downstream, which _check_nothing_skipped
+                # refuses.
                 break
             if x in layer_inputs:
                 raise self.fail(f"the encoder layers form a cycle at {x!r}")
