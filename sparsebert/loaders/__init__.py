@@ -137,9 +137,11 @@ def _read_onnx(onnx_path: Path, folder: Path) -> Checkpoint:
         except ConfigError as exc:
             raise CheckpointError(f"ONNX graph {str(onnx_path)!r} implies a bad config: {exc}") from exc
     tokenizer = find_tokenizer(folder) if (folder / "model.onnx").exists() or cfg_path.is_file() else None
-    # --- task heads (pipelines owner): classifier / qa_outputs after the encoder, HF-named ---
+    # --- task heads (pipelines owner): classifier / qa_outputs / MLM after the encoder, HF-named ---
     from .onnx_heads import read_onnx_heads
 
-    state_dict = {**ckpt.state_dict, **read_onnx_heads(onnx_path, config.hidden_size)}
+    heads = read_onnx_heads(onnx_path, config.hidden_size,
+                            ckpt.state_dict["embeddings.word_embeddings.weight"])
+    state_dict = {**ckpt.state_dict, **heads}
     # --- end task heads ---
     return Checkpoint(config, state_dict, tokenizer, "onnx", onnx_path)

@@ -1,16 +1,24 @@
 """Recover BertFor... task-head weights from an ONNX export, as Hugging Face-named tensors.
 
 `sparsebert.loaders.onnx_reader` recovers the encoder and pooler; the head after them is found here
-by walking back from each graph output through shape-only ops (Squeeze, Split, Identity, Dropout,
-Reshape) to the linear that produced it:
+by walking back from each graph output through shape-only ops (Squeeze, Split, Reshape, Unsqueeze)
+to the linear that produced it. The graph is indexed by the reader's `_Graph`, so external data,
+Constant/Identity weights and inference no-ops (Dropout, Identity, same-type Cast) are handled the
+same way as for the encoder:
 
     sequence classifier: Tanh (pooler) -> Gemm | MatMul+Add       -> classifier.weight/bias
     token classifier:    hidden states -> MatMul+Add              -> classifier.weight/bias
     question answering:  hidden states -> MatMul+Add -> Split     -> qa_outputs.weight/bias (2, H)
+    masked LM:           hidden states -> MatMul+Add (H x H) -> activation -> LayerNorm
+                         -> MatMul (V x H) + Add                  -> cls.predictions.transform.dense,
+                                                                     .transform.LayerNorm, .bias
 
-Weights come back in PyTorch (out, in) orientation (MatMul initializers are (in, out); Gemm honours
-transB). What it leaves out: the masked-LM head (the encoder reader does not accept graphs with the
-MLM transform after the last layer), and heads with hidden layers of their own.
+The MLM decoder is tied to the word embeddings in BertForMaskedLM: exporters store it as a
+transposed copy, which is compared bit for bit with the encoder's table and left out when equal
+(as transformers' save_pretrained does); a decoder that differs comes back as
+`cls.predictions.decoder.weight`. Weights come back in PyTorch (out, in) orientation (MatMul
+initializers are (in, out); Gemm honours transB). What it leaves out: heads with other hidden
+layers than the MLM transform.
 """
 
 from __future__ import annotations
@@ -20,94 +28,103 @@ import os
 import numpy as np
 
 from ..errors import CheckpointError
+from .onnx_reader import _BertWalker, _Graph, _in, _out, _parse_model
 
-# Ops that only move or select values between the head linear and a graph output.
-_PASS_THROUGH = {"Squeeze", "Split", "Identity", "Dropout", "Reshape", "Cast", "Unsqueeze"}
+# Ops that only move or select values between the head linear and a graph output (Dropout,
+# Identity and same-type Casts are already bypassed by _Graph).
+_PASS_THROUGH = {"Squeeze", "Split", "Reshape", "Unsqueeze", "Flatten", "Cast"}
+
+# Backward search from the MLM transform LayerNorm to its dense layer crosses only the activation
+# (five nodes for erf GELU, up to nine for tanh GELU).
+_MAX_ACTIVATION_NODES = 16
 
 
-def read_onnx_heads(path: str | os.PathLike, hidden_size: int) -> dict[str, np.ndarray]:
-    """Head tensors ({} for a bare encoder export) with `bert.`-free Hugging Face names."""
-    import onnx
-    from onnx import numpy_helper
+def read_onnx_heads(
+    path: str | os.PathLike, hidden_size: int, word_embeddings: np.ndarray | None = None
+) -> dict[str, np.ndarray]:
+    """Head tensors ({} for a bare encoder export) with `bert.`-free Hugging Face names.
 
-    model = onnx.load(os.fspath(path), load_external_data=False)
-    g = model.graph
-    consts: dict[str, np.ndarray] = {}
-    for init in g.initializer:
-        if init.data_location != onnx.TensorProto.EXTERNAL:
-            consts[init.name] = numpy_helper.to_array(init)
-    producer = {}
-    for node in g.node:
-        for out in node.output:
-            producer[out] = node
-        if node.op_type == "Constant":
-            for attr in node.attribute:
-                if attr.name == "value":
-                    consts[node.output[0]] = numpy_helper.to_array(attr.t)
-
-    def const(name):
-        node = producer.get(name)
-        while name not in consts and node is not None and node.op_type == "Identity":
-            name = node.input[0]
-            node = producer.get(name)
-        return consts.get(name)
+    `word_embeddings` (V, H) is the encoder's table: an MLM decoder equal to it is tied and not
+    returned; without it, the decoder weight is always returned.
+    """
+    path = os.fspath(path)
+    g = _Graph(_parse_model(path), path)
+    walker = _BertWalker(g)
+    walker.hidden = hidden_size  # the LayerNorm / linear / activation matchers check this width
 
     heads: dict[str, np.ndarray] = {}
-    for output in g.output:
-        name, through_split = output.name, False
-        node = producer.get(name)
-        while node is not None and node.op_type in _PASS_THROUGH:
+    for output in g.output_names:
+        name, through_split = g.canonical(output), False
+        node = g.producer.get(name)
+        while node is not None and node.op_type in _PASS_THROUGH and node.input:
             through_split |= node.op_type == "Split"
-            name = node.input[0]
-            node = producer.get(name)
-        linear = _linear(node, producer, const, hidden_size)
+            name = _in(node, 0)
+            node = g.producer.get(name)
+        linear = _linear(node, g, hidden_size)
         if linear is None:
             continue
         weight, bias, x = linear
-        src = producer.get(x)
-        if through_split and weight.shape[0] == 2:
+        src = g.producer.get(x)
+        mlm = None if through_split else _mlm_transform(walker, x)
+        if mlm is not None:
+            prefix = "cls.predictions"
+            found = dict(mlm)
+            found["cls.predictions.bias"] = bias
+            tied = (word_embeddings is not None and weight.shape == word_embeddings.shape
+                    and np.array_equal(weight, word_embeddings))
+            if not tied:
+                found["cls.predictions.decoder.weight"] = weight
+        elif through_split and weight.shape[0] == 2:
             prefix = "qa_outputs"
-        elif src is not None and src.op_type == "Tanh":
-            prefix = "classifier"  # sequence classifier on the pooler output
+            found = {"qa_outputs.weight": weight, "qa_outputs.bias": bias}
         elif src is not None and src.op_type in ("Gather", "Slice"):
             continue  # a linear on the first token without the pooler's Tanh: not a known head
         else:
-            prefix = "classifier"  # token classifier on the hidden states
-        found = {f"{prefix}.weight": weight, f"{prefix}.bias": bias}
+            # On the pooler's Tanh: sequence classifier; on the hidden states: token classifier.
+            prefix = "classifier"
+            found = {"classifier.weight": weight, "classifier.bias": bias}
         for key, value in found.items():
             if key in heads and not np.array_equal(heads[key], value):
                 raise CheckpointError(
-                    f"{os.fspath(path)!r} has two different {prefix} heads; export one task head per model"
+                    f"{path!r} has two different {prefix} heads; export one task head per model"
                 )
         heads.update(found)
     return heads
 
 
-def _linear(node, producer, const, hidden_size):
+def _linear(node, g: _Graph, hidden_size: int):
     """(weight (out, in) float32, bias (out,), input name) if `node` ends a linear layer on H features."""
-    if node is None:
+    if node is None or len(node.input) < 2:
         return None
     if node.op_type == "Gemm":
-        w, b = const(node.input[1]), const(node.input[2]) if len(node.input) > 2 else None
+        w = g.float_const(_in(node, 1), f"weight of Gemm {node.name!r}")
+        b = g.float_const(_in(node, 2), f"bias of Gemm {node.name!r}") if _in(node, 2) else None
         trans_b = next((a.i for a in node.attribute if a.name == "transB"), 0)
         if w is None or w.ndim != 2:
             return None
         w = w if trans_b else w.T
-        x = node.input[0]
+        x = _in(node, 0)
     elif node.op_type == "Add":
-        b = None
+        b = mm = None
         for i in (0, 1):
-            mm = producer.get(node.input[i])
-            cand = const(node.input[1 - i])
-            if mm is not None and mm.op_type == "MatMul" and cand is not None and cand.ndim == 1:
+            mm = g.producer.get(_in(node, i))
+            if mm is None or mm.op_type != "MatMul":
+                continue
+            cand = g.float_const(_in(node, 1 - i), f"bias of {node.name!r}")
+            if cand is not None and cand.ndim == 1:
                 b = cand
                 break
         if b is None:
             return None
-        w = const(mm.input[1])
+        w = g.float_const(_in(mm, 1), f"weight of MatMul {mm.name!r}")
         if w is None or w.ndim != 2:
             return None
-        w, x = w.T, mm.input[0]
+        w, x = w.T, _in(mm, 0)
+    elif node.op_type == "MatMul":  # exporters drop an all-zero bias
+        w = g.float_const(_in(node, 1), f"weight of MatMul {node.name!r}")
+        if w is None or w.ndim != 2:
+            return None
+        w, b, x = w.T, None, _in(node, 0)
     else:
         return None
     if w.shape[1] != hidden_size:
@@ -116,4 +133,72 @@ def _linear(node, producer, const, hidden_size):
         b = np.zeros(w.shape[0], dtype=np.float32)
     if b.shape != (w.shape[0],):
         return None
-    return np.ascontiguousarray(w, dtype=np.float32), np.asarray(b, dtype=np.float32), x
+    return np.ascontiguousarray(w, dtype=np.float32), np.ascontiguousarray(b, dtype=np.float32), x
+
+
+def _mlm_transform(walker: _BertWalker, x: str) -> dict[str, np.ndarray] | None:
+    """The MLM transform (dense H x H -> activation -> LayerNorm) whose output is `x`, if it is one."""
+    g = walker.g
+    ln_in = _layer_norm_input(g, x)
+    if ln_in is None:
+        return None
+    # The LayerNorm's input must come, through activation nodes only, from an H x H linear; the
+    # encoder's last LayerNorm instead sums a residual (its producers end at a LayerNorm and an
+    # H x intermediate linear), so a token classifier on it is not taken for an MLM head.
+    dense = None
+    queue, seen = [ln_in], set()
+    while queue and len(seen) < _MAX_ACTIVATION_NODES:
+        tensor = queue.pop(0)
+        node = g.producer.get(tensor)
+        if node is None or id(node) in seen or g.const(tensor) is not None:
+            continue
+        seen.add(id(node))
+        if node.op_type in ("MatMul", "Gemm", "Add"):
+            linear = _linear(node, g, walker.hidden)
+            if linear is not None:
+                if linear[0].shape == (walker.hidden, walker.hidden) and dense is None:
+                    dense = (node, linear)
+                continue
+        if node.op_type in ("MatMul", "Gemm", "LayerNormalization", "Softmax"):
+            continue
+        queue.extend(i for i in node.input if i)
+    if dense is None:
+        return None
+    node, (weight, bias, _) = dense
+    hits, crossed = g.walk_to(_out(node), {"LayerNormalization", "ReduceMean", "Sub"}, strict=False)
+    if not any(_in(n, s) == ln_in for n, s in hits):
+        return None
+    walker._activation(crossed, "masked-LM head transform")  # raises on an unknown activation
+    ln = walker._layer_norm(ln_in, "masked-LM head transform LayerNorm")
+    if ln.out != x:
+        return None
+    return {
+        "cls.predictions.transform.dense.weight": weight,
+        "cls.predictions.transform.dense.bias": bias,
+        "cls.predictions.transform.LayerNorm.weight": ln.weight,
+        "cls.predictions.transform.LayerNorm.bias": ln.bias,
+    }
+
+
+def _layer_norm_input(g: _Graph, x: str) -> str | None:
+    """The input of the LayerNorm whose output is `x` (fused node or opset-14 decomposition)."""
+    node = g.producer.get(x)
+    if node is None:
+        return None
+    if node.op_type == "LayerNormalization":
+        return _in(node, 0)
+    # Decomposed: Add(Mul(Div(Sub(t, ReduceMean(t)), std), weight), bias).
+    if node.op_type != "Add":
+        return None
+    for name in node.input:
+        mul = g.producer.get(name)
+        if mul is None or mul.op_type != "Mul":
+            continue
+        for inner in mul.input:
+            div = g.producer.get(inner)
+            if div is None or div.op_type != "Div":
+                continue
+            sub = g.producer.get(_in(div, 0))
+            if sub is not None and sub.op_type == "Sub":
+                return _in(sub, 0)
+    return None
