@@ -7,7 +7,9 @@ import numpy as np
 from numba import prange
 
 from .jit import kernel, parallel_kernel
-from .spmm_epilogue import epilogue_row, pack_sequences
+from .spmm_epilogue import epilogue_inplace, epilogue_row, pack_sequences
+
+# Built against: numeric.py 6c0311da66f4dbb7, spmm_epilogue.py 0cf302b667e5e060, jit.py 0e6d37acb869f5e1
 
 
 
@@ -391,7 +393,7 @@ def spmm_csr(data, indices, indptr, x, bias, act, residual, has_residual, n_row_
                     continue
                 for r in range(1):
                     ro = yoff + np.uint64(r) * us
-                    epilogue_row(yf, ro, yf, ro, np.uint64(64), act, rf, ro, has_residual)
+                    epilogue_inplace(yf, ro, np.uint64(64), act, rf, ro, has_residual)
             else:
                 _tile_csr_w8(scratch, np.uint64(0), np.uint64(8), xf, xoff, us, data,
                                   indices, lo, hi, bias, br * 1)
@@ -1035,7 +1037,7 @@ def spmm_bsr4x1(data, indices, indptr, x, bias, act, residual, has_residual, n_r
                     continue
                 for r in range(4):
                     ro = yoff + np.uint64(r) * us
-                    epilogue_row(yf, ro, yf, ro, np.uint64(32), act, rf, ro, has_residual)
+                    epilogue_inplace(yf, ro, np.uint64(32), act, rf, ro, has_residual)
             else:
                 _tile_bsr4x1_w8(scratch, np.uint64(0), np.uint64(8), xf, xoff, us, data,
                                   indices, lo, hi, bias, br * 4)
@@ -1783,7 +1785,7 @@ def spmm_bsr8x1(data, indices, indptr, x, bias, act, residual, has_residual, n_r
                     continue
                 for r in range(8):
                     ro = yoff + np.uint64(r) * us
-                    epilogue_row(yf, ro, yf, ro, np.uint64(16), act, rf, ro, has_residual)
+                    epilogue_inplace(yf, ro, np.uint64(16), act, rf, ro, has_residual)
             else:
                 _tile_bsr8x1_w8(scratch, np.uint64(0), np.uint64(8), xf, xoff, us, data,
                                   indices, lo, hi, bias, br * 8)
@@ -2301,7 +2303,7 @@ def spmm_bsr2x2(data, indices, indptr, x, bias, act, residual, has_residual, n_r
                     continue
                 for r in range(2):
                     ro = yoff + np.uint64(r) * us
-                    epilogue_row(yf, ro, yf, ro, np.uint64(32), act, rf, ro, has_residual)
+                    epilogue_inplace(yf, ro, np.uint64(32), act, rf, ro, has_residual)
             else:
                 _tile_bsr2x2_w8(scratch, np.uint64(0), np.uint64(8), xf, xoff, us, data,
                                   indices, lo, hi, bias, br * 2)
@@ -3139,7 +3141,7 @@ def spmm_bsr1x4(data, indices, indptr, x, bias, act, residual, has_residual, n_r
                     continue
                 for r in range(1):
                     ro = yoff + np.uint64(r) * us
-                    epilogue_row(yf, ro, yf, ro, np.uint64(64), act, rf, ro, has_residual)
+                    epilogue_inplace(yf, ro, np.uint64(64), act, rf, ro, has_residual)
             else:
                 _tile_bsr1x4_w8(scratch, np.uint64(0), np.uint64(8), xf, xoff, us, data,
                                   indices, lo, hi, bias, br * 1)

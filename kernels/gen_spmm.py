@@ -20,6 +20,7 @@ Each format gets one micro-kernel per token width and one parallel driver:
 
 from __future__ import annotations
 
+import hashlib
 import os
 
 # (name, R rows, C cols per block, main token width). R * width accumulators must fit the
@@ -43,7 +44,7 @@ import numpy as np
 from numba import prange
 
 from .jit import kernel, parallel_kernel
-from .spmm_epilogue import epilogue_row, pack_sequences
+from .spmm_epilogue import epilogue_inplace, epilogue_row, pack_sequences
 '''
 
 
@@ -160,7 +161,7 @@ def spmm_{name}(data, indices, indptr, x, bias, act, residual, has_residual, n_r
                     continue
                 for r in range({R}):
                     ro = yoff + np.uint64(r) * us
-                    epilogue_row(yf, ro, yf, ro, np.uint64({TM}), act, rf, ro, has_residual)
+                    epilogue_inplace(yf, ro, np.uint64({TM}), act, rf, ro, has_residual)
             else:
                 _tile_{name}_w{W}(scratch, np.uint64(0), np.uint64({W}), xf, xoff, us, data,
                                   indices, lo, hi, bias, br * {R})
@@ -171,8 +172,23 @@ def spmm_{name}(data, indices, indptr, x, bias, act, residual, has_residual, n_r
 '''
 
 
+# Numba's on-disk cache keys a function on its own file only, so the drivers would keep stale
+# inlined copies of these helpers after an edit. Their hashes go into the generated header: the
+# freshness test then fails until the file is regenerated, which also invalidates the cache.
+DEPENDENCIES = ("numeric.py", "spmm_epilogue.py", "jit.py")
+
+
+def _dependency_stamp() -> str:
+    here = os.path.dirname(os.path.abspath(__file__))
+    stamps = []
+    for name in DEPENDENCIES:
+        with open(os.path.join(here, name), "rb") as f:
+            stamps.append(f"{name} {hashlib.sha256(f.read()).hexdigest()[:16]}")
+    return "# Built against: " + ", ".join(stamps) + "\n"
+
+
 def generate() -> str:
-    parts = [HEADER]
+    parts = [HEADER, _dependency_stamp()]
     for name, R, C, TM in FORMATS:
         parts.append("\n")
         parts.append(_tile(name, R, C, TM))

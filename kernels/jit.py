@@ -19,6 +19,10 @@ FASTMATH = {"nsz", "arcp", "contract", "afn"}
 kernel = numba.njit(cache=True, fastmath=FASTMATH, nogil=True, boundscheck=None)
 # Parallel kernel: prange on its outermost loop only.
 parallel_kernel = numba.njit(cache=True, fastmath=FASTMATH, nogil=True, parallel=True)
+# Small function only ever inlined into cached kernels (e.g. erf, epilogues): not cached itself.
+# Numba's cache keys a function on its own file, so a cached helper would keep serving its old
+# code to kernels compiled after an edit to a file it calls into; uncached, it compiles fresh.
+helper = numba.njit(fastmath=FASTMATH, nogil=True, boundscheck=None)
 
 
 def _single_threaded_kernel_blas() -> None:

@@ -6,14 +6,12 @@ approximation Eigen and XLA use for float32 (x * P(x^2) / Q(x^2) on [-4, 4], whe
 to 1 outside): only multiply-adds, one division and min/max, so a loop over it becomes AVX code.
 Its max abs error vs `math.erf` is ~1e-7 (tests/test_kernels.py checks <= 1e-6).
 
-Left out: a vectorisable tanh; `gelu_tanh` keeps `math.tanh` (BERT checkpoints use exact GELU).
+`tanh_f32` is the matching Eigen float32 rational for tanh, for the "gelu_new" activation.
 """
-
-import math
 
 import numpy as np
 
-from .jit import kernel
+from .jit import helper
 
 _ERF_CLAMP = np.float32(4.0)
 # Numerator (odd) and denominator (even) coefficients, highest power first (Eigen, XLA).
@@ -34,7 +32,7 @@ _ONE = np.float32(1.0)
 _INV_SQRT2 = np.float32(0.7071067811865476)
 
 
-@kernel
+@helper
 def erf_f32(x):
     """erf of a float32 scalar, max abs error ~1e-7, branch-free (vectorises in loops)."""
     x = min(max(x, -_ERF_CLAMP), _ERF_CLAMP)
@@ -55,13 +53,49 @@ def erf_f32(x):
     return np.divide(p, q)
 
 
-@kernel
+@helper
 def gelu_f32(x):
     """Exact (erf) GELU of a float32 scalar through `erf_f32`."""
     return _HALF * x * (_ONE + erf_f32(x * _INV_SQRT2))
 
 
-@kernel
+# tanh: Eigen's float32 rational (odd numerator of degree 13, even denominator of degree 6),
+# clamped where tanh rounds to +-1 in float32.
+_TANH_CLAMP = np.float32(7.90531110763549805)
+_T1 = np.float32(4.89352455891786e-03)
+_T3 = np.float32(6.37261928875436e-04)
+_T5 = np.float32(1.48572235717979e-05)
+_T7 = np.float32(5.12229709037114e-08)
+_T9 = np.float32(-8.60467152213735e-11)
+_T11 = np.float32(2.00018790482477e-13)
+_T13 = np.float32(-2.76076847742355e-16)
+_U0 = np.float32(4.89352518554385e-03)
+_U2 = np.float32(2.26843463243900e-03)
+_U4 = np.float32(1.18534705686654e-04)
+_U6 = np.float32(1.19825839466702e-06)
+_SQRT_2_OVER_PI = np.float32(0.7978845608028654)
+_GELU_TANH_C = np.float32(0.044715)
+
+
+@helper
+def tanh_f32(x):
+    """tanh of a float32 scalar, max abs error ~1e-7, branch-free (vectorises in loops)."""
+    x = min(max(x, -_TANH_CLAMP), _TANH_CLAMP)
+    x2 = x * x
+    p = x2 * _T13 + _T11
+    p = x2 * p + _T9
+    p = x2 * p + _T7
+    p = x2 * p + _T5
+    p = x2 * p + _T3
+    p = x2 * p + _T1
+    p = x * p
+    q = x2 * _U6 + _U4
+    q = x2 * q + _U2
+    q = x2 * q + _U0
+    return np.divide(p, q)
+
+
+@helper
 def gelu_tanh_f32(x):
-    """tanh-approximated GELU (scalar libm tanh; not on BERT's hot path)."""
-    return _HALF * x * (_ONE + np.float32(math.tanh(0.7978845608028654 * (x + 0.044715 * x * x * x))))
+    """tanh-approximated GELU ("gelu_new") of a float32 scalar through `tanh_f32`."""
+    return _HALF * x * (_ONE + tanh_f32(_SQRT_2_OVER_PI * (x + _GELU_TANH_C * x * x * x)))

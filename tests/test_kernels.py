@@ -138,6 +138,12 @@ def test_erf_f32_accuracy():
     assert np.abs(got - want).max() <= 1e-6
 
 
+def test_tanh_f32_accuracy():
+    xs = np.concatenate([np.linspace(-10, 10, 200001), [0.0, 1e-30, 50.0, -50.0]])[::7]
+    got = np.array([numeric.tanh_f32(np.float32(v)) for v in xs], dtype=np.float64)
+    assert np.abs(got - np.tanh(xs.astype(np.float32).astype(np.float64))).max() <= 1e-6
+
+
 def test_epilogue_gelu_matches_exact_gelu_in_bulk():
     # The vectorised loop inside the kernel, not just the scalar function.
     x = np.linspace(-8, 8, 4001, dtype=np.float32).reshape(1, 1, -1)
