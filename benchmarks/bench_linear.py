@@ -10,10 +10,13 @@ time is measured apart by `sparsebert.linear.warmup()` before anything is timed.
     python benchmarks/bench_linear.py                      # default table
     python benchmarks/bench_linear.py --json out.json --repeats 7
 
-OpenBLAS worker threads spin for ~0.1 s after each sgemm (OPENBLAS_THREAD_TIMEOUT, default 2^28
-cycles) and steal both cores from a Numba kernel timed right after it; on this 2-core machine that
-made sparse calls look up to 2x slower. The timeout is therefore set to its minimum here, before
-numpy loads, unless the caller set it (it is recorded in the JSON).
+Two thread-pool settings are made here, before numpy and Numba load, unless the caller set them
+(both are recorded in the JSON):
+- OPENBLAS_THREAD_TIMEOUT=4: OpenBLAS workers otherwise spin ~0.1 s after each sgemm and steal
+  both cores from the Numba kernel timed right after it (sparse calls looked up to 2x slower).
+- OMP_WAIT_POLICY=PASSIVE: with libgomp's default spinning, every parallel region on this shared
+  2-core machine cost ~7-10 ms whenever other processes ran (batch-1 calls: 7 ms instead of
+  0.4 ms); passive waiting leaves batch-32 times unchanged.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from __future__ import annotations
 import os
 
 os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import argparse  # noqa: E402
 import json  # noqa: E402
@@ -92,7 +96,9 @@ def benchmark_linear(shapes=DEFAULT_SHAPES, batches=DEFAULT_BATCHES, cases=DEFAU
         "machine": {"processor": platform.processor() or platform.machine(),
                     "threads": numba.get_num_threads(), "numba": numba.__version__,
                     "numpy": np.__version__,
-                    "OPENBLAS_THREAD_TIMEOUT": os.environ.get("OPENBLAS_THREAD_TIMEOUT")},
+                    "OPENBLAS_THREAD_TIMEOUT": os.environ.get("OPENBLAS_THREAD_TIMEOUT"),
+                    "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY"),
+                    "threading_layer": numba.threading_layer()},
         "repeats": repeats,
         "compile_seconds": compile_s,
         "results": rows,
