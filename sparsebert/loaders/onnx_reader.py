@@ -12,6 +12,13 @@ on `input_ids`, then walks the dataflow forward the way the encoder computes:
                 -> Add(residual) -> LN -> next layer
     pooler:     (optional) first token -> Gemm or MatMul+Add -> Tanh
 
+The encoder ends at the first layer-output LayerNorm that is not consumed by three HxH linears:
+what follows (pooler, the MLM transform's one HxH dense, classifiers) is head territory, read by
+`onnx_heads`. A layer that is there but could not be followed still fails, because an attention
+block (Softmax feeding a MatMul) after the last recognised LayerNorm is refused. Inference no-ops
+(Dropout, Identity, Cast to the type the tensor already has) are bypassed before any walk, so
+dynamo exports of BertFor... models, which carry Dropout nodes, read like plain ones.
+
 LayerNorm is recognised as one `LayerNormalization` node (opset >= 17) or its opset-14
 decomposition (ReduceMean, Sub, Pow, ReduceMean, Add eps, Sqrt, Div, Mul, Add); GELU as a `Gelu`
 node or the Div/Erf/Add/Mul/Mul pattern; Constant and Identity nodes holding weights are followed.
@@ -20,7 +27,7 @@ folder. A biasless Gemm/MatMul (exporters drop all-zero biases) gets an explicit
 
 What this module deliberately leaves out: graphs rewritten by onnxruntime's transformer optimizer
 (fused Attention, SkipLayerNormalization, EmbedLayerNormalization, FastGelu), quantized graphs,
-and task heads after the pooler. They raise `CheckpointError` instead of yielding a partial model.
+and task heads (see `onnx_heads`). They raise `CheckpointError` instead of yielding a partial model.
 A folded token-type constant (export without `token_type_ids`, table reduced to its row 0) comes
 back as a one-row `embeddings.token_type_embeddings.weight` with `type_vocab_size` 1.
 """
