@@ -57,24 +57,39 @@ class Layer:
     def linears(self) -> dict:
         return {"qkv": self.qkv, "attn_out": self.attn_out, "ffn_in": self.ffn_in, "ffn_out": self.ffn_out}
 
-    def __call__(self, x: np.ndarray, key_bias: np.ndarray, tick=None) -> np.ndarray:
-        tick = tick or _no_tick
-        qkv = self.qkv(x)  # (B, 3H, T): Q, K, V row blocks
+    def __call__(self, x: np.ndarray, key_bias: np.ndarray, scratch: "_Scratch", tick) -> np.ndarray:
+        """One layer on x (B, H, T); the result overwrites x, which is dead by then."""
+        B, H, T = x.shape
+        qkv = self.qkv(x, out=scratch.get("qkv", (B, 3 * H, T)))  # (B, 3H, T): Q, K, V row blocks
         tick("qkv")
-        ctx = np.empty_like(x)  # (B, H, T): per head, V_h @ softmax(Q_hᵀ K_h / √D + mask)ᵀ
+        ctx = scratch.get("ctx", (B, H, T))  # per head, V_h @ softmax(Q_hᵀ K_h / √D + mask)ᵀ
         attention.attention(qkv, key_bias, self.heads, self.scale, ctx)
         tick("attention")
-        h = self.attn_out(ctx, residual=x)  # (B, H, T)
+        h = self.attn_out(ctx, residual=x, out=scratch.get("h", (B, H, T)))  # (B, H, T)
         tick("attn_out")
         ops.layer_norm(h, self.attn_norm.gamma, self.attn_norm.beta, self.eps)
         tick("layer_norm")
-        f = self.ffn_in(h, activation=self.act)  # (B, I, T)
-        tick("ffn_in")
-        y = self.ffn_out(f, residual=h)  # (B, H, T)
+        f = self.ffn_in(h, activation=self.act, out=scratch.get("f", (B, self.ffn_in.out_features, T)))
+        tick("ffn_in")  # f: (B, I, T)
+        y = self.ffn_out(f, residual=h, out=x)  # (B, H, T)
         tick("ffn_out")
         ops.layer_norm(y, self.ffn_norm.gamma, self.ffn_norm.beta, self.eps)
         tick("layer_norm")
         return y
+
+
+class _Scratch(threading.local):
+    """Per-thread activation buffers, reused across layers and calls. Fresh arrays of this size
+    come from mmap, and their page faults cost ~5-10 ms per 50 MB layer output; buffers only grow,
+    so length-bucketed batches of varying T reuse the largest."""
+
+    def get(self, name: str, shape: tuple[int, ...]) -> np.ndarray:
+        size = int(np.prod(shape))
+        buf = self.__dict__.get(name)
+        if buf is None or buf.size < size:
+            buf = np.empty(size, dtype=np.float32)
+            self.__dict__[name] = buf
+        return buf[:size].reshape(shape)
 
 
 def _no_tick(name: str) -> None:
@@ -97,8 +112,8 @@ class _Clock:
 
 
 class BertEncoder:
-    """Tensors in, tensors out. Holds read-only weights; every call allocates its own activations,
-    so one encoder may serve many threads at once. Under Numba's "omp" (GNU OpenMP, the layer used
+    """Tensors in, tensors out. Holds read-only weights; activations live in per-thread scratch
+    buffers (returned arrays are always fresh copies), so one encoder may serve many threads at once. Under Numba's "omp" (GNU OpenMP, the layer used
     here) or "tbb" threading layers, concurrent calls run in parallel, each with its own team of
     Numba threads, and give bitwise the same results as serial calls (tests/test_threads.py).
     The "workqueue" layer aborts the process on concurrent parallel regions, so under it calls
@@ -113,6 +128,7 @@ class BertEncoder:
         self.pooler = (
             make_linear(weights.pooler_w, weights.pooler_b, "dense") if weights.pooler_w is not None else None
         )
+        self._scratch = _Scratch()
 
     def sparsity_report(self) -> dict:
         rows = []
@@ -157,7 +173,8 @@ class BertEncoder:
         emb = w.word_emb[ids] + w.pos_emb[:T][None]
         if w.type_emb is not None:
             emb += w.type_emb[types]
-        x = np.ascontiguousarray(emb.transpose(0, 2, 1))
+        x = self._scratch.get("x", (B, self.config.hidden_size, T))
+        x[...] = emb.transpose(0, 2, 1)
         ops.layer_norm(x, w.emb_norm.gamma, w.emb_norm.beta, np.float32(self.config.layer_norm_eps))
 
         key_bias = np.where(mask > 0, np.float32(0), _MASKED).astype(np.float32)  # (B, T)
@@ -165,15 +182,17 @@ class BertEncoder:
         for i, layer in enumerate(self.layers):
             if clock is not None:
                 clock.layer = f"layer{i}"
-            x = layer(x, key_bias, tick)  # (B, H, T)
+            x = layer(x, key_bias, self._scratch, tick)  # (B, H, T)
         if clock is not None:
             clock.layer = "output"
 
         pooled = None
         if self.pooler is not None:
-            cls = np.ascontiguousarray(x[:, :, :1])  # (B, H, 1)
+            cls = x[:, :, :1].copy()  # (B, H, 1)
             pooled = np.tanh(self.pooler(cls)[:, :, 0])  # (B, H)
-        hidden = np.ascontiguousarray(x.transpose(0, 2, 1))  # (B, T, H)
+        # Always a copy: x is a scratch buffer the next call overwrites (ascontiguousarray would
+        # return a view when B = T = 1).
+        hidden = x.transpose(0, 2, 1).copy()  # (B, T, H)
         # One cheap pass: never hand back NaN as an answer.
         if not np.isfinite(hidden).all() or (pooled is not None and not np.isfinite(pooled).all()):
             raise CheckpointError(_overflow_message(w))
