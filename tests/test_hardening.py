@@ -339,9 +339,6 @@ def test_encode_rejects_non_str_items(model):
         model.encode(["fine", 3])
 
 
-@pytest.mark.xfail(strict=True, raises=TypeError,
-                   reason="api.py (pipelines owner): Model.iter_encode calls iter(texts) before any "
-                          "check, so encode(None) raises TypeError; it should raise InputError")
 def test_encode_rejects_non_iterable(model):
     with pytest.raises(InputError):
         model.encode(None)
