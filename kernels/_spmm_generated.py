@@ -9,7 +9,7 @@ from numba import prange
 from .jit import kernel, parallel_kernel
 from .spmm_epilogue import epilogue_inplace, epilogue_row, pack_sequences
 
-# Built against: numeric.py 6c0311da66f4dbb7, spmm_epilogue.py 0cf302b667e5e060, jit.py 0e6d37acb869f5e1
+# Built against: numeric.py 6c0311da66f4dbb7, spmm_epilogue.py 0cf302b667e5e060, jit.py cb457540cb65f18d
 
 
 
