@@ -47,6 +47,12 @@ RELATIVE_RATE = {"dense": 1.0, "csr": 0.27, (4, 1): 0.45, (8, 1): 0.42, (2, 2): 
 _ROW_OVERHEAD = 4.0
 
 
+def index_dtype(columns: int):
+    """Column indices as uint16 when they fit: at 90% sparsity CSR then stores 6 bytes per nonzero
+    instead of 8 (0.15x the dense bytes, not 0.2x), and the kernels read less index traffic."""
+    return np.uint16 if columns <= 1 << 16 else np.int32
+
+
 def _check_out(out, shape, x, residual) -> np.ndarray:
     """`out=` lets a caller reuse a workspace: a fresh 50 MB output costs ~5-10 ms of page
     faults per call here, a third of a 90%-sparse BSR layer. It must not overlap the inputs."""
@@ -177,7 +183,7 @@ class CSRLinear(_SparseLinear):
         rows, cols = np.nonzero(w)
         indptr = np.zeros(w.shape[0] + 1, dtype=np.int64)
         np.cumsum(np.bincount(rows, minlength=w.shape[0]), out=indptr[1:])
-        return cls(w[rows, cols], cols.astype(np.int32), indptr, w.shape,
+        return cls(w[rows, cols], cols.astype(index_dtype(w.shape[1])), indptr, w.shape,
                    np.ascontiguousarray(bias, dtype=np.float32))
 
     @classmethod
@@ -221,7 +227,7 @@ class BSRLinear(_SparseLinear):
         indptr = np.zeros(w.shape[0] // R + 1, dtype=np.int64)
         np.cumsum(np.bincount(brow, minlength=w.shape[0] // R), out=indptr[1:])
         data = np.ascontiguousarray(blocks[brow, bcol])
-        return cls(data, bcol.astype(np.int32), indptr, w.shape,
+        return cls(data, bcol.astype(index_dtype(w.shape[1] // C)), indptr, w.shape,
                    np.ascontiguousarray(bias, dtype=np.float32))
 
     @classmethod
@@ -426,7 +432,7 @@ def _check_compressed(data, indices, indptr, N, K, block, kind):
     if not np.isfinite(data).all():
         raise CheckpointError(f"{kind} data contains NaN or Inf")
     return (np.ascontiguousarray(data, dtype=np.float32),
-            np.ascontiguousarray(indices, dtype=np.int32),
+            np.ascontiguousarray(indices, dtype=index_dtype(cols)),
             np.ascontiguousarray(indptr, dtype=np.int64))
 
 
