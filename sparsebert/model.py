@@ -182,7 +182,12 @@ class BertEncoder:
         for i, layer in enumerate(self.layers):
             if clock is not None:
                 clock.layer = f"layer{i}"
-            x = layer(x, key_bias, self._scratch, tick)  # (B, H, T)
+            try:
+                x = layer(x, key_bias, self._scratch, tick)  # (B, H, T)
+            except (ZeroDivisionError, SystemError) as exc:
+                # A kernel's float division met overflowed activations (inside a parallel region
+                # that surfaces as SystemError). Inputs are validated, so weights are the cause.
+                raise CheckpointError(_overflow_message(w)) from exc
         if clock is not None:
             clock.layer = "output"
 
@@ -287,11 +292,15 @@ def _overflow_message(w: BertWeights) -> str:
     """Explain non-finite activations from finite inputs: some weight is far outside any trained
     model's range (inputs are validated, and LayerNorm keeps sane weights from overflowing)."""
     named = {"word_emb": w.word_emb, "pos_emb": w.pos_emb, "type_emb": w.type_emb,
-             "pooler_w": w.pooler_w, "pooler_b": w.pooler_b}
+             "pooler_w": w.pooler_w, "pooler_b": w.pooler_b, "emb_norm gamma": w.emb_norm.gamma,
+             "emb_norm beta": w.emb_norm.beta}
     for i, layer in enumerate(w.layers):
         for field in ("qkv_w", "qkv_b", "attn_out_w", "attn_out_b", "ffn_in_w", "ffn_in_b",
                       "ffn_out_w", "ffn_out_b"):
             named[f"layer {i} {field}"] = getattr(layer, field)
+        for norm in ("attn_norm", "ffn_norm"):
+            named[f"layer {i} {norm} gamma"] = getattr(layer, norm).gamma
+            named[f"layer {i} {norm} beta"] = getattr(layer, norm).beta
     sizes = {k: float(np.abs(v).max()) for k, v in named.items() if v is not None and v.size}
     worst = max(sizes, key=sizes.get)
     return (

@@ -233,6 +233,11 @@ def build_weights(
     )
 
 
+# Largest |weight| accepted. Trained BERT tensors stay below ~100; the bound keeps every activation
+# (LayerNorm output <= sqrt(H) * |gamma| + |beta|) and pooled norms far from float32 overflow.
+MAX_WEIGHT = 1e6
+
+
 def _as_float32(name: str, value) -> np.ndarray:
     arr = np.asarray(value)
     if arr.dtype.kind != "f":
@@ -245,6 +250,12 @@ def _as_float32(name: str, value) -> np.ndarray:
         raise CheckpointError(
             f"tensor {name!r} holds {bad} NaN/Inf values; the checkpoint is corrupt or was saved "
             "from a diverged training run"
+        )
+    peak = float(np.abs(arr).max()) if arr.size else 0.0
+    if peak > MAX_WEIGHT:
+        raise CheckpointError(
+            f"tensor {name!r} holds a value of magnitude {peak:.3g}, above {MAX_WEIGHT:.0e}; trained "
+            "BERT weights stay far below that, so the checkpoint is corrupt: re-download or re-export it"
         )
     return arr
 

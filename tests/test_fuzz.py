@@ -26,13 +26,13 @@ import struct
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 import fuzzutil
 
-CI_CASES = 60
+CI_CASES = 150
 NIGHTLY_CASES = 1500
 
 SIZES = [pytest.param("ci", id="ci"), pytest.param("nightly", id="nightly", marks=pytest.mark.slow)]
@@ -74,7 +74,8 @@ def _finish(runner, before: dict, what: str, allowed=None):
     delta = {k: v - before.get(k, 0) for k, v in runner.counts.items() if v - before.get(k, 0)}
     print(f"\nfuzz {what}: {sum(delta.values())} cases: "
           + ", ".join(f"{k}={v}" for k, v in sorted(delta.items())))
-    assert not runner.failures, runner.failure_report()
+    failed = {k: v for k, v in delta.items() if k.split(":")[0] in fuzzutil.FAIL_KINDS}
+    assert not failed, runner.failure_report()
     if allowed is not None:
         other = {k: v for k, v in delta.items() if k != "ok" and k not in allowed}
         assert not other, f"{what}: outcomes outside {allowed}: {other}"
@@ -541,9 +542,6 @@ def test_fuzz_encode_and_tokenize(models, runner, request, size):
            target=st.sampled_from(["encode", "tokenize"]), model=st.sampled_from(["dense", "sparse"]),
            batch_size=st.sampled_from([1, 2, 32]))
     def check(texts, pairs, target, model, batch_size):
-        # Known gap, owned by api.py: encode(None) / encode(5) raise TypeError from iter();
-        # pinned by an xfail in test_hardening.py until Model.iter_encode checks it.
-        assume(target != "encode" or isinstance(texts, (str, list)))
         payload = (texts, {"batch_size": batch_size}) if target == "encode" else (texts, pairs)
         out = runner.run(target, {"input.pkl": pickle.dumps(payload)}, {"model": models[model]},
                          name=f"{target} {model} {texts!r:.200} {pairs!r:.100}")
