@@ -111,8 +111,10 @@ class DenseLinear:
         else:
             y = _check_out(out, (B, self.out_features, S), x, residual)
         res, has_res = (_NO_RESIDUAL, False) if residual is None else (residual, True)
-        # Enough row chunks that every thread gets a few gemms, even at batch size 1.
-        chunks = -(-4 * numba.get_num_threads() // B)
+        # Enough row chunks that every thread gets a few gemms, even at batch size 1. Sized from the
+        # pool size, not the thread-local get_num_threads(): BLAS rounds differently per row split,
+        # and results must not depend on set_num_threads.
+        chunks = -(-4 * numba.config.NUMBA_NUM_THREADS // B)
         rows = max(16, -(-self.out_features // chunks))
         dense.gemm(self.weight, x, self.bias, _ACT_CODES[activation], res, has_res, rows, y)
         return y

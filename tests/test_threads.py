@@ -8,11 +8,11 @@ bitwise equal to serial). The "workqueue" layer (what Numba falls back to withou
 terminates the process on concurrent parallel regions, so `BertEncoder` then serialises calls on a
 lock; `test_workqueue_layer_serialises_instead_of_aborting` checks that in a subprocess.
 
-Known non-determinism (marked xfail, strict): the dense path (`DenseLinear` in sparsebert/linear.py)
-sizes its row chunks from `numba.get_num_threads()`; OpenBLAS's sgemm rounds an (N, K) @ (K, S)
-product differently when it is split into different row blocks (MiniLM qkv: 5e-6 between one
-1152-row gemm and 16..288-row chunks), so set_num_threads(1) and (2) differ by ~2.5e-6 on MiniLM.
-CSR and BSR kernels accumulate each output row in a fixed order and are bitwise stable.
+OpenBLAS's sgemm rounds an (N, K) @ (K, S) product differently when it is split into different
+row blocks (MiniLM qkv: 5e-6 between one 1152-row gemm and 16..288-row chunks), so the dense path
+(`DenseLinear`) sizes its row chunks from the process-wide pool size, not the thread-local
+`numba.get_num_threads()` (which also differs in worker threads); CSR and BSR kernels accumulate each
+output row in a fixed order. Every path is bitwise stable across thread counts.
 """
 
 from __future__ import annotations
@@ -119,10 +119,6 @@ def test_numba_thread_count_does_not_change_sparse_results(models, fmt):
 
 
 @pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2, reason="needs 2 Numba threads")
-@pytest.mark.xfail(strict=True, reason=(
-    "DenseLinear (sparsebert/linear.py) derives its gemm row chunks from numba.get_num_threads(), and "
-    "OpenBLAS sgemm rounds differently per row split (~2.5e-6 on MiniLM). Fix: size the chunks from "
-    "a process constant (numba.config.NUMBA_NUM_THREADS) instead of the thread-local setting."))
 def test_numba_thread_count_does_not_change_dense_results():
     model = _minilm()
     inputs = _inputs(model.config.vocab_size, 40)
