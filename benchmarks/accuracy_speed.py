@@ -73,7 +73,7 @@ VARIANTS_QUICK = (
     + [{"label": "layers [0, 2, 4]", "sparsity": 0.0, "layers": [0, 2, 4]}]
 )
 FULL = dict(variants=VARIANTS_FULL, n_sentences=400, batch_size=32, seq_len=128, rounds=3,
-            time_s=3.0)
+            time_s=2.0)
 QUICK = dict(variants=VARIANTS_QUICK, n_sentences=50, batch_size=4, seq_len=32, rounds=2,
              time_s=0.3)
 

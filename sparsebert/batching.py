@@ -16,6 +16,8 @@ from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
+from .tokenizer import collate
+
 DEFAULT_CHUNK_SIZE = 1024
 
 
@@ -33,21 +35,6 @@ def chunked(items: Iterable, size: int) -> Iterator[list]:
         if not chunk:
             return
         yield chunk
-
-
-def collate(encodings: Sequence, pad_id: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """`tokenizers.Encoding`s → input_ids, attention_mask, token_type_ids (B, T) int64, T = longest."""
-    B = len(encodings)
-    T = max(len(e.ids) for e in encodings)
-    ids = np.full((B, T), pad_id, dtype=np.int64)
-    mask = np.zeros((B, T), dtype=np.int64)
-    types = np.zeros((B, T), dtype=np.int64)
-    for i, e in enumerate(encodings):
-        n = len(e.ids)
-        ids[i, :n] = e.ids
-        mask[i, :n] = 1
-        types[i, :n] = e.type_ids
-    return ids, mask, types
 
 
 def length_batches(lengths: Sequence[int], batch_size: int) -> list[np.ndarray]:

@@ -93,17 +93,23 @@ class Tokenizer:
             encodings = self._tok.encode_batch(list(zip(texts, text_pairs)))
         else:
             encodings = self._tok.encode_batch(texts)
-        B = len(encodings)
-        T = max(len(e.ids) for e in encodings)
-        ids = np.full((B, T), self.pad_id, dtype=np.int64)
-        mask = np.zeros((B, T), dtype=np.int64)
-        types = np.zeros((B, T), dtype=np.int64)
-        for i, e in enumerate(encodings):
-            n = len(e.ids)
-            ids[i, :n] = e.ids
-            mask[i, :n] = 1
-            types[i, :n] = e.type_ids
+        ids, mask, types = collate(encodings, self.pad_id)
         return Batch(ids, mask, types, tuple(e.offsets for e in encodings), tuple(encodings))
+
+
+def collate(encodings: Sequence, pad_id: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`tokenizers.Encoding`s → input_ids, attention_mask, token_type_ids (B, T) int64, T = longest."""
+    B = len(encodings)
+    T = max(len(e.ids) for e in encodings)
+    ids = np.full((B, T), pad_id, dtype=np.int64)
+    mask = np.zeros((B, T), dtype=np.int64)
+    types = np.zeros((B, T), dtype=np.int64)
+    for i, e in enumerate(encodings):
+        n = len(e.ids)
+        ids[i, :n] = e.ids
+        mask[i, :n] = 1
+        types[i, :n] = e.type_ids
+    return ids, mask, types
 
 
 def _check_texts(texts, what: str) -> list[str]:
