@@ -19,28 +19,33 @@ def layer_norm(x, gamma, beta, eps):
     B, F, S = x.shape
     tiles = (S + _TILE - 1) // _TILE
     inv_f = np.float32(1.0 / F)
+    # Flat x with uint64 offsets: indexing the (B, F, S) array as x[b, f][s0 + j] made LLVM emit
+    # negative-index wraparound selects and gathers, 5.7x slower (5.1 ms vs 0.9 ms, B=32 T=128).
+    xf = x.reshape(-1)
+    us = np.uint64(S)
     for i in prange(B * tiles):
         b = i // tiles
         s0 = (i - b * tiles) * _TILE
-        w = min(_TILE, S - s0)
+        w = np.uint64(min(_TILE, S - s0))
+        base = np.uint64(b * F * S + s0)
         mean = np.zeros(_TILE, dtype=np.float32)
         rstd = np.zeros(_TILE, dtype=np.float32)
         for f in range(F):
-            row = x[b, f]
+            o = base + np.uint64(f) * us
             for j in range(w):
-                mean[j] += row[s0 + j]
+                mean[j] += xf[o + j]
         for j in range(w):
             mean[j] *= inv_f
         for f in range(F):
-            row = x[b, f]
+            o = base + np.uint64(f) * us
             for j in range(w):
-                d = row[s0 + j] - mean[j]
+                d = xf[o + j] - mean[j]
                 rstd[j] += d * d
         for j in range(w):
             rstd[j] = np.float32(1.0) / np.sqrt(rstd[j] * inv_f + eps)
         for f in range(F):
-            row = x[b, f]
+            o = base + np.uint64(f) * us
             g = gamma[f]
             be = beta[f]
             for j in range(w):
-                row[s0 + j] = (row[s0 + j] - mean[j]) * rstd[j] * g + be
+                xf[o + j] = (xf[o + j] - mean[j]) * rstd[j] * g + be
