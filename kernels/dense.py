@@ -16,7 +16,7 @@ import numpy as np
 from numba import prange
 
 from .jit import parallel_kernel
-from .spmm_epilogue import epilogue_row
+from .spmm_epilogue import epilogue_inplace
 
 
 @parallel_kernel
@@ -31,9 +31,10 @@ def gemm(W, X, bias, act, R, has_residual, rows, Y):
         n0 = (i - b * chunks) * rows
         n1 = min(N, n0 + rows)
         np.dot(W[n0:n1], X[b], Y[b, n0:n1])
+        us = np.uint64(S)
         for n in range(n0, n1):
             off = np.uint64((b * N + n) * S)
             bn = bias[n]
-            for j in range(S):
+            for j in range(us):
                 yflat[off + j] += bn
-            epilogue_row(yflat, off, yflat, off, S, act, rflat, off, has_residual)
+            epilogue_inplace(yflat, off, us, act, rflat, off, has_residual)
