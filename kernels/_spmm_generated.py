@@ -7,79 +7,83 @@ import numpy as np
 from numba import prange
 
 from .jit import kernel, parallel_kernel
-from .spmm_epilogue import epilogue_inplace, epilogue_row, pack_sequences
+from .spmm_epilogue import epilogue_inplace, epilogue_row, fill_bias, pack_panel, pack_sequences
 
-# Built against: numeric.py 6c0311da66f4dbb7, spmm_epilogue.py 0cf302b667e5e060, jit.py cb457540cb65f18d
+# Built against: numeric.py 6c0311da66f4dbb7, spmm_epilogue.py 9e0d7cdf45bdc34f, jit.py cb457540cb65f18d
 
 
 
 @kernel
-def _tile_csr_w64(y, yoff, ystride, x, xoff, xstride, data, indices, start, end, bias, n0):
-    # Y[r, :64] = bias[n0 + r] + sum over blocks p in [start, end) of W_p[r, c] * X[indices[p]*1 + c, :64]
-    a0_0 = np.float32(0.0)
-    a0_1 = np.float32(0.0)
-    a0_2 = np.float32(0.0)
-    a0_3 = np.float32(0.0)
-    a0_4 = np.float32(0.0)
-    a0_5 = np.float32(0.0)
-    a0_6 = np.float32(0.0)
-    a0_7 = np.float32(0.0)
-    a0_8 = np.float32(0.0)
-    a0_9 = np.float32(0.0)
-    a0_10 = np.float32(0.0)
-    a0_11 = np.float32(0.0)
-    a0_12 = np.float32(0.0)
-    a0_13 = np.float32(0.0)
-    a0_14 = np.float32(0.0)
-    a0_15 = np.float32(0.0)
-    a0_16 = np.float32(0.0)
-    a0_17 = np.float32(0.0)
-    a0_18 = np.float32(0.0)
-    a0_19 = np.float32(0.0)
-    a0_20 = np.float32(0.0)
-    a0_21 = np.float32(0.0)
-    a0_22 = np.float32(0.0)
-    a0_23 = np.float32(0.0)
-    a0_24 = np.float32(0.0)
-    a0_25 = np.float32(0.0)
-    a0_26 = np.float32(0.0)
-    a0_27 = np.float32(0.0)
-    a0_28 = np.float32(0.0)
-    a0_29 = np.float32(0.0)
-    a0_30 = np.float32(0.0)
-    a0_31 = np.float32(0.0)
-    a0_32 = np.float32(0.0)
-    a0_33 = np.float32(0.0)
-    a0_34 = np.float32(0.0)
-    a0_35 = np.float32(0.0)
-    a0_36 = np.float32(0.0)
-    a0_37 = np.float32(0.0)
-    a0_38 = np.float32(0.0)
-    a0_39 = np.float32(0.0)
-    a0_40 = np.float32(0.0)
-    a0_41 = np.float32(0.0)
-    a0_42 = np.float32(0.0)
-    a0_43 = np.float32(0.0)
-    a0_44 = np.float32(0.0)
-    a0_45 = np.float32(0.0)
-    a0_46 = np.float32(0.0)
-    a0_47 = np.float32(0.0)
-    a0_48 = np.float32(0.0)
-    a0_49 = np.float32(0.0)
-    a0_50 = np.float32(0.0)
-    a0_51 = np.float32(0.0)
-    a0_52 = np.float32(0.0)
-    a0_53 = np.float32(0.0)
-    a0_54 = np.float32(0.0)
-    a0_55 = np.float32(0.0)
-    a0_56 = np.float32(0.0)
-    a0_57 = np.float32(0.0)
-    a0_58 = np.float32(0.0)
-    a0_59 = np.float32(0.0)
-    a0_60 = np.float32(0.0)
-    a0_61 = np.float32(0.0)
-    a0_62 = np.float32(0.0)
-    a0_63 = np.float32(0.0)
+def _tile_csr_w64(y, yoff, ystride, x, xoff, xstride, data, indices, start, end):
+    # Y[r, :64] += sum over blocks p in [start, end) of W_p[r, c] * X[indices[p]*1 + c, :64]:
+    # one K-chunk's share of one block row. Always accumulating (the driver stores the bias
+    # first) keeps the loads of Y one vectorisable straight line; a branch between
+    # loading Y and starting from the bias made LLVM assemble the sums lane by lane (2x slower).
+    yo = yoff + np.uint64(0) * ystride
+    a0_0 = y[yo + np.uint64(0)]
+    a0_1 = y[yo + np.uint64(1)]
+    a0_2 = y[yo + np.uint64(2)]
+    a0_3 = y[yo + np.uint64(3)]
+    a0_4 = y[yo + np.uint64(4)]
+    a0_5 = y[yo + np.uint64(5)]
+    a0_6 = y[yo + np.uint64(6)]
+    a0_7 = y[yo + np.uint64(7)]
+    a0_8 = y[yo + np.uint64(8)]
+    a0_9 = y[yo + np.uint64(9)]
+    a0_10 = y[yo + np.uint64(10)]
+    a0_11 = y[yo + np.uint64(11)]
+    a0_12 = y[yo + np.uint64(12)]
+    a0_13 = y[yo + np.uint64(13)]
+    a0_14 = y[yo + np.uint64(14)]
+    a0_15 = y[yo + np.uint64(15)]
+    a0_16 = y[yo + np.uint64(16)]
+    a0_17 = y[yo + np.uint64(17)]
+    a0_18 = y[yo + np.uint64(18)]
+    a0_19 = y[yo + np.uint64(19)]
+    a0_20 = y[yo + np.uint64(20)]
+    a0_21 = y[yo + np.uint64(21)]
+    a0_22 = y[yo + np.uint64(22)]
+    a0_23 = y[yo + np.uint64(23)]
+    a0_24 = y[yo + np.uint64(24)]
+    a0_25 = y[yo + np.uint64(25)]
+    a0_26 = y[yo + np.uint64(26)]
+    a0_27 = y[yo + np.uint64(27)]
+    a0_28 = y[yo + np.uint64(28)]
+    a0_29 = y[yo + np.uint64(29)]
+    a0_30 = y[yo + np.uint64(30)]
+    a0_31 = y[yo + np.uint64(31)]
+    a0_32 = y[yo + np.uint64(32)]
+    a0_33 = y[yo + np.uint64(33)]
+    a0_34 = y[yo + np.uint64(34)]
+    a0_35 = y[yo + np.uint64(35)]
+    a0_36 = y[yo + np.uint64(36)]
+    a0_37 = y[yo + np.uint64(37)]
+    a0_38 = y[yo + np.uint64(38)]
+    a0_39 = y[yo + np.uint64(39)]
+    a0_40 = y[yo + np.uint64(40)]
+    a0_41 = y[yo + np.uint64(41)]
+    a0_42 = y[yo + np.uint64(42)]
+    a0_43 = y[yo + np.uint64(43)]
+    a0_44 = y[yo + np.uint64(44)]
+    a0_45 = y[yo + np.uint64(45)]
+    a0_46 = y[yo + np.uint64(46)]
+    a0_47 = y[yo + np.uint64(47)]
+    a0_48 = y[yo + np.uint64(48)]
+    a0_49 = y[yo + np.uint64(49)]
+    a0_50 = y[yo + np.uint64(50)]
+    a0_51 = y[yo + np.uint64(51)]
+    a0_52 = y[yo + np.uint64(52)]
+    a0_53 = y[yo + np.uint64(53)]
+    a0_54 = y[yo + np.uint64(54)]
+    a0_55 = y[yo + np.uint64(55)]
+    a0_56 = y[yo + np.uint64(56)]
+    a0_57 = y[yo + np.uint64(57)]
+    a0_58 = y[yo + np.uint64(58)]
+    a0_59 = y[yo + np.uint64(59)]
+    a0_60 = y[yo + np.uint64(60)]
+    a0_61 = y[yo + np.uint64(61)]
+    a0_62 = y[yo + np.uint64(62)]
+    a0_63 = y[yo + np.uint64(63)]
     for p in range(start, end):
         w0_0 = data[p]
         o = xoff + np.uint64(indices[p]) * np.uint64(1) * xstride
@@ -212,85 +216,88 @@ def _tile_csr_w64(y, yoff, ystride, x, xoff, xstride, data, indices, start, end,
         a0_62 += w0_0 * x0_62
         a0_63 += w0_0 * x0_63
     yo = yoff + np.uint64(0) * ystride
-    b = bias[n0 + 0]
-    y[yo + np.uint64(0)] = a0_0 + b
-    y[yo + np.uint64(1)] = a0_1 + b
-    y[yo + np.uint64(2)] = a0_2 + b
-    y[yo + np.uint64(3)] = a0_3 + b
-    y[yo + np.uint64(4)] = a0_4 + b
-    y[yo + np.uint64(5)] = a0_5 + b
-    y[yo + np.uint64(6)] = a0_6 + b
-    y[yo + np.uint64(7)] = a0_7 + b
-    y[yo + np.uint64(8)] = a0_8 + b
-    y[yo + np.uint64(9)] = a0_9 + b
-    y[yo + np.uint64(10)] = a0_10 + b
-    y[yo + np.uint64(11)] = a0_11 + b
-    y[yo + np.uint64(12)] = a0_12 + b
-    y[yo + np.uint64(13)] = a0_13 + b
-    y[yo + np.uint64(14)] = a0_14 + b
-    y[yo + np.uint64(15)] = a0_15 + b
-    y[yo + np.uint64(16)] = a0_16 + b
-    y[yo + np.uint64(17)] = a0_17 + b
-    y[yo + np.uint64(18)] = a0_18 + b
-    y[yo + np.uint64(19)] = a0_19 + b
-    y[yo + np.uint64(20)] = a0_20 + b
-    y[yo + np.uint64(21)] = a0_21 + b
-    y[yo + np.uint64(22)] = a0_22 + b
-    y[yo + np.uint64(23)] = a0_23 + b
-    y[yo + np.uint64(24)] = a0_24 + b
-    y[yo + np.uint64(25)] = a0_25 + b
-    y[yo + np.uint64(26)] = a0_26 + b
-    y[yo + np.uint64(27)] = a0_27 + b
-    y[yo + np.uint64(28)] = a0_28 + b
-    y[yo + np.uint64(29)] = a0_29 + b
-    y[yo + np.uint64(30)] = a0_30 + b
-    y[yo + np.uint64(31)] = a0_31 + b
-    y[yo + np.uint64(32)] = a0_32 + b
-    y[yo + np.uint64(33)] = a0_33 + b
-    y[yo + np.uint64(34)] = a0_34 + b
-    y[yo + np.uint64(35)] = a0_35 + b
-    y[yo + np.uint64(36)] = a0_36 + b
-    y[yo + np.uint64(37)] = a0_37 + b
-    y[yo + np.uint64(38)] = a0_38 + b
-    y[yo + np.uint64(39)] = a0_39 + b
-    y[yo + np.uint64(40)] = a0_40 + b
-    y[yo + np.uint64(41)] = a0_41 + b
-    y[yo + np.uint64(42)] = a0_42 + b
-    y[yo + np.uint64(43)] = a0_43 + b
-    y[yo + np.uint64(44)] = a0_44 + b
-    y[yo + np.uint64(45)] = a0_45 + b
-    y[yo + np.uint64(46)] = a0_46 + b
-    y[yo + np.uint64(47)] = a0_47 + b
-    y[yo + np.uint64(48)] = a0_48 + b
-    y[yo + np.uint64(49)] = a0_49 + b
-    y[yo + np.uint64(50)] = a0_50 + b
-    y[yo + np.uint64(51)] = a0_51 + b
-    y[yo + np.uint64(52)] = a0_52 + b
-    y[yo + np.uint64(53)] = a0_53 + b
-    y[yo + np.uint64(54)] = a0_54 + b
-    y[yo + np.uint64(55)] = a0_55 + b
-    y[yo + np.uint64(56)] = a0_56 + b
-    y[yo + np.uint64(57)] = a0_57 + b
-    y[yo + np.uint64(58)] = a0_58 + b
-    y[yo + np.uint64(59)] = a0_59 + b
-    y[yo + np.uint64(60)] = a0_60 + b
-    y[yo + np.uint64(61)] = a0_61 + b
-    y[yo + np.uint64(62)] = a0_62 + b
-    y[yo + np.uint64(63)] = a0_63 + b
+    y[yo + np.uint64(0)] = a0_0
+    y[yo + np.uint64(1)] = a0_1
+    y[yo + np.uint64(2)] = a0_2
+    y[yo + np.uint64(3)] = a0_3
+    y[yo + np.uint64(4)] = a0_4
+    y[yo + np.uint64(5)] = a0_5
+    y[yo + np.uint64(6)] = a0_6
+    y[yo + np.uint64(7)] = a0_7
+    y[yo + np.uint64(8)] = a0_8
+    y[yo + np.uint64(9)] = a0_9
+    y[yo + np.uint64(10)] = a0_10
+    y[yo + np.uint64(11)] = a0_11
+    y[yo + np.uint64(12)] = a0_12
+    y[yo + np.uint64(13)] = a0_13
+    y[yo + np.uint64(14)] = a0_14
+    y[yo + np.uint64(15)] = a0_15
+    y[yo + np.uint64(16)] = a0_16
+    y[yo + np.uint64(17)] = a0_17
+    y[yo + np.uint64(18)] = a0_18
+    y[yo + np.uint64(19)] = a0_19
+    y[yo + np.uint64(20)] = a0_20
+    y[yo + np.uint64(21)] = a0_21
+    y[yo + np.uint64(22)] = a0_22
+    y[yo + np.uint64(23)] = a0_23
+    y[yo + np.uint64(24)] = a0_24
+    y[yo + np.uint64(25)] = a0_25
+    y[yo + np.uint64(26)] = a0_26
+    y[yo + np.uint64(27)] = a0_27
+    y[yo + np.uint64(28)] = a0_28
+    y[yo + np.uint64(29)] = a0_29
+    y[yo + np.uint64(30)] = a0_30
+    y[yo + np.uint64(31)] = a0_31
+    y[yo + np.uint64(32)] = a0_32
+    y[yo + np.uint64(33)] = a0_33
+    y[yo + np.uint64(34)] = a0_34
+    y[yo + np.uint64(35)] = a0_35
+    y[yo + np.uint64(36)] = a0_36
+    y[yo + np.uint64(37)] = a0_37
+    y[yo + np.uint64(38)] = a0_38
+    y[yo + np.uint64(39)] = a0_39
+    y[yo + np.uint64(40)] = a0_40
+    y[yo + np.uint64(41)] = a0_41
+    y[yo + np.uint64(42)] = a0_42
+    y[yo + np.uint64(43)] = a0_43
+    y[yo + np.uint64(44)] = a0_44
+    y[yo + np.uint64(45)] = a0_45
+    y[yo + np.uint64(46)] = a0_46
+    y[yo + np.uint64(47)] = a0_47
+    y[yo + np.uint64(48)] = a0_48
+    y[yo + np.uint64(49)] = a0_49
+    y[yo + np.uint64(50)] = a0_50
+    y[yo + np.uint64(51)] = a0_51
+    y[yo + np.uint64(52)] = a0_52
+    y[yo + np.uint64(53)] = a0_53
+    y[yo + np.uint64(54)] = a0_54
+    y[yo + np.uint64(55)] = a0_55
+    y[yo + np.uint64(56)] = a0_56
+    y[yo + np.uint64(57)] = a0_57
+    y[yo + np.uint64(58)] = a0_58
+    y[yo + np.uint64(59)] = a0_59
+    y[yo + np.uint64(60)] = a0_60
+    y[yo + np.uint64(61)] = a0_61
+    y[yo + np.uint64(62)] = a0_62
+    y[yo + np.uint64(63)] = a0_63
 
 
 
 @kernel
-def _tile_csr_w8(y, yoff, ystride, x, xoff, xstride, data, indices, start, end, bias, n0):
-    # Y[r, :8] = bias[n0 + r] + sum over blocks p in [start, end) of W_p[r, c] * X[indices[p]*1 + c, :8]
-    a0_0 = np.float32(0.0)
-    a0_1 = np.float32(0.0)
-    a0_2 = np.float32(0.0)
-    a0_3 = np.float32(0.0)
-    a0_4 = np.float32(0.0)
-    a0_5 = np.float32(0.0)
-    a0_6 = np.float32(0.0)
-    a0_7 = np.float32(0.0)
+def _tile_csr_w8(y, yoff, ystride, x, xoff, xstride, data, indices, start, end):
+    # Y[r, :8] += sum over blocks p in [start, end) of W_p[r, c] * X[indices[p]*1 + c, :8]:
+    # one K-chunk's share of one block row. Always accumulating (the driver stores the bias
+    # first) keeps the loads of Y one vectorisable straight line; a branch between
+    # loading Y and starting from the bias made LLVM assemble the sums lane by lane (2x slower).
+    yo = yoff + np.uint64(0) * ystride
+    a0_0 = y[yo + np.uint64(0)]
+    a0_1 = y[yo + np.uint64(1)]
+    a0_2 = y[yo + np.uint64(2)]
+    a0_3 = y[yo + np.uint64(3)]
+    a0_4 = y[yo + np.uint64(4)]
+    a0_5 = y[yo + np.uint64(5)]
+    a0_6 = y[yo + np.uint64(6)]
+    a0_7 = y[yo + np.uint64(7)]
     for p in range(start, end):
         w0_0 = data[p]
         o = xoff + np.uint64(indices[p]) * np.uint64(1) * xstride
@@ -311,34 +318,40 @@ def _tile_csr_w8(y, yoff, ystride, x, xoff, xstride, data, indices, start, end, 
         a0_6 += w0_0 * x0_6
         a0_7 += w0_0 * x0_7
     yo = yoff + np.uint64(0) * ystride
-    b = bias[n0 + 0]
-    y[yo + np.uint64(0)] = a0_0 + b
-    y[yo + np.uint64(1)] = a0_1 + b
-    y[yo + np.uint64(2)] = a0_2 + b
-    y[yo + np.uint64(3)] = a0_3 + b
-    y[yo + np.uint64(4)] = a0_4 + b
-    y[yo + np.uint64(5)] = a0_5 + b
-    y[yo + np.uint64(6)] = a0_6 + b
-    y[yo + np.uint64(7)] = a0_7 + b
+    y[yo + np.uint64(0)] = a0_0
+    y[yo + np.uint64(1)] = a0_1
+    y[yo + np.uint64(2)] = a0_2
+    y[yo + np.uint64(3)] = a0_3
+    y[yo + np.uint64(4)] = a0_4
+    y[yo + np.uint64(5)] = a0_5
+    y[yo + np.uint64(6)] = a0_6
+    y[yo + np.uint64(7)] = a0_7
 
 
 @parallel_kernel
-def spmm_csr(data, indices, indptr, x, bias, act, residual, has_residual, n_row_chunks, y):
+def spmm_csr(data, indices, ptr, chunk_cols, x, bias, act, residual, has_residual, n_row_chunks, y):
     # Y[b] (N, S) = act(W (N, K) @ X[b] (K, S) + bias[:, None]) (+ residual[b]) for every b.
-    # W in CSR: row n holds data[p] at column indices[p] for indptr[n] <= p < indptr[n+1]
-    # (columns in any order; repeats add up).
+    # W in CSR: row n holds data[p] at column indices[p] (any column order; repeats add up).
+    # Entries are grouped by K-chunk: chunk c covers block columns [c * chunk_cols, (c + 1) *
+    # chunk_cols), its entries for block row i are [ptr[c, i], ptr[c, i + 1]) (ptr (n_chunks,
+    # block rows + 1)), and their indices count from the chunk's first block column. A task
+    # copies the chunk's slice of its X tile into a contiguous L1-sized panel (X rows in place
+    # are S floats apart, which would leave half the L1 sets unused) and sweeps its rows over it,
+    # while the rows' partial sums wait in L2.
     # Trusts (validated by sparsebert.linear): float32 C-contiguous x (B, K, S), y (B, N, S),
-    # residual (B, N, S) if has_residual, bias (N,); indptr monotone from 0 to the entry count,
+    # residual (B, N, S) if has_residual, bias (N,); every ptr range inside the entry arrays,
     # indices in range; act 0 none, 1 gelu, 2 gelu_tanh, 3 relu; n_row_chunks >= 1.
     B, K, S = x.shape
     N = y.shape[1]
     n_brows = N // 1
+    n_chunks = ptr.shape[0]
     chunk = (n_brows + n_row_chunks - 1) // n_row_chunks
+    kc = chunk_cols * 1  # X rows per K-chunk
     yf = y.reshape(-1)
     rf = residual.reshape(-1)
     if S < 64:
         # Short sequences: g whole sequences side by side in one zero-padded (K, 64) panel, so
-        # the full-width tile runs on them; results go through scratch to each sequence's rows.
+        # the full-width tile runs on them; sums go to scratch, then to each sequence's rows.
         g = 64 // S
         n_groups = (B + g - 1) // g
         for task in prange(n_groups * n_row_chunks):
@@ -348,32 +361,55 @@ def spmm_csr(data, indices, indptr, x, bias, act, residual, has_residual, n_row_
             b0 = grp * g
             nb = min(g, B - b0)
             panel = pack_sequences(x, b0, nb, 64)
-            scratch = np.empty(64, dtype=np.float32)
+            scratch = np.empty(max(br1 - br0, 0) * 64, dtype=np.float32)
+            fill_bias(scratch, 0, br0 * 1, br1 * 1, bias, 64, 64)
+            for c in range(n_chunks):
+                for br in range(br0, br1):
+                    _tile_csr_w64(scratch, np.uint64((br - br0) * 64), np.uint64(64), panel,
+                                      np.uint64(c * kc * 64), np.uint64(64), data, indices, np.uint64(ptr[c, br]),
+                                      np.uint64(ptr[c, br + 1]))
             for br in range(br0, br1):
-                _tile_csr_w64(scratch, np.uint64(0), np.uint64(64), panel, np.uint64(0),
-                                  np.uint64(64), data, indices, np.uint64(indptr[br]),
-                                  np.uint64(indptr[br + 1]), bias, br * 1)
                 for r in range(1):
                     for i in range(nb):
                         ro = np.uint64(((b0 + i) * N + br * 1 + r) * S)
-                        epilogue_row(scratch, np.uint64(r * 64 + i * S), yf, ro, np.uint64(S),
-                                     act, rf, ro, has_residual)
+                        epilogue_row(scratch, np.uint64(((br - br0) * 1 + r) * 64 + i * S), yf, ro,
+                                     np.uint64(S), act, rf, ro, has_residual)
         return
     n_full = S // 64
     n_tiles = n_full + (S - n_full * 64 + 7) // 8
     xf = x.reshape(-1)
     us = np.uint64(S)
-    fused = act == 0 and not has_residual  # the tile's store already added the bias
+    # Packing pays when many rows reuse the panel; a task with few rows (small batches split
+    # into many row chunks) reads X in place.
+    pack = chunk * 1 >= 256
     for task in prange(B * n_tiles * n_row_chunks):
         b = task // (n_tiles * n_row_chunks)
         rest = task - b * n_tiles * n_row_chunks
         t = rest // n_row_chunks
         br0 = (rest - t * n_row_chunks) * chunk
         br1 = min(br0 + chunk, n_brows)
+        xoff0 = np.uint64(b * K * S)
         if t < n_full:
             s0 = t * 64
-            own = s0
-            width = 64
+            panel = np.empty(kc * 64 if pack else 0, dtype=np.float32)
+            fill_bias(yf, (b * N + br0 * 1) * S + s0, br0 * 1, br1 * 1, bias, S, 64)
+            for c in range(n_chunks):
+                xoff = xoff0 + np.uint64(c * kc * S + s0)
+                if pack:
+                    pack_panel(xf, xoff, S, min(kc, K - c * kc), 64, panel)
+                    for br in range(br0, br1):
+                        _tile_csr_w64(yf, np.uint64((b * N + br * 1) * S + s0), us, panel,
+                                          np.uint64(0), np.uint64(64), data, indices,
+                                          np.uint64(ptr[c, br]), np.uint64(ptr[c, br + 1]))
+                else:
+                    for br in range(br0, br1):
+                        _tile_csr_w64(yf, np.uint64((b * N + br * 1) * S + s0), us, xf, xoff,
+                                          us, data, indices, np.uint64(ptr[c, br]), np.uint64(ptr[c, br + 1]))
+            if act != 0 or has_residual:
+                for br in range(br0, br1):
+                    for r in range(1):
+                        ro = np.uint64((b * N + br * 1 + r) * S + s0)
+                        epilogue_inplace(yf, ro, np.uint64(64), act, rf, ro, has_residual)
         else:
             # Tail tiles own columns [own, own + width) and compute 8 columns from s0; the last
             # is shifted left to end at S (S >= 64 here). Writing only owned columns means no
@@ -381,160 +417,159 @@ def spmm_csr(data, indices, indptr, x, bias, act, residual, has_residual, n_row_
             own = n_full * 64 + (t - n_full) * 8
             width = min(8, S - own)
             s0 = min(own, S - 8)
-        scratch = np.empty(8 if t >= n_full else 0, dtype=np.float32)
-        xoff = np.uint64(b * K * S + s0)
-        for br in range(br0, br1):
-            lo = np.uint64(indptr[br])
-            hi = np.uint64(indptr[br + 1])
-            yoff = np.uint64((b * N + br * 1) * S + s0)
-            if t < n_full:
-                _tile_csr_w64(yf, yoff, us, xf, xoff, us, data, indices, lo, hi, bias, br * 1)
-                if fused:
-                    continue
+            scratch = np.empty(max(br1 - br0, 0) * 8, dtype=np.float32)
+            fill_bias(scratch, 0, br0 * 1, br1 * 1, bias, 8, 8)
+            for c in range(n_chunks):
+                for br in range(br0, br1):
+                    _tile_csr_w8(scratch, np.uint64((br - br0) * 8), np.uint64(8), xf,
+                                      xoff0 + np.uint64(c * kc * S + s0), us, data, indices, np.uint64(ptr[c, br]),
+                                      np.uint64(ptr[c, br + 1]))
+            for br in range(br0, br1):
                 for r in range(1):
-                    ro = yoff + np.uint64(r) * us
-                    epilogue_inplace(yf, ro, np.uint64(64), act, rf, ro, has_residual)
-            else:
-                _tile_csr_w8(scratch, np.uint64(0), np.uint64(8), xf, xoff, us, data,
-                                  indices, lo, hi, bias, br * 1)
-                for r in range(1):
-                    ro = yoff + np.uint64(r) * us + np.uint64(own - s0)
-                    epilogue_row(scratch, np.uint64(r * 8 + own - s0), yf, ro, np.uint64(width),
-                                 act, rf, ro, has_residual)
+                    ro = np.uint64((b * N + br * 1 + r) * S + own)
+                    epilogue_row(scratch, np.uint64(((br - br0) * 1 + r) * 8 + own - s0), yf, ro,
+                                 np.uint64(width), act, rf, ro, has_residual)
 
 
 
 @kernel
-def _tile_bsr4x1_w32(y, yoff, ystride, x, xoff, xstride, data, indices, start, end, bias, n0):
-    # Y[r, :32] = bias[n0 + r] + sum over blocks p in [start, end) of W_p[r, c] * X[indices[p]*1 + c, :32]
-    a0_0 = np.float32(0.0)
-    a0_1 = np.float32(0.0)
-    a0_2 = np.float32(0.0)
-    a0_3 = np.float32(0.0)
-    a0_4 = np.float32(0.0)
-    a0_5 = np.float32(0.0)
-    a0_6 = np.float32(0.0)
-    a0_7 = np.float32(0.0)
-    a0_8 = np.float32(0.0)
-    a0_9 = np.float32(0.0)
-    a0_10 = np.float32(0.0)
-    a0_11 = np.float32(0.0)
-    a0_12 = np.float32(0.0)
-    a0_13 = np.float32(0.0)
-    a0_14 = np.float32(0.0)
-    a0_15 = np.float32(0.0)
-    a0_16 = np.float32(0.0)
-    a0_17 = np.float32(0.0)
-    a0_18 = np.float32(0.0)
-    a0_19 = np.float32(0.0)
-    a0_20 = np.float32(0.0)
-    a0_21 = np.float32(0.0)
-    a0_22 = np.float32(0.0)
-    a0_23 = np.float32(0.0)
-    a0_24 = np.float32(0.0)
-    a0_25 = np.float32(0.0)
-    a0_26 = np.float32(0.0)
-    a0_27 = np.float32(0.0)
-    a0_28 = np.float32(0.0)
-    a0_29 = np.float32(0.0)
-    a0_30 = np.float32(0.0)
-    a0_31 = np.float32(0.0)
-    a1_0 = np.float32(0.0)
-    a1_1 = np.float32(0.0)
-    a1_2 = np.float32(0.0)
-    a1_3 = np.float32(0.0)
-    a1_4 = np.float32(0.0)
-    a1_5 = np.float32(0.0)
-    a1_6 = np.float32(0.0)
-    a1_7 = np.float32(0.0)
-    a1_8 = np.float32(0.0)
-    a1_9 = np.float32(0.0)
-    a1_10 = np.float32(0.0)
-    a1_11 = np.float32(0.0)
-    a1_12 = np.float32(0.0)
-    a1_13 = np.float32(0.0)
-    a1_14 = np.float32(0.0)
-    a1_15 = np.float32(0.0)
-    a1_16 = np.float32(0.0)
-    a1_17 = np.float32(0.0)
-    a1_18 = np.float32(0.0)
-    a1_19 = np.float32(0.0)
-    a1_20 = np.float32(0.0)
-    a1_21 = np.float32(0.0)
-    a1_22 = np.float32(0.0)
-    a1_23 = np.float32(0.0)
-    a1_24 = np.float32(0.0)
-    a1_25 = np.float32(0.0)
-    a1_26 = np.float32(0.0)
-    a1_27 = np.float32(0.0)
-    a1_28 = np.float32(0.0)
-    a1_29 = np.float32(0.0)
-    a1_30 = np.float32(0.0)
-    a1_31 = np.float32(0.0)
-    a2_0 = np.float32(0.0)
-    a2_1 = np.float32(0.0)
-    a2_2 = np.float32(0.0)
-    a2_3 = np.float32(0.0)
-    a2_4 = np.float32(0.0)
-    a2_5 = np.float32(0.0)
-    a2_6 = np.float32(0.0)
-    a2_7 = np.float32(0.0)
-    a2_8 = np.float32(0.0)
-    a2_9 = np.float32(0.0)
-    a2_10 = np.float32(0.0)
-    a2_11 = np.float32(0.0)
-    a2_12 = np.float32(0.0)
-    a2_13 = np.float32(0.0)
-    a2_14 = np.float32(0.0)
-    a2_15 = np.float32(0.0)
-    a2_16 = np.float32(0.0)
-    a2_17 = np.float32(0.0)
-    a2_18 = np.float32(0.0)
-    a2_19 = np.float32(0.0)
-    a2_20 = np.float32(0.0)
-    a2_21 = np.float32(0.0)
-    a2_22 = np.float32(0.0)
-    a2_23 = np.float32(0.0)
-    a2_24 = np.float32(0.0)
-    a2_25 = np.float32(0.0)
-    a2_26 = np.float32(0.0)
-    a2_27 = np.float32(0.0)
-    a2_28 = np.float32(0.0)
-    a2_29 = np.float32(0.0)
-    a2_30 = np.float32(0.0)
-    a2_31 = np.float32(0.0)
-    a3_0 = np.float32(0.0)
-    a3_1 = np.float32(0.0)
-    a3_2 = np.float32(0.0)
-    a3_3 = np.float32(0.0)
-    a3_4 = np.float32(0.0)
-    a3_5 = np.float32(0.0)
-    a3_6 = np.float32(0.0)
-    a3_7 = np.float32(0.0)
-    a3_8 = np.float32(0.0)
-    a3_9 = np.float32(0.0)
-    a3_10 = np.float32(0.0)
-    a3_11 = np.float32(0.0)
-    a3_12 = np.float32(0.0)
-    a3_13 = np.float32(0.0)
-    a3_14 = np.float32(0.0)
-    a3_15 = np.float32(0.0)
-    a3_16 = np.float32(0.0)
-    a3_17 = np.float32(0.0)
-    a3_18 = np.float32(0.0)
-    a3_19 = np.float32(0.0)
-    a3_20 = np.float32(0.0)
-    a3_21 = np.float32(0.0)
-    a3_22 = np.float32(0.0)
-    a3_23 = np.float32(0.0)
-    a3_24 = np.float32(0.0)
-    a3_25 = np.float32(0.0)
-    a3_26 = np.float32(0.0)
-    a3_27 = np.float32(0.0)
-    a3_28 = np.float32(0.0)
-    a3_29 = np.float32(0.0)
-    a3_30 = np.float32(0.0)
-    a3_31 = np.float32(0.0)
+def _tile_bsr4x1_w32(y, yoff, ystride, x, xoff, xstride, data, indices, start, end):
+    # Y[r, :32] += sum over blocks p in [start, end) of W_p[r, c] * X[indices[p]*1 + c, :32]:
+    # one K-chunk's share of one block row. Always accumulating (the driver stores the bias
+    # first) keeps the loads of Y one vectorisable straight line; a branch between
+    # loading Y and starting from the bias made LLVM assemble the sums lane by lane (2x slower).
+    yo = yoff + np.uint64(0) * ystride
+    a0_0 = y[yo + np.uint64(0)]
+    a0_1 = y[yo + np.uint64(1)]
+    a0_2 = y[yo + np.uint64(2)]
+    a0_3 = y[yo + np.uint64(3)]
+    a0_4 = y[yo + np.uint64(4)]
+    a0_5 = y[yo + np.uint64(5)]
+    a0_6 = y[yo + np.uint64(6)]
+    a0_7 = y[yo + np.uint64(7)]
+    a0_8 = y[yo + np.uint64(8)]
+    a0_9 = y[yo + np.uint64(9)]
+    a0_10 = y[yo + np.uint64(10)]
+    a0_11 = y[yo + np.uint64(11)]
+    a0_12 = y[yo + np.uint64(12)]
+    a0_13 = y[yo + np.uint64(13)]
+    a0_14 = y[yo + np.uint64(14)]
+    a0_15 = y[yo + np.uint64(15)]
+    a0_16 = y[yo + np.uint64(16)]
+    a0_17 = y[yo + np.uint64(17)]
+    a0_18 = y[yo + np.uint64(18)]
+    a0_19 = y[yo + np.uint64(19)]
+    a0_20 = y[yo + np.uint64(20)]
+    a0_21 = y[yo + np.uint64(21)]
+    a0_22 = y[yo + np.uint64(22)]
+    a0_23 = y[yo + np.uint64(23)]
+    a0_24 = y[yo + np.uint64(24)]
+    a0_25 = y[yo + np.uint64(25)]
+    a0_26 = y[yo + np.uint64(26)]
+    a0_27 = y[yo + np.uint64(27)]
+    a0_28 = y[yo + np.uint64(28)]
+    a0_29 = y[yo + np.uint64(29)]
+    a0_30 = y[yo + np.uint64(30)]
+    a0_31 = y[yo + np.uint64(31)]
+    yo = yoff + np.uint64(1) * ystride
+    a1_0 = y[yo + np.uint64(0)]
+    a1_1 = y[yo + np.uint64(1)]
+    a1_2 = y[yo + np.uint64(2)]
+    a1_3 = y[yo + np.uint64(3)]
+    a1_4 = y[yo + np.uint64(4)]
+    a1_5 = y[yo + np.uint64(5)]
+    a1_6 = y[yo + np.uint64(6)]
+    a1_7 = y[yo + np.uint64(7)]
+    a1_8 = y[yo + np.uint64(8)]
+    a1_9 = y[yo + np.uint64(9)]
+    a1_10 = y[yo + np.uint64(10)]
+    a1_11 = y[yo + np.uint64(11)]
+    a1_12 = y[yo + np.uint64(12)]
+    a1_13 = y[yo + np.uint64(13)]
+    a1_14 = y[yo + np.uint64(14)]
+    a1_15 = y[yo + np.uint64(15)]
+    a1_16 = y[yo + np.uint64(16)]
+    a1_17 = y[yo + np.uint64(17)]
+    a1_18 = y[yo + np.uint64(18)]
+    a1_19 = y[yo + np.uint64(19)]
+    a1_20 = y[yo + np.uint64(20)]
+    a1_21 = y[yo + np.uint64(21)]
+    a1_22 = y[yo + np.uint64(22)]
+    a1_23 = y[yo + np.uint64(23)]
+    a1_24 = y[yo + np.uint64(24)]
+    a1_25 = y[yo + np.uint64(25)]
+    a1_26 = y[yo + np.uint64(26)]
+    a1_27 = y[yo + np.uint64(27)]
+    a1_28 = y[yo + np.uint64(28)]
+    a1_29 = y[yo + np.uint64(29)]
+    a1_30 = y[yo + np.uint64(30)]
+    a1_31 = y[yo + np.uint64(31)]
+    yo = yoff + np.uint64(2) * ystride
+    a2_0 = y[yo + np.uint64(0)]
+    a2_1 = y[yo + np.uint64(1)]
+    a2_2 = y[yo + np.uint64(2)]
+    a2_3 = y[yo + np.uint64(3)]
+    a2_4 = y[yo + np.uint64(4)]
+    a2_5 = y[yo + np.uint64(5)]
+    a2_6 = y[yo + np.uint64(6)]
+    a2_7 = y[yo + np.uint64(7)]
+    a2_8 = y[yo + np.uint64(8)]
+    a2_9 = y[yo + np.uint64(9)]
+    a2_10 = y[yo + np.uint64(10)]
+    a2_11 = y[yo + np.uint64(11)]
+    a2_12 = y[yo + np.uint64(12)]
+    a2_13 = y[yo + np.uint64(13)]
+    a2_14 = y[yo + np.uint64(14)]
+    a2_15 = y[yo + np.uint64(15)]
+    a2_16 = y[yo + np.uint64(16)]
+    a2_17 = y[yo + np.uint64(17)]
+    a2_18 = y[yo + np.uint64(18)]
+    a2_19 = y[yo + np.uint64(19)]
+    a2_20 = y[yo + np.uint64(20)]
+    a2_21 = y[yo + np.uint64(21)]
+    a2_22 = y[yo + np.uint64(22)]
+    a2_23 = y[yo + np.uint64(23)]
+    a2_24 = y[yo + np.uint64(24)]
+    a2_25 = y[yo + np.uint64(25)]
+    a2_26 = y[yo + np.uint64(26)]
+    a2_27 = y[yo + np.uint64(27)]
+    a2_28 = y[yo + np.uint64(28)]
+    a2_29 = y[yo + np.uint64(29)]
+    a2_30 = y[yo + np.uint64(30)]
+    a2_31 = y[yo + np.uint64(31)]
+    yo = yoff + np.uint64(3) * ystride
+    a3_0 = y[yo + np.uint64(0)]
+    a3_1 = y[yo + np.uint64(1)]
+    a3_2 = y[yo + np.uint64(2)]
+    a3_3 = y[yo + np.uint64(3)]
+    a3_4 = y[yo + np.uint64(4)]
+    a3_5 = y[yo + np.uint64(5)]
+    a3_6 = y[yo + np.uint64(6)]
+    a3_7 = y[yo + np.uint64(7)]
+    a3_8 = y[yo + np.uint64(8)]
+    a3_9 = y[yo + np.uint64(9)]
+    a3_10 = y[yo + np.uint64(10)]
+    a3_11 = y[yo + np.uint64(11)]
+    a3_12 = y[yo + np.uint64(12)]
+    a3_13 = y[yo + np.uint64(13)]
+    a3_14 = y[yo + np.uint64(14)]
+    a3_15 = y[yo + np.uint64(15)]
+    a3_16 = y[yo + np.uint64(16)]
+    a3_17 = y[yo + np.uint64(17)]
+    a3_18 = y[yo + np.uint64(18)]
+    a3_19 = y[yo + np.uint64(19)]
+    a3_20 = y[yo + np.uint64(20)]
+    a3_21 = y[yo + np.uint64(21)]
+    a3_22 = y[yo + np.uint64(22)]
+    a3_23 = y[yo + np.uint64(23)]
+    a3_24 = y[yo + np.uint64(24)]
+    a3_25 = y[yo + np.uint64(25)]
+    a3_26 = y[yo + np.uint64(26)]
+    a3_27 = y[yo + np.uint64(27)]
+    a3_28 = y[yo + np.uint64(28)]
+    a3_29 = y[yo + np.uint64(29)]
+    a3_30 = y[yo + np.uint64(30)]
+    a3_31 = y[yo + np.uint64(31)]
     for p in range(start, end):
         q = p * np.uint64(4)
         w0_0 = data[q + np.uint64(0)]
@@ -703,179 +738,182 @@ def _tile_bsr4x1_w32(y, yoff, ystride, x, xoff, xstride, data, indices, start, e
         a3_30 += w3_0 * x0_30
         a3_31 += w3_0 * x0_31
     yo = yoff + np.uint64(0) * ystride
-    b = bias[n0 + 0]
-    y[yo + np.uint64(0)] = a0_0 + b
-    y[yo + np.uint64(1)] = a0_1 + b
-    y[yo + np.uint64(2)] = a0_2 + b
-    y[yo + np.uint64(3)] = a0_3 + b
-    y[yo + np.uint64(4)] = a0_4 + b
-    y[yo + np.uint64(5)] = a0_5 + b
-    y[yo + np.uint64(6)] = a0_6 + b
-    y[yo + np.uint64(7)] = a0_7 + b
-    y[yo + np.uint64(8)] = a0_8 + b
-    y[yo + np.uint64(9)] = a0_9 + b
-    y[yo + np.uint64(10)] = a0_10 + b
-    y[yo + np.uint64(11)] = a0_11 + b
-    y[yo + np.uint64(12)] = a0_12 + b
-    y[yo + np.uint64(13)] = a0_13 + b
-    y[yo + np.uint64(14)] = a0_14 + b
-    y[yo + np.uint64(15)] = a0_15 + b
-    y[yo + np.uint64(16)] = a0_16 + b
-    y[yo + np.uint64(17)] = a0_17 + b
-    y[yo + np.uint64(18)] = a0_18 + b
-    y[yo + np.uint64(19)] = a0_19 + b
-    y[yo + np.uint64(20)] = a0_20 + b
-    y[yo + np.uint64(21)] = a0_21 + b
-    y[yo + np.uint64(22)] = a0_22 + b
-    y[yo + np.uint64(23)] = a0_23 + b
-    y[yo + np.uint64(24)] = a0_24 + b
-    y[yo + np.uint64(25)] = a0_25 + b
-    y[yo + np.uint64(26)] = a0_26 + b
-    y[yo + np.uint64(27)] = a0_27 + b
-    y[yo + np.uint64(28)] = a0_28 + b
-    y[yo + np.uint64(29)] = a0_29 + b
-    y[yo + np.uint64(30)] = a0_30 + b
-    y[yo + np.uint64(31)] = a0_31 + b
+    y[yo + np.uint64(0)] = a0_0
+    y[yo + np.uint64(1)] = a0_1
+    y[yo + np.uint64(2)] = a0_2
+    y[yo + np.uint64(3)] = a0_3
+    y[yo + np.uint64(4)] = a0_4
+    y[yo + np.uint64(5)] = a0_5
+    y[yo + np.uint64(6)] = a0_6
+    y[yo + np.uint64(7)] = a0_7
+    y[yo + np.uint64(8)] = a0_8
+    y[yo + np.uint64(9)] = a0_9
+    y[yo + np.uint64(10)] = a0_10
+    y[yo + np.uint64(11)] = a0_11
+    y[yo + np.uint64(12)] = a0_12
+    y[yo + np.uint64(13)] = a0_13
+    y[yo + np.uint64(14)] = a0_14
+    y[yo + np.uint64(15)] = a0_15
+    y[yo + np.uint64(16)] = a0_16
+    y[yo + np.uint64(17)] = a0_17
+    y[yo + np.uint64(18)] = a0_18
+    y[yo + np.uint64(19)] = a0_19
+    y[yo + np.uint64(20)] = a0_20
+    y[yo + np.uint64(21)] = a0_21
+    y[yo + np.uint64(22)] = a0_22
+    y[yo + np.uint64(23)] = a0_23
+    y[yo + np.uint64(24)] = a0_24
+    y[yo + np.uint64(25)] = a0_25
+    y[yo + np.uint64(26)] = a0_26
+    y[yo + np.uint64(27)] = a0_27
+    y[yo + np.uint64(28)] = a0_28
+    y[yo + np.uint64(29)] = a0_29
+    y[yo + np.uint64(30)] = a0_30
+    y[yo + np.uint64(31)] = a0_31
     yo = yoff + np.uint64(1) * ystride
-    b = bias[n0 + 1]
-    y[yo + np.uint64(0)] = a1_0 + b
-    y[yo + np.uint64(1)] = a1_1 + b
-    y[yo + np.uint64(2)] = a1_2 + b
-    y[yo + np.uint64(3)] = a1_3 + b
-    y[yo + np.uint64(4)] = a1_4 + b
-    y[yo + np.uint64(5)] = a1_5 + b
-    y[yo + np.uint64(6)] = a1_6 + b
-    y[yo + np.uint64(7)] = a1_7 + b
-    y[yo + np.uint64(8)] = a1_8 + b
-    y[yo + np.uint64(9)] = a1_9 + b
-    y[yo + np.uint64(10)] = a1_10 + b
-    y[yo + np.uint64(11)] = a1_11 + b
-    y[yo + np.uint64(12)] = a1_12 + b
-    y[yo + np.uint64(13)] = a1_13 + b
-    y[yo + np.uint64(14)] = a1_14 + b
-    y[yo + np.uint64(15)] = a1_15 + b
-    y[yo + np.uint64(16)] = a1_16 + b
-    y[yo + np.uint64(17)] = a1_17 + b
-    y[yo + np.uint64(18)] = a1_18 + b
-    y[yo + np.uint64(19)] = a1_19 + b
-    y[yo + np.uint64(20)] = a1_20 + b
-    y[yo + np.uint64(21)] = a1_21 + b
-    y[yo + np.uint64(22)] = a1_22 + b
-    y[yo + np.uint64(23)] = a1_23 + b
-    y[yo + np.uint64(24)] = a1_24 + b
-    y[yo + np.uint64(25)] = a1_25 + b
-    y[yo + np.uint64(26)] = a1_26 + b
-    y[yo + np.uint64(27)] = a1_27 + b
-    y[yo + np.uint64(28)] = a1_28 + b
-    y[yo + np.uint64(29)] = a1_29 + b
-    y[yo + np.uint64(30)] = a1_30 + b
-    y[yo + np.uint64(31)] = a1_31 + b
+    y[yo + np.uint64(0)] = a1_0
+    y[yo + np.uint64(1)] = a1_1
+    y[yo + np.uint64(2)] = a1_2
+    y[yo + np.uint64(3)] = a1_3
+    y[yo + np.uint64(4)] = a1_4
+    y[yo + np.uint64(5)] = a1_5
+    y[yo + np.uint64(6)] = a1_6
+    y[yo + np.uint64(7)] = a1_7
+    y[yo + np.uint64(8)] = a1_8
+    y[yo + np.uint64(9)] = a1_9
+    y[yo + np.uint64(10)] = a1_10
+    y[yo + np.uint64(11)] = a1_11
+    y[yo + np.uint64(12)] = a1_12
+    y[yo + np.uint64(13)] = a1_13
+    y[yo + np.uint64(14)] = a1_14
+    y[yo + np.uint64(15)] = a1_15
+    y[yo + np.uint64(16)] = a1_16
+    y[yo + np.uint64(17)] = a1_17
+    y[yo + np.uint64(18)] = a1_18
+    y[yo + np.uint64(19)] = a1_19
+    y[yo + np.uint64(20)] = a1_20
+    y[yo + np.uint64(21)] = a1_21
+    y[yo + np.uint64(22)] = a1_22
+    y[yo + np.uint64(23)] = a1_23
+    y[yo + np.uint64(24)] = a1_24
+    y[yo + np.uint64(25)] = a1_25
+    y[yo + np.uint64(26)] = a1_26
+    y[yo + np.uint64(27)] = a1_27
+    y[yo + np.uint64(28)] = a1_28
+    y[yo + np.uint64(29)] = a1_29
+    y[yo + np.uint64(30)] = a1_30
+    y[yo + np.uint64(31)] = a1_31
     yo = yoff + np.uint64(2) * ystride
-    b = bias[n0 + 2]
-    y[yo + np.uint64(0)] = a2_0 + b
-    y[yo + np.uint64(1)] = a2_1 + b
-    y[yo + np.uint64(2)] = a2_2 + b
-    y[yo + np.uint64(3)] = a2_3 + b
-    y[yo + np.uint64(4)] = a2_4 + b
-    y[yo + np.uint64(5)] = a2_5 + b
-    y[yo + np.uint64(6)] = a2_6 + b
-    y[yo + np.uint64(7)] = a2_7 + b
-    y[yo + np.uint64(8)] = a2_8 + b
-    y[yo + np.uint64(9)] = a2_9 + b
-    y[yo + np.uint64(10)] = a2_10 + b
-    y[yo + np.uint64(11)] = a2_11 + b
-    y[yo + np.uint64(12)] = a2_12 + b
-    y[yo + np.uint64(13)] = a2_13 + b
-    y[yo + np.uint64(14)] = a2_14 + b
-    y[yo + np.uint64(15)] = a2_15 + b
-    y[yo + np.uint64(16)] = a2_16 + b
-    y[yo + np.uint64(17)] = a2_17 + b
-    y[yo + np.uint64(18)] = a2_18 + b
-    y[yo + np.uint64(19)] = a2_19 + b
-    y[yo + np.uint64(20)] = a2_20 + b
-    y[yo + np.uint64(21)] = a2_21 + b
-    y[yo + np.uint64(22)] = a2_22 + b
-    y[yo + np.uint64(23)] = a2_23 + b
-    y[yo + np.uint64(24)] = a2_24 + b
-    y[yo + np.uint64(25)] = a2_25 + b
-    y[yo + np.uint64(26)] = a2_26 + b
-    y[yo + np.uint64(27)] = a2_27 + b
-    y[yo + np.uint64(28)] = a2_28 + b
-    y[yo + np.uint64(29)] = a2_29 + b
-    y[yo + np.uint64(30)] = a2_30 + b
-    y[yo + np.uint64(31)] = a2_31 + b
+    y[yo + np.uint64(0)] = a2_0
+    y[yo + np.uint64(1)] = a2_1
+    y[yo + np.uint64(2)] = a2_2
+    y[yo + np.uint64(3)] = a2_3
+    y[yo + np.uint64(4)] = a2_4
+    y[yo + np.uint64(5)] = a2_5
+    y[yo + np.uint64(6)] = a2_6
+    y[yo + np.uint64(7)] = a2_7
+    y[yo + np.uint64(8)] = a2_8
+    y[yo + np.uint64(9)] = a2_9
+    y[yo + np.uint64(10)] = a2_10
+    y[yo + np.uint64(11)] = a2_11
+    y[yo + np.uint64(12)] = a2_12
+    y[yo + np.uint64(13)] = a2_13
+    y[yo + np.uint64(14)] = a2_14
+    y[yo + np.uint64(15)] = a2_15
+    y[yo + np.uint64(16)] = a2_16
+    y[yo + np.uint64(17)] = a2_17
+    y[yo + np.uint64(18)] = a2_18
+    y[yo + np.uint64(19)] = a2_19
+    y[yo + np.uint64(20)] = a2_20
+    y[yo + np.uint64(21)] = a2_21
+    y[yo + np.uint64(22)] = a2_22
+    y[yo + np.uint64(23)] = a2_23
+    y[yo + np.uint64(24)] = a2_24
+    y[yo + np.uint64(25)] = a2_25
+    y[yo + np.uint64(26)] = a2_26
+    y[yo + np.uint64(27)] = a2_27
+    y[yo + np.uint64(28)] = a2_28
+    y[yo + np.uint64(29)] = a2_29
+    y[yo + np.uint64(30)] = a2_30
+    y[yo + np.uint64(31)] = a2_31
     yo = yoff + np.uint64(3) * ystride
-    b = bias[n0 + 3]
-    y[yo + np.uint64(0)] = a3_0 + b
-    y[yo + np.uint64(1)] = a3_1 + b
-    y[yo + np.uint64(2)] = a3_2 + b
-    y[yo + np.uint64(3)] = a3_3 + b
-    y[yo + np.uint64(4)] = a3_4 + b
-    y[yo + np.uint64(5)] = a3_5 + b
-    y[yo + np.uint64(6)] = a3_6 + b
-    y[yo + np.uint64(7)] = a3_7 + b
-    y[yo + np.uint64(8)] = a3_8 + b
-    y[yo + np.uint64(9)] = a3_9 + b
-    y[yo + np.uint64(10)] = a3_10 + b
-    y[yo + np.uint64(11)] = a3_11 + b
-    y[yo + np.uint64(12)] = a3_12 + b
-    y[yo + np.uint64(13)] = a3_13 + b
-    y[yo + np.uint64(14)] = a3_14 + b
-    y[yo + np.uint64(15)] = a3_15 + b
-    y[yo + np.uint64(16)] = a3_16 + b
-    y[yo + np.uint64(17)] = a3_17 + b
-    y[yo + np.uint64(18)] = a3_18 + b
-    y[yo + np.uint64(19)] = a3_19 + b
-    y[yo + np.uint64(20)] = a3_20 + b
-    y[yo + np.uint64(21)] = a3_21 + b
-    y[yo + np.uint64(22)] = a3_22 + b
-    y[yo + np.uint64(23)] = a3_23 + b
-    y[yo + np.uint64(24)] = a3_24 + b
-    y[yo + np.uint64(25)] = a3_25 + b
-    y[yo + np.uint64(26)] = a3_26 + b
-    y[yo + np.uint64(27)] = a3_27 + b
-    y[yo + np.uint64(28)] = a3_28 + b
-    y[yo + np.uint64(29)] = a3_29 + b
-    y[yo + np.uint64(30)] = a3_30 + b
-    y[yo + np.uint64(31)] = a3_31 + b
+    y[yo + np.uint64(0)] = a3_0
+    y[yo + np.uint64(1)] = a3_1
+    y[yo + np.uint64(2)] = a3_2
+    y[yo + np.uint64(3)] = a3_3
+    y[yo + np.uint64(4)] = a3_4
+    y[yo + np.uint64(5)] = a3_5
+    y[yo + np.uint64(6)] = a3_6
+    y[yo + np.uint64(7)] = a3_7
+    y[yo + np.uint64(8)] = a3_8
+    y[yo + np.uint64(9)] = a3_9
+    y[yo + np.uint64(10)] = a3_10
+    y[yo + np.uint64(11)] = a3_11
+    y[yo + np.uint64(12)] = a3_12
+    y[yo + np.uint64(13)] = a3_13
+    y[yo + np.uint64(14)] = a3_14
+    y[yo + np.uint64(15)] = a3_15
+    y[yo + np.uint64(16)] = a3_16
+    y[yo + np.uint64(17)] = a3_17
+    y[yo + np.uint64(18)] = a3_18
+    y[yo + np.uint64(19)] = a3_19
+    y[yo + np.uint64(20)] = a3_20
+    y[yo + np.uint64(21)] = a3_21
+    y[yo + np.uint64(22)] = a3_22
+    y[yo + np.uint64(23)] = a3_23
+    y[yo + np.uint64(24)] = a3_24
+    y[yo + np.uint64(25)] = a3_25
+    y[yo + np.uint64(26)] = a3_26
+    y[yo + np.uint64(27)] = a3_27
+    y[yo + np.uint64(28)] = a3_28
+    y[yo + np.uint64(29)] = a3_29
+    y[yo + np.uint64(30)] = a3_30
+    y[yo + np.uint64(31)] = a3_31
 
 
 
 @kernel
-def _tile_bsr4x1_w8(y, yoff, ystride, x, xoff, xstride, data, indices, start, end, bias, n0):
-    # Y[r, :8] = bias[n0 + r] + sum over blocks p in [start, end) of W_p[r, c] * X[indices[p]*1 + c, :8]
-    a0_0 = np.float32(0.0)
-    a0_1 = np.float32(0.0)
-    a0_2 = np.float32(0.0)
-    a0_3 = np.float32(0.0)
-    a0_4 = np.float32(0.0)
-    a0_5 = np.float32(0.0)
-    a0_6 = np.float32(0.0)
-    a0_7 = np.float32(0.0)
-    a1_0 = np.float32(0.0)
-    a1_1 = np.float32(0.0)
-    a1_2 = np.float32(0.0)
-    a1_3 = np.float32(0.0)
-    a1_4 = np.float32(0.0)
-    a1_5 = np.float32(0.0)
-    a1_6 = np.float32(0.0)
-    a1_7 = np.float32(0.0)
-    a2_0 = np.float32(0.0)
-    a2_1 = np.float32(0.0)
-    a2_2 = np.float32(0.0)
-    a2_3 = np.float32(0.0)
-    a2_4 = np.float32(0.0)
-    a2_5 = np.float32(0.0)
-    a2_6 = np.float32(0.0)
-    a2_7 = np.float32(0.0)
-    a3_0 = np.float32(0.0)
-    a3_1 = np.float32(0.0)
-    a3_2 = np.float32(0.0)
-    a3_3 = np.float32(0.0)
-    a3_4 = np.float32(0.0)
-    a3_5 = np.float32(0.0)
-    a3_6 = np.float32(0.0)
-    a3_7 = np.float32(0.0)
+def _tile_bsr4x1_w8(y, yoff, ystride, x, xoff, xstride, data, indices, start, end):
+    # Y[r, :8] += sum over blocks p in [start, end) of W_p[r, c] * X[indices[p]*1 + c, :8]:
+    # one K-chunk's share of one block row. Always accumulating (the driver stores the bias
+    # first) keeps the loads of Y one vectorisable straight line; a branch between
+    # loading Y and starting from the bias made LLVM assemble the sums lane by lane (2x slower).
+    yo = yoff + np.uint64(0) * ystride
+    a0_0 = y[yo + np.uint64(0)]
+    a0_1 = y[yo + np.uint64(1)]
+    a0_2 = y[yo + np.uint64(2)]
+    a0_3 = y[yo + np.uint64(3)]
+    a0_4 = y[yo + np.uint64(4)]
+    a0_5 = y[yo + np.uint64(5)]
+    a0_6 = y[yo + np.uint64(6)]
+    a0_7 = y[yo + np.uint64(7)]
+    yo = yoff + np.uint64(1) * ystride
+    a1_0 = y[yo + np.uint64(0)]
+    a1_1 = y[yo + np.uint64(1)]
+    a1_2 = y[yo + np.uint64(2)]
+    a1_3 = y[yo + np.uint64(3)]
+    a1_4 = y[yo + np.uint64(4)]
+    a1_5 = y[yo + np.uint64(5)]
+    a1_6 = y[yo + np.uint64(6)]
+    a1_7 = y[yo + np.uint64(7)]
+    yo = yoff + np.uint64(2) * ystride
+    a2_0 = y[yo + np.uint64(0)]
+    a2_1 = y[yo + np.uint64(1)]
+    a2_2 = y[yo + np.uint64(2)]
+    a2_3 = y[yo + np.uint64(3)]
+    a2_4 = y[yo + np.uint64(4)]
+    a2_5 = y[yo + np.uint64(5)]
+    a2_6 = y[yo + np.uint64(6)]
+    a2_7 = y[yo + np.uint64(7)]
+    yo = yoff + np.uint64(3) * ystride
+    a3_0 = y[yo + np.uint64(0)]
+    a3_1 = y[yo + np.uint64(1)]
+    a3_2 = y[yo + np.uint64(2)]
+    a3_3 = y[yo + np.uint64(3)]
+    a3_4 = y[yo + np.uint64(4)]
+    a3_5 = y[yo + np.uint64(5)]
+    a3_6 = y[yo + np.uint64(6)]
+    a3_7 = y[yo + np.uint64(7)]
     for p in range(start, end):
         q = p * np.uint64(4)
         w0_0 = data[q + np.uint64(0)]
@@ -924,65 +962,68 @@ def _tile_bsr4x1_w8(y, yoff, ystride, x, xoff, xstride, data, indices, start, en
         a3_6 += w3_0 * x0_6
         a3_7 += w3_0 * x0_7
     yo = yoff + np.uint64(0) * ystride
-    b = bias[n0 + 0]
-    y[yo + np.uint64(0)] = a0_0 + b
-    y[yo + np.uint64(1)] = a0_1 + b
-    y[yo + np.uint64(2)] = a0_2 + b
-    y[yo + np.uint64(3)] = a0_3 + b
-    y[yo + np.uint64(4)] = a0_4 + b
-    y[yo + np.uint64(5)] = a0_5 + b
-    y[yo + np.uint64(6)] = a0_6 + b
-    y[yo + np.uint64(7)] = a0_7 + b
+    y[yo + np.uint64(0)] = a0_0
+    y[yo + np.uint64(1)] = a0_1
+    y[yo + np.uint64(2)] = a0_2
+    y[yo + np.uint64(3)] = a0_3
+    y[yo + np.uint64(4)] = a0_4
+    y[yo + np.uint64(5)] = a0_5
+    y[yo + np.uint64(6)] = a0_6
+    y[yo + np.uint64(7)] = a0_7
     yo = yoff + np.uint64(1) * ystride
-    b = bias[n0 + 1]
-    y[yo + np.uint64(0)] = a1_0 + b
-    y[yo + np.uint64(1)] = a1_1 + b
-    y[yo + np.uint64(2)] = a1_2 + b
-    y[yo + np.uint64(3)] = a1_3 + b
-    y[yo + np.uint64(4)] = a1_4 + b
-    y[yo + np.uint64(5)] = a1_5 + b
-    y[yo + np.uint64(6)] = a1_6 + b
-    y[yo + np.uint64(7)] = a1_7 + b
+    y[yo + np.uint64(0)] = a1_0
+    y[yo + np.uint64(1)] = a1_1
+    y[yo + np.uint64(2)] = a1_2
+    y[yo + np.uint64(3)] = a1_3
+    y[yo + np.uint64(4)] = a1_4
+    y[yo + np.uint64(5)] = a1_5
+    y[yo + np.uint64(6)] = a1_6
+    y[yo + np.uint64(7)] = a1_7
     yo = yoff + np.uint64(2) * ystride
-    b = bias[n0 + 2]
-    y[yo + np.uint64(0)] = a2_0 + b
-    y[yo + np.uint64(1)] = a2_1 + b
-    y[yo + np.uint64(2)] = a2_2 + b
-    y[yo + np.uint64(3)] = a2_3 + b
-    y[yo + np.uint64(4)] = a2_4 + b
-    y[yo + np.uint64(5)] = a2_5 + b
-    y[yo + np.uint64(6)] = a2_6 + b
-    y[yo + np.uint64(7)] = a2_7 + b
+    y[yo + np.uint64(0)] = a2_0
+    y[yo + np.uint64(1)] = a2_1
+    y[yo + np.uint64(2)] = a2_2
+    y[yo + np.uint64(3)] = a2_3
+    y[yo + np.uint64(4)] = a2_4
+    y[yo + np.uint64(5)] = a2_5
+    y[yo + np.uint64(6)] = a2_6
+    y[yo + np.uint64(7)] = a2_7
     yo = yoff + np.uint64(3) * ystride
-    b = bias[n0 + 3]
-    y[yo + np.uint64(0)] = a3_0 + b
-    y[yo + np.uint64(1)] = a3_1 + b
-    y[yo + np.uint64(2)] = a3_2 + b
-    y[yo + np.uint64(3)] = a3_3 + b
-    y[yo + np.uint64(4)] = a3_4 + b
-    y[yo + np.uint64(5)] = a3_5 + b
-    y[yo + np.uint64(6)] = a3_6 + b
-    y[yo + np.uint64(7)] = a3_7 + b
+    y[yo + np.uint64(0)] = a3_0
+    y[yo + np.uint64(1)] = a3_1
+    y[yo + np.uint64(2)] = a3_2
+    y[yo + np.uint64(3)] = a3_3
+    y[yo + np.uint64(4)] = a3_4
+    y[yo + np.uint64(5)] = a3_5
+    y[yo + np.uint64(6)] = a3_6
+    y[yo + np.uint64(7)] = a3_7
 
 
 @parallel_kernel
-def spmm_bsr4x1(data, indices, indptr, x, bias, act, residual, has_residual, n_row_chunks, y):
+def spmm_bsr4x1(data, indices, ptr, chunk_cols, x, bias, act, residual, has_residual, n_row_chunks, y):
     # Y[b] (N, S) = act(W (N, K) @ X[b] (K, S) + bias[:, None]) (+ residual[b]) for every b.
-    # W in BSR with 4x1 blocks (N % 4 == 0, K % 1 == 0): block p, for indptr[i] <= p <
-    # indptr[i+1], covers rows 4*i.. and columns 1*indices[p]..; W value (r, c) of the
-    # block is data[4*p + 1*r + c].
+    # W in BSR with 4x1 blocks (N % 4 == 0, K % 1 == 0): block p of block row i covers
+    # rows 4*i.. and columns 1*indices[p]..; its value (r, c) is data[4*p + 1*r + c].
+    # Entries are grouped by K-chunk: chunk c covers block columns [c * chunk_cols, (c + 1) *
+    # chunk_cols), its entries for block row i are [ptr[c, i], ptr[c, i + 1]) (ptr (n_chunks,
+    # block rows + 1)), and their indices count from the chunk's first block column. A task
+    # copies the chunk's slice of its X tile into a contiguous L1-sized panel (X rows in place
+    # are S floats apart, which would leave half the L1 sets unused) and sweeps its rows over it,
+    # while the rows' partial sums wait in L2.
     # Trusts (validated by sparsebert.linear): float32 C-contiguous x (B, K, S), y (B, N, S),
-    # residual (B, N, S) if has_residual, bias (N,); indptr monotone from 0 to the entry count,
+    # residual (B, N, S) if has_residual, bias (N,); every ptr range inside the entry arrays,
     # indices in range; act 0 none, 1 gelu, 2 gelu_tanh, 3 relu; n_row_chunks >= 1.
     B, K, S = x.shape
     N = y.shape[1]
     n_brows = N // 4
+    n_chunks = ptr.shape[0]
     chunk = (n_brows + n_row_chunks - 1) // n_row_chunks
+    kc = chunk_cols * 1  # X rows per K-chunk
     yf = y.reshape(-1)
     rf = residual.reshape(-1)
     if S < 32:
         # Short sequences: g whole sequences side by side in one zero-padded (K, 32) panel, so
-        # the full-width tile runs on them; results go through scratch to each sequence's rows.
+        # the full-width tile runs on them; sums go to scratch, then to each sequence's rows.
         g = 32 // S
         n_groups = (B + g - 1) // g
         for task in prange(n_groups * n_row_chunks):
@@ -992,32 +1033,55 @@ def spmm_bsr4x1(data, indices, indptr, x, bias, act, residual, has_residual, n_r
             b0 = grp * g
             nb = min(g, B - b0)
             panel = pack_sequences(x, b0, nb, 32)
-            scratch = np.empty(128, dtype=np.float32)
+            scratch = np.empty(max(br1 - br0, 0) * 128, dtype=np.float32)
+            fill_bias(scratch, 0, br0 * 4, br1 * 4, bias, 32, 32)
+            for c in range(n_chunks):
+                for br in range(br0, br1):
+                    _tile_bsr4x1_w32(scratch, np.uint64((br - br0) * 128), np.uint64(32), panel,
+                                      np.uint64(c * kc * 32), np.uint64(32), data, indices, np.uint64(ptr[c, br]),
+                                      np.uint64(ptr[c, br + 1]))
             for br in range(br0, br1):
-                _tile_bsr4x1_w32(scratch, np.uint64(0), np.uint64(32), panel, np.uint64(0),
-                                  np.uint64(32), data, indices, np.uint64(indptr[br]),
-                                  np.uint64(indptr[br + 1]), bias, br * 4)
                 for r in range(4):
                     for i in range(nb):
                         ro = np.uint64(((b0 + i) * N + br * 4 + r) * S)
-                        epilogue_row(scratch, np.uint64(r * 32 + i * S), yf, ro, np.uint64(S),
-                                     act, rf, ro, has_residual)
+                        epilogue_row(scratch, np.uint64(((br - br0) * 4 + r) * 32 + i * S), yf, ro,
+                                     np.uint64(S), act, rf, ro, has_residual)
         return
     n_full = S // 32
     n_tiles = n_full + (S - n_full * 32 + 7) // 8
     xf = x.reshape(-1)
     us = np.uint64(S)
-    fused = act == 0 and not has_residual  # the tile's store already added the bias
+    # Packing pays when many rows reuse the panel; a task with few rows (small batches split
+    # into many row chunks) reads X in place.
+    pack = chunk * 4 >= 256
     for task in prange(B * n_tiles * n_row_chunks):
         b = task // (n_tiles * n_row_chunks)
         rest = task - b * n_tiles * n_row_chunks
         t = rest // n_row_chunks
         br0 = (rest - t * n_row_chunks) * chunk
         br1 = min(br0 + chunk, n_brows)
+        xoff0 = np.uint64(b * K * S)
         if t < n_full:
             s0 = t * 32
-            own = s0
-            width = 32
+            panel = np.empty(kc * 32 if pack else 0, dtype=np.float32)
+            fill_bias(yf, (b * N + br0 * 4) * S + s0, br0 * 4, br1 * 4, bias, S, 32)
+            for c in range(n_chunks):
+                xoff = xoff0 + np.uint64(c * kc * S + s0)
+                if pack:
+                    pack_panel(xf, xoff, S, min(kc, K - c * kc), 32, panel)
+                    for br in range(br0, br1):
+                        _tile_bsr4x1_w32(yf, np.uint64((b * N + br * 4) * S + s0), us, panel,
+                                          np.uint64(0), np.uint64(32), data, indices,
+                                          np.uint64(ptr[c, br]), np.uint64(ptr[c, br + 1]))
+                else:
+                    for br in range(br0, br1):
+                        _tile_bsr4x1_w32(yf, np.uint64((b * N + br * 4) * S + s0), us, xf, xoff,
+                                          us, data, indices, np.uint64(ptr[c, br]), np.uint64(ptr[c, br + 1]))
+            if act != 0 or has_residual:
+                for br in range(br0, br1):
+                    for r in range(4):
+                        ro = np.uint64((b * N + br * 4 + r) * S + s0)
+                        epilogue_inplace(yf, ro, np.uint64(32), act, rf, ro, has_residual)
         else:
             # Tail tiles own columns [own, own + width) and compute 8 columns from s0; the last
             # is shifted left to end at S (S >= 32 here). Writing only owned columns means no
@@ -1025,160 +1089,163 @@ def spmm_bsr4x1(data, indices, indptr, x, bias, act, residual, has_residual, n_r
             own = n_full * 32 + (t - n_full) * 8
             width = min(8, S - own)
             s0 = min(own, S - 8)
-        scratch = np.empty(32 if t >= n_full else 0, dtype=np.float32)
-        xoff = np.uint64(b * K * S + s0)
-        for br in range(br0, br1):
-            lo = np.uint64(indptr[br])
-            hi = np.uint64(indptr[br + 1])
-            yoff = np.uint64((b * N + br * 4) * S + s0)
-            if t < n_full:
-                _tile_bsr4x1_w32(yf, yoff, us, xf, xoff, us, data, indices, lo, hi, bias, br * 4)
-                if fused:
-                    continue
+            scratch = np.empty(max(br1 - br0, 0) * 32, dtype=np.float32)
+            fill_bias(scratch, 0, br0 * 4, br1 * 4, bias, 8, 8)
+            for c in range(n_chunks):
+                for br in range(br0, br1):
+                    _tile_bsr4x1_w8(scratch, np.uint64((br - br0) * 32), np.uint64(8), xf,
+                                      xoff0 + np.uint64(c * kc * S + s0), us, data, indices, np.uint64(ptr[c, br]),
+                                      np.uint64(ptr[c, br + 1]))
+            for br in range(br0, br1):
                 for r in range(4):
-                    ro = yoff + np.uint64(r) * us
-                    epilogue_inplace(yf, ro, np.uint64(32), act, rf, ro, has_residual)
-            else:
-                _tile_bsr4x1_w8(scratch, np.uint64(0), np.uint64(8), xf, xoff, us, data,
-                                  indices, lo, hi, bias, br * 4)
-                for r in range(4):
-                    ro = yoff + np.uint64(r) * us + np.uint64(own - s0)
-                    epilogue_row(scratch, np.uint64(r * 8 + own - s0), yf, ro, np.uint64(width),
-                                 act, rf, ro, has_residual)
+                    ro = np.uint64((b * N + br * 4 + r) * S + own)
+                    epilogue_row(scratch, np.uint64(((br - br0) * 4 + r) * 8 + own - s0), yf, ro,
+                                 np.uint64(width), act, rf, ro, has_residual)
 
 
 
 @kernel
-def _tile_bsr8x1_w16(y, yoff, ystride, x, xoff, xstride, data, indices, start, end, bias, n0):
-    # Y[r, :16] = bias[n0 + r] + sum over blocks p in [start, end) of W_p[r, c] * X[indices[p]*1 + c, :16]
-    a0_0 = np.float32(0.0)
-    a0_1 = np.float32(0.0)
-    a0_2 = np.float32(0.0)
-    a0_3 = np.float32(0.0)
-    a0_4 = np.float32(0.0)
-    a0_5 = np.float32(0.0)
-    a0_6 = np.float32(0.0)
-    a0_7 = np.float32(0.0)
-    a0_8 = np.float32(0.0)
-    a0_9 = np.float32(0.0)
-    a0_10 = np.float32(0.0)
-    a0_11 = np.float32(0.0)
-    a0_12 = np.float32(0.0)
-    a0_13 = np.float32(0.0)
-    a0_14 = np.float32(0.0)
-    a0_15 = np.float32(0.0)
-    a1_0 = np.float32(0.0)
-    a1_1 = np.float32(0.0)
-    a1_2 = np.float32(0.0)
-    a1_3 = np.float32(0.0)
-    a1_4 = np.float32(0.0)
-    a1_5 = np.float32(0.0)
-    a1_6 = np.float32(0.0)
-    a1_7 = np.float32(0.0)
-    a1_8 = np.float32(0.0)
-    a1_9 = np.float32(0.0)
-    a1_10 = np.float32(0.0)
-    a1_11 = np.float32(0.0)
-    a1_12 = np.float32(0.0)
-    a1_13 = np.float32(0.0)
-    a1_14 = np.float32(0.0)
-    a1_15 = np.float32(0.0)
-    a2_0 = np.float32(0.0)
-    a2_1 = np.float32(0.0)
-    a2_2 = np.float32(0.0)
-    a2_3 = np.float32(0.0)
-    a2_4 = np.float32(0.0)
-    a2_5 = np.float32(0.0)
-    a2_6 = np.float32(0.0)
-    a2_7 = np.float32(0.0)
-    a2_8 = np.float32(0.0)
-    a2_9 = np.float32(0.0)
-    a2_10 = np.float32(0.0)
-    a2_11 = np.float32(0.0)
-    a2_12 = np.float32(0.0)
-    a2_13 = np.float32(0.0)
-    a2_14 = np.float32(0.0)
-    a2_15 = np.float32(0.0)
-    a3_0 = np.float32(0.0)
-    a3_1 = np.float32(0.0)
-    a3_2 = np.float32(0.0)
-    a3_3 = np.float32(0.0)
-    a3_4 = np.float32(0.0)
-    a3_5 = np.float32(0.0)
-    a3_6 = np.float32(0.0)
-    a3_7 = np.float32(0.0)
-    a3_8 = np.float32(0.0)
-    a3_9 = np.float32(0.0)
-    a3_10 = np.float32(0.0)
-    a3_11 = np.float32(0.0)
-    a3_12 = np.float32(0.0)
-    a3_13 = np.float32(0.0)
-    a3_14 = np.float32(0.0)
-    a3_15 = np.float32(0.0)
-    a4_0 = np.float32(0.0)
-    a4_1 = np.float32(0.0)
-    a4_2 = np.float32(0.0)
-    a4_3 = np.float32(0.0)
-    a4_4 = np.float32(0.0)
-    a4_5 = np.float32(0.0)
-    a4_6 = np.float32(0.0)
-    a4_7 = np.float32(0.0)
-    a4_8 = np.float32(0.0)
-    a4_9 = np.float32(0.0)
-    a4_10 = np.float32(0.0)
-    a4_11 = np.float32(0.0)
-    a4_12 = np.float32(0.0)
-    a4_13 = np.float32(0.0)
-    a4_14 = np.float32(0.0)
-    a4_15 = np.float32(0.0)
-    a5_0 = np.float32(0.0)
-    a5_1 = np.float32(0.0)
-    a5_2 = np.float32(0.0)
-    a5_3 = np.float32(0.0)
-    a5_4 = np.float32(0.0)
-    a5_5 = np.float32(0.0)
-    a5_6 = np.float32(0.0)
-    a5_7 = np.float32(0.0)
-    a5_8 = np.float32(0.0)
-    a5_9 = np.float32(0.0)
-    a5_10 = np.float32(0.0)
-    a5_11 = np.float32(0.0)
-    a5_12 = np.float32(0.0)
-    a5_13 = np.float32(0.0)
-    a5_14 = np.float32(0.0)
-    a5_15 = np.float32(0.0)
-    a6_0 = np.float32(0.0)
-    a6_1 = np.float32(0.0)
-    a6_2 = np.float32(0.0)
-    a6_3 = np.float32(0.0)
-    a6_4 = np.float32(0.0)
-    a6_5 = np.float32(0.0)
-    a6_6 = np.float32(0.0)
-    a6_7 = np.float32(0.0)
-    a6_8 = np.float32(0.0)
-    a6_9 = np.float32(0.0)
-    a6_10 = np.float32(0.0)
-    a6_11 = np.float32(0.0)
-    a6_12 = np.float32(0.0)
-    a6_13 = np.float32(0.0)
-    a6_14 = np.float32(0.0)
-    a6_15 = np.float32(0.0)
-    a7_0 = np.float32(0.0)
-    a7_1 = np.float32(0.0)
-    a7_2 = np.float32(0.0)
-    a7_3 = np.float32(0.0)
-    a7_4 = np.float32(0.0)
-    a7_5 = np.float32(0.0)
-    a7_6 = np.float32(0.0)
-    a7_7 = np.float32(0.0)
-    a7_8 = np.float32(0.0)
-    a7_9 = np.float32(0.0)
-    a7_10 = np.float32(0.0)
-    a7_11 = np.float32(0.0)
-    a7_12 = np.float32(0.0)
-    a7_13 = np.float32(0.0)
-    a7_14 = np.float32(0.0)
-    a7_15 = np.float32(0.0)
+def _tile_bsr8x1_w16(y, yoff, ystride, x, xoff, xstride, data, indices, start, end):
+    # Y[r, :16] += sum over blocks p in [start, end) of W_p[r, c] * X[indices[p]*1 + c, :16]:
+    # one K-chunk's share of one block row. Always accumulating (the driver stores the bias
+    # first) keeps the loads of Y one vectorisable straight line; a branch between
+    # loading Y and starting from the bias made LLVM assemble the sums lane by lane (2x slower).
+    yo = yoff + np.uint64(0) * ystride
+    a0_0 = y[yo + np.uint64(0)]
+    a0_1 = y[yo + np.uint64(1)]
+    a0_2 = y[yo + np.uint64(2)]
+    a0_3 = y[yo + np.uint64(3)]
+    a0_4 = y[yo + np.uint64(4)]
+    a0_5 = y[yo + np.uint64(5)]
+    a0_6 = y[yo + np.uint64(6)]
+    a0_7 = y[yo + np.uint64(7)]
+    a0_8 = y[yo + np.uint64(8)]
+    a0_9 = y[yo + np.uint64(9)]
+    a0_10 = y[yo + np.uint64(10)]
+    a0_11 = y[yo + np.uint64(11)]
+    a0_12 = y[yo + np.uint64(12)]
+    a0_13 = y[yo + np.uint64(13)]
+    a0_14 = y[yo + np.uint64(14)]
+    a0_15 = y[yo + np.uint64(15)]
+    yo = yoff + np.uint64(1) * ystride
+    a1_0 = y[yo + np.uint64(0)]
+    a1_1 = y[yo + np.uint64(1)]
+    a1_2 = y[yo + np.uint64(2)]
+    a1_3 = y[yo + np.uint64(3)]
+    a1_4 = y[yo + np.uint64(4)]
+    a1_5 = y[yo + np.uint64(5)]
+    a1_6 = y[yo + np.uint64(6)]
+    a1_7 = y[yo + np.uint64(7)]
+    a1_8 = y[yo + np.uint64(8)]
+    a1_9 = y[yo + np.uint64(9)]
+    a1_10 = y[yo + np.uint64(10)]
+    a1_11 = y[yo + np.uint64(11)]
+    a1_12 = y[yo + np.uint64(12)]
+    a1_13 = y[yo + np.uint64(13)]
+    a1_14 = y[yo + np.uint64(14)]
+    a1_15 = y[yo + np.uint64(15)]
+    yo = yoff + np.uint64(2) * ystride
+    a2_0 = y[yo + np.uint64(0)]
+    a2_1 = y[yo + np.uint64(1)]
+    a2_2 = y[yo + np.uint64(2)]
+    a2_3 = y[yo + np.uint64(3)]
+    a2_4 = y[yo + np.uint64(4)]
+    a2_5 = y[yo + np.uint64(5)]
+    a2_6 = y[yo + np.uint64(6)]
+    a2_7 = y[yo + np.uint64(7)]
+    a2_8 = y[yo + np.uint64(8)]
+    a2_9 = y[yo + np.uint64(9)]
+    a2_10 = y[yo + np.uint64(10)]
+    a2_11 = y[yo + np.uint64(11)]
+    a2_12 = y[yo + np.uint64(12)]
+    a2_13 = y[yo + np.uint64(13)]
+    a2_14 = y[yo + np.uint64(14)]
+    a2_15 = y[yo + np.uint64(15)]
+    yo = yoff + np.uint64(3) * ystride
+    a3_0 = y[yo + np.uint64(0)]
+    a3_1 = y[yo + np.uint64(1)]
+    a3_2 = y[yo + np.uint64(2)]
+    a3_3 = y[yo + np.uint64(3)]
+    a3_4 = y[yo + np.uint64(4)]
+    a3_5 = y[yo + np.uint64(5)]
+    a3_6 = y[yo + np.uint64(6)]
+    a3_7 = y[yo + np.uint64(7)]
+    a3_8 = y[yo + np.uint64(8)]
+    a3_9 = y[yo + np.uint64(9)]
+    a3_10 = y[yo + np.uint64(10)]
+    a3_11 = y[yo + np.uint64(11)]
+    a3_12 = y[yo + np.uint64(12)]
+    a3_13 = y[yo + np.uint64(13)]
+    a3_14 = y[yo + np.uint64(14)]
+    a3_15 = y[yo + np.uint64(15)]
+    yo = yoff + np.uint64(4) * ystride
+    a4_0 = y[yo + np.uint64(0)]
+    a4_1 = y[yo + np.uint64(1)]
+    a4_2 = y[yo + np.uint64(2)]
+    a4_3 = y[yo + np.uint64(3)]
+    a4_4 = y[yo + np.uint64(4)]
+    a4_5 = y[yo + np.uint64(5)]
+    a4_6 = y[yo + np.uint64(6)]
+    a4_7 = y[yo + np.uint64(7)]
+    a4_8 = y[yo + np.uint64(8)]
+    a4_9 = y[yo + np.uint64(9)]
+    a4_10 = y[yo + np.uint64(10)]
+    a4_11 = y[yo + np.uint64(11)]
+    a4_12 = y[yo + np.uint64(12)]
+    a4_13 = y[yo + np.uint64(13)]
+    a4_14 = y[yo + np.uint64(14)]
+    a4_15 = y[yo + np.uint64(15)]
+    yo = yoff + np.uint64(5) * ystride
+    a5_0 = y[yo + np.uint64(0)]
+    a5_1 = y[yo + np.uint64(1)]
+    a5_2 = y[yo + np.uint64(2)]
+    a5_3 = y[yo + np.uint64(3)]
+    a5_4 = y[yo + np.uint64(4)]
+    a5_5 = y[yo + np.uint64(5)]
+    a5_6 = y[yo + np.uint64(6)]
+    a5_7 = y[yo + np.uint64(7)]
+    a5_8 = y[yo + np.uint64(8)]
+    a5_9 = y[yo + np.uint64(9)]
+    a5_10 = y[yo + np.uint64(10)]
+    a5_11 = y[yo + np.uint64(11)]
+    a5_12 = y[yo + np.uint64(12)]
+    a5_13 = y[yo + np.uint64(13)]
+    a5_14 = y[yo + np.uint64(14)]
+    a5_15 = y[yo + np.uint64(15)]
+    yo = yoff + np.uint64(6) * ystride
+    a6_0 = y[yo + np.uint64(0)]
+    a6_1 = y[yo + np.uint64(1)]
+    a6_2 = y[yo + np.uint64(2)]
+    a6_3 = y[yo + np.uint64(3)]
+    a6_4 = y[yo + np.uint64(4)]
+    a6_5 = y[yo + np.uint64(5)]
+    a6_6 = y[yo + np.uint64(6)]
+    a6_7 = y[yo + np.uint64(7)]
+    a6_8 = y[yo + np.uint64(8)]
+    a6_9 = y[yo + np.uint64(9)]
+    a6_10 = y[yo + np.uint64(10)]
+    a6_11 = y[yo + np.uint64(11)]
+    a6_12 = y[yo + np.uint64(12)]
+    a6_13 = y[yo + np.uint64(13)]
+    a6_14 = y[yo + np.uint64(14)]
+    a6_15 = y[yo + np.uint64(15)]
+    yo = yoff + np.uint64(7) * ystride
+    a7_0 = y[yo + np.uint64(0)]
+    a7_1 = y[yo + np.uint64(1)]
+    a7_2 = y[yo + np.uint64(2)]
+    a7_3 = y[yo + np.uint64(3)]
+    a7_4 = y[yo + np.uint64(4)]
+    a7_5 = y[yo + np.uint64(5)]
+    a7_6 = y[yo + np.uint64(6)]
+    a7_7 = y[yo + np.uint64(7)]
+    a7_8 = y[yo + np.uint64(8)]
+    a7_9 = y[yo + np.uint64(9)]
+    a7_10 = y[yo + np.uint64(10)]
+    a7_11 = y[yo + np.uint64(11)]
+    a7_12 = y[yo + np.uint64(12)]
+    a7_13 = y[yo + np.uint64(13)]
+    a7_14 = y[yo + np.uint64(14)]
+    a7_15 = y[yo + np.uint64(15)]
     for p in range(start, end):
         q = p * np.uint64(8)
         w0_0 = data[q + np.uint64(0)]
@@ -1335,219 +1402,222 @@ def _tile_bsr8x1_w16(y, yoff, ystride, x, xoff, xstride, data, indices, start, e
         a7_14 += w7_0 * x0_14
         a7_15 += w7_0 * x0_15
     yo = yoff + np.uint64(0) * ystride
-    b = bias[n0 + 0]
-    y[yo + np.uint64(0)] = a0_0 + b
-    y[yo + np.uint64(1)] = a0_1 + b
-    y[yo + np.uint64(2)] = a0_2 + b
-    y[yo + np.uint64(3)] = a0_3 + b
-    y[yo + np.uint64(4)] = a0_4 + b
-    y[yo + np.uint64(5)] = a0_5 + b
-    y[yo + np.uint64(6)] = a0_6 + b
-    y[yo + np.uint64(7)] = a0_7 + b
-    y[yo + np.uint64(8)] = a0_8 + b
-    y[yo + np.uint64(9)] = a0_9 + b
-    y[yo + np.uint64(10)] = a0_10 + b
-    y[yo + np.uint64(11)] = a0_11 + b
-    y[yo + np.uint64(12)] = a0_12 + b
-    y[yo + np.uint64(13)] = a0_13 + b
-    y[yo + np.uint64(14)] = a0_14 + b
-    y[yo + np.uint64(15)] = a0_15 + b
+    y[yo + np.uint64(0)] = a0_0
+    y[yo + np.uint64(1)] = a0_1
+    y[yo + np.uint64(2)] = a0_2
+    y[yo + np.uint64(3)] = a0_3
+    y[yo + np.uint64(4)] = a0_4
+    y[yo + np.uint64(5)] = a0_5
+    y[yo + np.uint64(6)] = a0_6
+    y[yo + np.uint64(7)] = a0_7
+    y[yo + np.uint64(8)] = a0_8
+    y[yo + np.uint64(9)] = a0_9
+    y[yo + np.uint64(10)] = a0_10
+    y[yo + np.uint64(11)] = a0_11
+    y[yo + np.uint64(12)] = a0_12
+    y[yo + np.uint64(13)] = a0_13
+    y[yo + np.uint64(14)] = a0_14
+    y[yo + np.uint64(15)] = a0_15
     yo = yoff + np.uint64(1) * ystride
-    b = bias[n0 + 1]
-    y[yo + np.uint64(0)] = a1_0 + b
-    y[yo + np.uint64(1)] = a1_1 + b
-    y[yo + np.uint64(2)] = a1_2 + b
-    y[yo + np.uint64(3)] = a1_3 + b
-    y[yo + np.uint64(4)] = a1_4 + b
-    y[yo + np.uint64(5)] = a1_5 + b
-    y[yo + np.uint64(6)] = a1_6 + b
-    y[yo + np.uint64(7)] = a1_7 + b
-    y[yo + np.uint64(8)] = a1_8 + b
-    y[yo + np.uint64(9)] = a1_9 + b
-    y[yo + np.uint64(10)] = a1_10 + b
-    y[yo + np.uint64(11)] = a1_11 + b
-    y[yo + np.uint64(12)] = a1_12 + b
-    y[yo + np.uint64(13)] = a1_13 + b
-    y[yo + np.uint64(14)] = a1_14 + b
-    y[yo + np.uint64(15)] = a1_15 + b
+    y[yo + np.uint64(0)] = a1_0
+    y[yo + np.uint64(1)] = a1_1
+    y[yo + np.uint64(2)] = a1_2
+    y[yo + np.uint64(3)] = a1_3
+    y[yo + np.uint64(4)] = a1_4
+    y[yo + np.uint64(5)] = a1_5
+    y[yo + np.uint64(6)] = a1_6
+    y[yo + np.uint64(7)] = a1_7
+    y[yo + np.uint64(8)] = a1_8
+    y[yo + np.uint64(9)] = a1_9
+    y[yo + np.uint64(10)] = a1_10
+    y[yo + np.uint64(11)] = a1_11
+    y[yo + np.uint64(12)] = a1_12
+    y[yo + np.uint64(13)] = a1_13
+    y[yo + np.uint64(14)] = a1_14
+    y[yo + np.uint64(15)] = a1_15
     yo = yoff + np.uint64(2) * ystride
-    b = bias[n0 + 2]
-    y[yo + np.uint64(0)] = a2_0 + b
-    y[yo + np.uint64(1)] = a2_1 + b
-    y[yo + np.uint64(2)] = a2_2 + b
-    y[yo + np.uint64(3)] = a2_3 + b
-    y[yo + np.uint64(4)] = a2_4 + b
-    y[yo + np.uint64(5)] = a2_5 + b
-    y[yo + np.uint64(6)] = a2_6 + b
-    y[yo + np.uint64(7)] = a2_7 + b
-    y[yo + np.uint64(8)] = a2_8 + b
-    y[yo + np.uint64(9)] = a2_9 + b
-    y[yo + np.uint64(10)] = a2_10 + b
-    y[yo + np.uint64(11)] = a2_11 + b
-    y[yo + np.uint64(12)] = a2_12 + b
-    y[yo + np.uint64(13)] = a2_13 + b
-    y[yo + np.uint64(14)] = a2_14 + b
-    y[yo + np.uint64(15)] = a2_15 + b
+    y[yo + np.uint64(0)] = a2_0
+    y[yo + np.uint64(1)] = a2_1
+    y[yo + np.uint64(2)] = a2_2
+    y[yo + np.uint64(3)] = a2_3
+    y[yo + np.uint64(4)] = a2_4
+    y[yo + np.uint64(5)] = a2_5
+    y[yo + np.uint64(6)] = a2_6
+    y[yo + np.uint64(7)] = a2_7
+    y[yo + np.uint64(8)] = a2_8
+    y[yo + np.uint64(9)] = a2_9
+    y[yo + np.uint64(10)] = a2_10
+    y[yo + np.uint64(11)] = a2_11
+    y[yo + np.uint64(12)] = a2_12
+    y[yo + np.uint64(13)] = a2_13
+    y[yo + np.uint64(14)] = a2_14
+    y[yo + np.uint64(15)] = a2_15
     yo = yoff + np.uint64(3) * ystride
-    b = bias[n0 + 3]
-    y[yo + np.uint64(0)] = a3_0 + b
-    y[yo + np.uint64(1)] = a3_1 + b
-    y[yo + np.uint64(2)] = a3_2 + b
-    y[yo + np.uint64(3)] = a3_3 + b
-    y[yo + np.uint64(4)] = a3_4 + b
-    y[yo + np.uint64(5)] = a3_5 + b
-    y[yo + np.uint64(6)] = a3_6 + b
-    y[yo + np.uint64(7)] = a3_7 + b
-    y[yo + np.uint64(8)] = a3_8 + b
-    y[yo + np.uint64(9)] = a3_9 + b
-    y[yo + np.uint64(10)] = a3_10 + b
-    y[yo + np.uint64(11)] = a3_11 + b
-    y[yo + np.uint64(12)] = a3_12 + b
-    y[yo + np.uint64(13)] = a3_13 + b
-    y[yo + np.uint64(14)] = a3_14 + b
-    y[yo + np.uint64(15)] = a3_15 + b
+    y[yo + np.uint64(0)] = a3_0
+    y[yo + np.uint64(1)] = a3_1
+    y[yo + np.uint64(2)] = a3_2
+    y[yo + np.uint64(3)] = a3_3
+    y[yo + np.uint64(4)] = a3_4
+    y[yo + np.uint64(5)] = a3_5
+    y[yo + np.uint64(6)] = a3_6
+    y[yo + np.uint64(7)] = a3_7
+    y[yo + np.uint64(8)] = a3_8
+    y[yo + np.uint64(9)] = a3_9
+    y[yo + np.uint64(10)] = a3_10
+    y[yo + np.uint64(11)] = a3_11
+    y[yo + np.uint64(12)] = a3_12
+    y[yo + np.uint64(13)] = a3_13
+    y[yo + np.uint64(14)] = a3_14
+    y[yo + np.uint64(15)] = a3_15
     yo = yoff + np.uint64(4) * ystride
-    b = bias[n0 + 4]
-    y[yo + np.uint64(0)] = a4_0 + b
-    y[yo + np.uint64(1)] = a4_1 + b
-    y[yo + np.uint64(2)] = a4_2 + b
-    y[yo + np.uint64(3)] = a4_3 + b
-    y[yo + np.uint64(4)] = a4_4 + b
-    y[yo + np.uint64(5)] = a4_5 + b
-    y[yo + np.uint64(6)] = a4_6 + b
-    y[yo + np.uint64(7)] = a4_7 + b
-    y[yo + np.uint64(8)] = a4_8 + b
-    y[yo + np.uint64(9)] = a4_9 + b
-    y[yo + np.uint64(10)] = a4_10 + b
-    y[yo + np.uint64(11)] = a4_11 + b
-    y[yo + np.uint64(12)] = a4_12 + b
-    y[yo + np.uint64(13)] = a4_13 + b
-    y[yo + np.uint64(14)] = a4_14 + b
-    y[yo + np.uint64(15)] = a4_15 + b
+    y[yo + np.uint64(0)] = a4_0
+    y[yo + np.uint64(1)] = a4_1
+    y[yo + np.uint64(2)] = a4_2
+    y[yo + np.uint64(3)] = a4_3
+    y[yo + np.uint64(4)] = a4_4
+    y[yo + np.uint64(5)] = a4_5
+    y[yo + np.uint64(6)] = a4_6
+    y[yo + np.uint64(7)] = a4_7
+    y[yo + np.uint64(8)] = a4_8
+    y[yo + np.uint64(9)] = a4_9
+    y[yo + np.uint64(10)] = a4_10
+    y[yo + np.uint64(11)] = a4_11
+    y[yo + np.uint64(12)] = a4_12
+    y[yo + np.uint64(13)] = a4_13
+    y[yo + np.uint64(14)] = a4_14
+    y[yo + np.uint64(15)] = a4_15
     yo = yoff + np.uint64(5) * ystride
-    b = bias[n0 + 5]
-    y[yo + np.uint64(0)] = a5_0 + b
-    y[yo + np.uint64(1)] = a5_1 + b
-    y[yo + np.uint64(2)] = a5_2 + b
-    y[yo + np.uint64(3)] = a5_3 + b
-    y[yo + np.uint64(4)] = a5_4 + b
-    y[yo + np.uint64(5)] = a5_5 + b
-    y[yo + np.uint64(6)] = a5_6 + b
-    y[yo + np.uint64(7)] = a5_7 + b
-    y[yo + np.uint64(8)] = a5_8 + b
-    y[yo + np.uint64(9)] = a5_9 + b
-    y[yo + np.uint64(10)] = a5_10 + b
-    y[yo + np.uint64(11)] = a5_11 + b
-    y[yo + np.uint64(12)] = a5_12 + b
-    y[yo + np.uint64(13)] = a5_13 + b
-    y[yo + np.uint64(14)] = a5_14 + b
-    y[yo + np.uint64(15)] = a5_15 + b
+    y[yo + np.uint64(0)] = a5_0
+    y[yo + np.uint64(1)] = a5_1
+    y[yo + np.uint64(2)] = a5_2
+    y[yo + np.uint64(3)] = a5_3
+    y[yo + np.uint64(4)] = a5_4
+    y[yo + np.uint64(5)] = a5_5
+    y[yo + np.uint64(6)] = a5_6
+    y[yo + np.uint64(7)] = a5_7
+    y[yo + np.uint64(8)] = a5_8
+    y[yo + np.uint64(9)] = a5_9
+    y[yo + np.uint64(10)] = a5_10
+    y[yo + np.uint64(11)] = a5_11
+    y[yo + np.uint64(12)] = a5_12
+    y[yo + np.uint64(13)] = a5_13
+    y[yo + np.uint64(14)] = a5_14
+    y[yo + np.uint64(15)] = a5_15
     yo = yoff + np.uint64(6) * ystride
-    b = bias[n0 + 6]
-    y[yo + np.uint64(0)] = a6_0 + b
-    y[yo + np.uint64(1)] = a6_1 + b
-    y[yo + np.uint64(2)] = a6_2 + b
-    y[yo + np.uint64(3)] = a6_3 + b
-    y[yo + np.uint64(4)] = a6_4 + b
-    y[yo + np.uint64(5)] = a6_5 + b
-    y[yo + np.uint64(6)] = a6_6 + b
-    y[yo + np.uint64(7)] = a6_7 + b
-    y[yo + np.uint64(8)] = a6_8 + b
-    y[yo + np.uint64(9)] = a6_9 + b
-    y[yo + np.uint64(10)] = a6_10 + b
-    y[yo + np.uint64(11)] = a6_11 + b
-    y[yo + np.uint64(12)] = a6_12 + b
-    y[yo + np.uint64(13)] = a6_13 + b
-    y[yo + np.uint64(14)] = a6_14 + b
-    y[yo + np.uint64(15)] = a6_15 + b
+    y[yo + np.uint64(0)] = a6_0
+    y[yo + np.uint64(1)] = a6_1
+    y[yo + np.uint64(2)] = a6_2
+    y[yo + np.uint64(3)] = a6_3
+    y[yo + np.uint64(4)] = a6_4
+    y[yo + np.uint64(5)] = a6_5
+    y[yo + np.uint64(6)] = a6_6
+    y[yo + np.uint64(7)] = a6_7
+    y[yo + np.uint64(8)] = a6_8
+    y[yo + np.uint64(9)] = a6_9
+    y[yo + np.uint64(10)] = a6_10
+    y[yo + np.uint64(11)] = a6_11
+    y[yo + np.uint64(12)] = a6_12
+    y[yo + np.uint64(13)] = a6_13
+    y[yo + np.uint64(14)] = a6_14
+    y[yo + np.uint64(15)] = a6_15
     yo = yoff + np.uint64(7) * ystride
-    b = bias[n0 + 7]
-    y[yo + np.uint64(0)] = a7_0 + b
-    y[yo + np.uint64(1)] = a7_1 + b
-    y[yo + np.uint64(2)] = a7_2 + b
-    y[yo + np.uint64(3)] = a7_3 + b
-    y[yo + np.uint64(4)] = a7_4 + b
-    y[yo + np.uint64(5)] = a7_5 + b
-    y[yo + np.uint64(6)] = a7_6 + b
-    y[yo + np.uint64(7)] = a7_7 + b
-    y[yo + np.uint64(8)] = a7_8 + b
-    y[yo + np.uint64(9)] = a7_9 + b
-    y[yo + np.uint64(10)] = a7_10 + b
-    y[yo + np.uint64(11)] = a7_11 + b
-    y[yo + np.uint64(12)] = a7_12 + b
-    y[yo + np.uint64(13)] = a7_13 + b
-    y[yo + np.uint64(14)] = a7_14 + b
-    y[yo + np.uint64(15)] = a7_15 + b
+    y[yo + np.uint64(0)] = a7_0
+    y[yo + np.uint64(1)] = a7_1
+    y[yo + np.uint64(2)] = a7_2
+    y[yo + np.uint64(3)] = a7_3
+    y[yo + np.uint64(4)] = a7_4
+    y[yo + np.uint64(5)] = a7_5
+    y[yo + np.uint64(6)] = a7_6
+    y[yo + np.uint64(7)] = a7_7
+    y[yo + np.uint64(8)] = a7_8
+    y[yo + np.uint64(9)] = a7_9
+    y[yo + np.uint64(10)] = a7_10
+    y[yo + np.uint64(11)] = a7_11
+    y[yo + np.uint64(12)] = a7_12
+    y[yo + np.uint64(13)] = a7_13
+    y[yo + np.uint64(14)] = a7_14
+    y[yo + np.uint64(15)] = a7_15
 
 
 
 @kernel
-def _tile_bsr8x1_w8(y, yoff, ystride, x, xoff, xstride, data, indices, start, end, bias, n0):
-    # Y[r, :8] = bias[n0 + r] + sum over blocks p in [start, end) of W_p[r, c] * X[indices[p]*1 + c, :8]
-    a0_0 = np.float32(0.0)
-    a0_1 = np.float32(0.0)
-    a0_2 = np.float32(0.0)
-    a0_3 = np.float32(0.0)
-    a0_4 = np.float32(0.0)
-    a0_5 = np.float32(0.0)
-    a0_6 = np.float32(0.0)
-    a0_7 = np.float32(0.0)
-    a1_0 = np.float32(0.0)
-    a1_1 = np.float32(0.0)
-    a1_2 = np.float32(0.0)
-    a1_3 = np.float32(0.0)
-    a1_4 = np.float32(0.0)
-    a1_5 = np.float32(0.0)
-    a1_6 = np.float32(0.0)
-    a1_7 = np.float32(0.0)
-    a2_0 = np.float32(0.0)
-    a2_1 = np.float32(0.0)
-    a2_2 = np.float32(0.0)
-    a2_3 = np.float32(0.0)
-    a2_4 = np.float32(0.0)
-    a2_5 = np.float32(0.0)
-    a2_6 = np.float32(0.0)
-    a2_7 = np.float32(0.0)
-    a3_0 = np.float32(0.0)
-    a3_1 = np.float32(0.0)
-    a3_2 = np.float32(0.0)
-    a3_3 = np.float32(0.0)
-    a3_4 = np.float32(0.0)
-    a3_5 = np.float32(0.0)
-    a3_6 = np.float32(0.0)
-    a3_7 = np.float32(0.0)
-    a4_0 = np.float32(0.0)
-    a4_1 = np.float32(0.0)
-    a4_2 = np.float32(0.0)
-    a4_3 = np.float32(0.0)
-    a4_4 = np.float32(0.0)
-    a4_5 = np.float32(0.0)
-    a4_6 = np.float32(0.0)
-    a4_7 = np.float32(0.0)
-    a5_0 = np.float32(0.0)
-    a5_1 = np.float32(0.0)
-    a5_2 = np.float32(0.0)
-    a5_3 = np.float32(0.0)
-    a5_4 = np.float32(0.0)
-    a5_5 = np.float32(0.0)
-    a5_6 = np.float32(0.0)
-    a5_7 = np.float32(0.0)
-    a6_0 = np.float32(0.0)
-    a6_1 = np.float32(0.0)
-    a6_2 = np.float32(0.0)
-    a6_3 = np.float32(0.0)
-    a6_4 = np.float32(0.0)
-    a6_5 = np.float32(0.0)
-    a6_6 = np.float32(0.0)
-    a6_7 = np.float32(0.0)
-    a7_0 = np.float32(0.0)
-    a7_1 = np.float32(0.0)
-    a7_2 = np.float32(0.0)
-    a7_3 = np.float32(0.0)
-    a7_4 = np.float32(0.0)
-    a7_5 = np.float32(0.0)
-    a7_6 = np.float32(0.0)
-    a7_7 = np.float32(0.0)
+def _tile_bsr8x1_w8(y, yoff, ystride, x, xoff, xstride, data, indices, start, end):
+    # Y[r, :8] += sum over blocks p in [start, end) of W_p[r, c] * X[indices[p]*1 + c, :8]:
+    # one K-chunk's share of one block row. Always accumulating (the driver stores the bias
+    # first) keeps the loads of Y one vectorisable straight line; a branch between
+    # loading Y and starting from the bias made LLVM assemble the sums lane by lane (2x slower).
+    yo = yoff + np.uint64(0) * ystride
+    a0_0 = y[yo + np.uint64(0)]
+    a0_1 = y[yo + np.uint64(1)]
+    a0_2 = y[yo + np.uint64(2)]
+    a0_3 = y[yo + np.uint64(3)]
+    a0_4 = y[yo + np.uint64(4)]
+    a0_5 = y[yo + np.uint64(5)]
+    a0_6 = y[yo + np.uint64(6)]
+    a0_7 = y[yo + np.uint64(7)]
+    yo = yoff + np.uint64(1) * ystride
+    a1_0 = y[yo + np.uint64(0)]
+    a1_1 = y[yo + np.uint64(1)]
+    a1_2 = y[yo + np.uint64(2)]
+    a1_3 = y[yo + np.uint64(3)]
+    a1_4 = y[yo + np.uint64(4)]
+    a1_5 = y[yo + np.uint64(5)]
+    a1_6 = y[yo + np.uint64(6)]
+    a1_7 = y[yo + np.uint64(7)]
+    yo = yoff + np.uint64(2) * ystride
+    a2_0 = y[yo + np.uint64(0)]
+    a2_1 = y[yo + np.uint64(1)]
+    a2_2 = y[yo + np.uint64(2)]
+    a2_3 = y[yo + np.uint64(3)]
+    a2_4 = y[yo + np.uint64(4)]
+    a2_5 = y[yo + np.uint64(5)]
+    a2_6 = y[yo + np.uint64(6)]
+    a2_7 = y[yo + np.uint64(7)]
+    yo = yoff + np.uint64(3) * ystride
+    a3_0 = y[yo + np.uint64(0)]
+    a3_1 = y[yo + np.uint64(1)]
+    a3_2 = y[yo + np.uint64(2)]
+    a3_3 = y[yo + np.uint64(3)]
+    a3_4 = y[yo + np.uint64(4)]
+    a3_5 = y[yo + np.uint64(5)]
+    a3_6 = y[yo + np.uint64(6)]
+    a3_7 = y[yo + np.uint64(7)]
+    yo = yoff + np.uint64(4) * ystride
+    a4_0 = y[yo + np.uint64(0)]
+    a4_1 = y[yo + np.uint64(1)]
+    a4_2 = y[yo + np.uint64(2)]
+    a4_3 = y[yo + np.uint64(3)]
+    a4_4 = y[yo + np.uint64(4)]
+    a4_5 = y[yo + np.uint64(5)]
+    a4_6 = y[yo + np.uint64(6)]
+    a4_7 = y[yo + np.uint64(7)]
+    yo = yoff + np.uint64(5) * ystride
+    a5_0 = y[yo + np.uint64(0)]
+    a5_1 = y[yo + np.uint64(1)]
+    a5_2 = y[yo + np.uint64(2)]
+    a5_3 = y[yo + np.uint64(3)]
+    a5_4 = y[yo + np.uint64(4)]
+    a5_5 = y[yo + np.uint64(5)]
+    a5_6 = y[yo + np.uint64(6)]
+    a5_7 = y[yo + np.uint64(7)]
+    yo = yoff + np.uint64(6) * ystride
+    a6_0 = y[yo + np.uint64(0)]
+    a6_1 = y[yo + np.uint64(1)]
+    a6_2 = y[yo + np.uint64(2)]
+    a6_3 = y[yo + np.uint64(3)]
+    a6_4 = y[yo + np.uint64(4)]
+    a6_5 = y[yo + np.uint64(5)]
+    a6_6 = y[yo + np.uint64(6)]
+    a6_7 = y[yo + np.uint64(7)]
+    yo = yoff + np.uint64(7) * ystride
+    a7_0 = y[yo + np.uint64(0)]
+    a7_1 = y[yo + np.uint64(1)]
+    a7_2 = y[yo + np.uint64(2)]
+    a7_3 = y[yo + np.uint64(3)]
+    a7_4 = y[yo + np.uint64(4)]
+    a7_5 = y[yo + np.uint64(5)]
+    a7_6 = y[yo + np.uint64(6)]
+    a7_7 = y[yo + np.uint64(7)]
     for p in range(start, end):
         q = p * np.uint64(8)
         w0_0 = data[q + np.uint64(0)]
@@ -1632,105 +1702,104 @@ def _tile_bsr8x1_w8(y, yoff, ystride, x, xoff, xstride, data, indices, start, en
         a7_6 += w7_0 * x0_6
         a7_7 += w7_0 * x0_7
     yo = yoff + np.uint64(0) * ystride
-    b = bias[n0 + 0]
-    y[yo + np.uint64(0)] = a0_0 + b
-    y[yo + np.uint64(1)] = a0_1 + b
-    y[yo + np.uint64(2)] = a0_2 + b
-    y[yo + np.uint64(3)] = a0_3 + b
-    y[yo + np.uint64(4)] = a0_4 + b
-    y[yo + np.uint64(5)] = a0_5 + b
-    y[yo + np.uint64(6)] = a0_6 + b
-    y[yo + np.uint64(7)] = a0_7 + b
+    y[yo + np.uint64(0)] = a0_0
+    y[yo + np.uint64(1)] = a0_1
+    y[yo + np.uint64(2)] = a0_2
+    y[yo + np.uint64(3)] = a0_3
+    y[yo + np.uint64(4)] = a0_4
+    y[yo + np.uint64(5)] = a0_5
+    y[yo + np.uint64(6)] = a0_6
+    y[yo + np.uint64(7)] = a0_7
     yo = yoff + np.uint64(1) * ystride
-    b = bias[n0 + 1]
-    y[yo + np.uint64(0)] = a1_0 + b
-    y[yo + np.uint64(1)] = a1_1 + b
-    y[yo + np.uint64(2)] = a1_2 + b
-    y[yo + np.uint64(3)] = a1_3 + b
-    y[yo + np.uint64(4)] = a1_4 + b
-    y[yo + np.uint64(5)] = a1_5 + b
-    y[yo + np.uint64(6)] = a1_6 + b
-    y[yo + np.uint64(7)] = a1_7 + b
+    y[yo + np.uint64(0)] = a1_0
+    y[yo + np.uint64(1)] = a1_1
+    y[yo + np.uint64(2)] = a1_2
+    y[yo + np.uint64(3)] = a1_3
+    y[yo + np.uint64(4)] = a1_4
+    y[yo + np.uint64(5)] = a1_5
+    y[yo + np.uint64(6)] = a1_6
+    y[yo + np.uint64(7)] = a1_7
     yo = yoff + np.uint64(2) * ystride
-    b = bias[n0 + 2]
-    y[yo + np.uint64(0)] = a2_0 + b
-    y[yo + np.uint64(1)] = a2_1 + b
-    y[yo + np.uint64(2)] = a2_2 + b
-    y[yo + np.uint64(3)] = a2_3 + b
-    y[yo + np.uint64(4)] = a2_4 + b
-    y[yo + np.uint64(5)] = a2_5 + b
-    y[yo + np.uint64(6)] = a2_6 + b
-    y[yo + np.uint64(7)] = a2_7 + b
+    y[yo + np.uint64(0)] = a2_0
+    y[yo + np.uint64(1)] = a2_1
+    y[yo + np.uint64(2)] = a2_2
+    y[yo + np.uint64(3)] = a2_3
+    y[yo + np.uint64(4)] = a2_4
+    y[yo + np.uint64(5)] = a2_5
+    y[yo + np.uint64(6)] = a2_6
+    y[yo + np.uint64(7)] = a2_7
     yo = yoff + np.uint64(3) * ystride
-    b = bias[n0 + 3]
-    y[yo + np.uint64(0)] = a3_0 + b
-    y[yo + np.uint64(1)] = a3_1 + b
-    y[yo + np.uint64(2)] = a3_2 + b
-    y[yo + np.uint64(3)] = a3_3 + b
-    y[yo + np.uint64(4)] = a3_4 + b
-    y[yo + np.uint64(5)] = a3_5 + b
-    y[yo + np.uint64(6)] = a3_6 + b
-    y[yo + np.uint64(7)] = a3_7 + b
+    y[yo + np.uint64(0)] = a3_0
+    y[yo + np.uint64(1)] = a3_1
+    y[yo + np.uint64(2)] = a3_2
+    y[yo + np.uint64(3)] = a3_3
+    y[yo + np.uint64(4)] = a3_4
+    y[yo + np.uint64(5)] = a3_5
+    y[yo + np.uint64(6)] = a3_6
+    y[yo + np.uint64(7)] = a3_7
     yo = yoff + np.uint64(4) * ystride
-    b = bias[n0 + 4]
-    y[yo + np.uint64(0)] = a4_0 + b
-    y[yo + np.uint64(1)] = a4_1 + b
-    y[yo + np.uint64(2)] = a4_2 + b
-    y[yo + np.uint64(3)] = a4_3 + b
-    y[yo + np.uint64(4)] = a4_4 + b
-    y[yo + np.uint64(5)] = a4_5 + b
-    y[yo + np.uint64(6)] = a4_6 + b
-    y[yo + np.uint64(7)] = a4_7 + b
+    y[yo + np.uint64(0)] = a4_0
+    y[yo + np.uint64(1)] = a4_1
+    y[yo + np.uint64(2)] = a4_2
+    y[yo + np.uint64(3)] = a4_3
+    y[yo + np.uint64(4)] = a4_4
+    y[yo + np.uint64(5)] = a4_5
+    y[yo + np.uint64(6)] = a4_6
+    y[yo + np.uint64(7)] = a4_7
     yo = yoff + np.uint64(5) * ystride
-    b = bias[n0 + 5]
-    y[yo + np.uint64(0)] = a5_0 + b
-    y[yo + np.uint64(1)] = a5_1 + b
-    y[yo + np.uint64(2)] = a5_2 + b
-    y[yo + np.uint64(3)] = a5_3 + b
-    y[yo + np.uint64(4)] = a5_4 + b
-    y[yo + np.uint64(5)] = a5_5 + b
-    y[yo + np.uint64(6)] = a5_6 + b
-    y[yo + np.uint64(7)] = a5_7 + b
+    y[yo + np.uint64(0)] = a5_0
+    y[yo + np.uint64(1)] = a5_1
+    y[yo + np.uint64(2)] = a5_2
+    y[yo + np.uint64(3)] = a5_3
+    y[yo + np.uint64(4)] = a5_4
+    y[yo + np.uint64(5)] = a5_5
+    y[yo + np.uint64(6)] = a5_6
+    y[yo + np.uint64(7)] = a5_7
     yo = yoff + np.uint64(6) * ystride
-    b = bias[n0 + 6]
-    y[yo + np.uint64(0)] = a6_0 + b
-    y[yo + np.uint64(1)] = a6_1 + b
-    y[yo + np.uint64(2)] = a6_2 + b
-    y[yo + np.uint64(3)] = a6_3 + b
-    y[yo + np.uint64(4)] = a6_4 + b
-    y[yo + np.uint64(5)] = a6_5 + b
-    y[yo + np.uint64(6)] = a6_6 + b
-    y[yo + np.uint64(7)] = a6_7 + b
+    y[yo + np.uint64(0)] = a6_0
+    y[yo + np.uint64(1)] = a6_1
+    y[yo + np.uint64(2)] = a6_2
+    y[yo + np.uint64(3)] = a6_3
+    y[yo + np.uint64(4)] = a6_4
+    y[yo + np.uint64(5)] = a6_5
+    y[yo + np.uint64(6)] = a6_6
+    y[yo + np.uint64(7)] = a6_7
     yo = yoff + np.uint64(7) * ystride
-    b = bias[n0 + 7]
-    y[yo + np.uint64(0)] = a7_0 + b
-    y[yo + np.uint64(1)] = a7_1 + b
-    y[yo + np.uint64(2)] = a7_2 + b
-    y[yo + np.uint64(3)] = a7_3 + b
-    y[yo + np.uint64(4)] = a7_4 + b
-    y[yo + np.uint64(5)] = a7_5 + b
-    y[yo + np.uint64(6)] = a7_6 + b
-    y[yo + np.uint64(7)] = a7_7 + b
+    y[yo + np.uint64(0)] = a7_0
+    y[yo + np.uint64(1)] = a7_1
+    y[yo + np.uint64(2)] = a7_2
+    y[yo + np.uint64(3)] = a7_3
+    y[yo + np.uint64(4)] = a7_4
+    y[yo + np.uint64(5)] = a7_5
+    y[yo + np.uint64(6)] = a7_6
+    y[yo + np.uint64(7)] = a7_7
 
 
 @parallel_kernel
-def spmm_bsr8x1(data, indices, indptr, x, bias, act, residual, has_residual, n_row_chunks, y):
+def spmm_bsr8x1(data, indices, ptr, chunk_cols, x, bias, act, residual, has_residual, n_row_chunks, y):
     # Y[b] (N, S) = act(W (N, K) @ X[b] (K, S) + bias[:, None]) (+ residual[b]) for every b.
-    # W in BSR with 8x1 blocks (N % 8 == 0, K % 1 == 0): block p, for indptr[i] <= p <
-    # indptr[i+1], covers rows 8*i.. and columns 1*indices[p]..; W value (r, c) of the
-    # block is data[8*p + 1*r + c].
+    # W in BSR with 8x1 blocks (N % 8 == 0, K % 1 == 0): block p of block row i covers
+    # rows 8*i.. and columns 1*indices[p]..; its value (r, c) is data[8*p + 1*r + c].
+    # Entries are grouped by K-chunk: chunk c covers block columns [c * chunk_cols, (c + 1) *
+    # chunk_cols), its entries for block row i are [ptr[c, i], ptr[c, i + 1]) (ptr (n_chunks,
+    # block rows + 1)), and their indices count from the chunk's first block column. A task
+    # copies the chunk's slice of its X tile into a contiguous L1-sized panel (X rows in place
+    # are S floats apart, which would leave half the L1 sets unused) and sweeps its rows over it,
+    # while the rows' partial sums wait in L2.
     # Trusts (validated by sparsebert.linear): float32 C-contiguous x (B, K, S), y (B, N, S),
-    # residual (B, N, S) if has_residual, bias (N,); indptr monotone from 0 to the entry count,
+    # residual (B, N, S) if has_residual, bias (N,); every ptr range inside the entry arrays,
     # indices in range; act 0 none, 1 gelu, 2 gelu_tanh, 3 relu; n_row_chunks >= 1.
     B, K, S = x.shape
     N = y.shape[1]
     n_brows = N // 8
+    n_chunks = ptr.shape[0]
     chunk = (n_brows + n_row_chunks - 1) // n_row_chunks
+    kc = chunk_cols * 1  # X rows per K-chunk
     yf = y.reshape(-1)
     rf = residual.reshape(-1)
     if S < 16:
         # Short sequences: g whole sequences side by side in one zero-padded (K, 16) panel, so
-        # the full-width tile runs on them; results go through scratch to each sequence's rows.
+        # the full-width tile runs on them; sums go to scratch, then to each sequence's rows.
         g = 16 // S
         n_groups = (B + g - 1) // g
         for task in prange(n_groups * n_row_chunks):
@@ -1740,32 +1809,55 @@ def spmm_bsr8x1(data, indices, indptr, x, bias, act, residual, has_residual, n_r
             b0 = grp * g
             nb = min(g, B - b0)
             panel = pack_sequences(x, b0, nb, 16)
-            scratch = np.empty(128, dtype=np.float32)
+            scratch = np.empty(max(br1 - br0, 0) * 128, dtype=np.float32)
+            fill_bias(scratch, 0, br0 * 8, br1 * 8, bias, 16, 16)
+            for c in range(n_chunks):
+                for br in range(br0, br1):
+                    _tile_bsr8x1_w16(scratch, np.uint64((br - br0) * 128), np.uint64(16), panel,
+                                      np.uint64(c * kc * 16), np.uint64(16), data, indices, np.uint64(ptr[c, br]),
+                                      np.uint64(ptr[c, br + 1]))
             for br in range(br0, br1):
-                _tile_bsr8x1_w16(scratch, np.uint64(0), np.uint64(16), panel, np.uint64(0),
-                                  np.uint64(16), data, indices, np.uint64(indptr[br]),
-                                  np.uint64(indptr[br + 1]), bias, br * 8)
                 for r in range(8):
                     for i in range(nb):
                         ro = np.uint64(((b0 + i) * N + br * 8 + r) * S)
-                        epilogue_row(scratch, np.uint64(r * 16 + i * S), yf, ro, np.uint64(S),
-                                     act, rf, ro, has_residual)
+                        epilogue_row(scratch, np.uint64(((br - br0) * 8 + r) * 16 + i * S), yf, ro,
+                                     np.uint64(S), act, rf, ro, has_residual)
         return
     n_full = S // 16
     n_tiles = n_full + (S - n_full * 16 + 7) // 8
     xf = x.reshape(-1)
     us = np.uint64(S)
-    fused = act == 0 and not has_residual  # the tile's store already added the bias
+    # Packing pays when many rows reuse the panel; a task with few rows (small batches split
+    # into many row chunks) reads X in place.
+    pack = chunk * 8 >= 256
     for task in prange(B * n_tiles * n_row_chunks):
         b = task // (n_tiles * n_row_chunks)
         rest = task - b * n_tiles * n_row_chunks
         t = rest // n_row_chunks
         br0 = (rest - t * n_row_chunks) * chunk
         br1 = min(br0 + chunk, n_brows)
+        xoff0 = np.uint64(b * K * S)
         if t < n_full:
             s0 = t * 16
-            own = s0
-            width = 16
+            panel = np.empty(kc * 16 if pack else 0, dtype=np.float32)
+            fill_bias(yf, (b * N + br0 * 8) * S + s0, br0 * 8, br1 * 8, bias, S, 16)
+            for c in range(n_chunks):
+                xoff = xoff0 + np.uint64(c * kc * S + s0)
+                if pack:
+                    pack_panel(xf, xoff, S, min(kc, K - c * kc), 16, panel)
+                    for br in range(br0, br1):
+                        _tile_bsr8x1_w16(yf, np.uint64((b * N + br * 8) * S + s0), us, panel,
+                                          np.uint64(0), np.uint64(16), data, indices,
+                                          np.uint64(ptr[c, br]), np.uint64(ptr[c, br + 1]))
+                else:
+                    for br in range(br0, br1):
+                        _tile_bsr8x1_w16(yf, np.uint64((b * N + br * 8) * S + s0), us, xf, xoff,
+                                          us, data, indices, np.uint64(ptr[c, br]), np.uint64(ptr[c, br + 1]))
+            if act != 0 or has_residual:
+                for br in range(br0, br1):
+                    for r in range(8):
+                        ro = np.uint64((b * N + br * 8 + r) * S + s0)
+                        epilogue_inplace(yf, ro, np.uint64(16), act, rf, ro, has_residual)
         else:
             # Tail tiles own columns [own, own + width) and compute 8 columns from s0; the last
             # is shifted left to end at S (S >= 16 here). Writing only owned columns means no
@@ -1773,96 +1865,93 @@ def spmm_bsr8x1(data, indices, indptr, x, bias, act, residual, has_residual, n_r
             own = n_full * 16 + (t - n_full) * 8
             width = min(8, S - own)
             s0 = min(own, S - 8)
-        scratch = np.empty(64 if t >= n_full else 0, dtype=np.float32)
-        xoff = np.uint64(b * K * S + s0)
-        for br in range(br0, br1):
-            lo = np.uint64(indptr[br])
-            hi = np.uint64(indptr[br + 1])
-            yoff = np.uint64((b * N + br * 8) * S + s0)
-            if t < n_full:
-                _tile_bsr8x1_w16(yf, yoff, us, xf, xoff, us, data, indices, lo, hi, bias, br * 8)
-                if fused:
-                    continue
+            scratch = np.empty(max(br1 - br0, 0) * 64, dtype=np.float32)
+            fill_bias(scratch, 0, br0 * 8, br1 * 8, bias, 8, 8)
+            for c in range(n_chunks):
+                for br in range(br0, br1):
+                    _tile_bsr8x1_w8(scratch, np.uint64((br - br0) * 64), np.uint64(8), xf,
+                                      xoff0 + np.uint64(c * kc * S + s0), us, data, indices, np.uint64(ptr[c, br]),
+                                      np.uint64(ptr[c, br + 1]))
+            for br in range(br0, br1):
                 for r in range(8):
-                    ro = yoff + np.uint64(r) * us
-                    epilogue_inplace(yf, ro, np.uint64(16), act, rf, ro, has_residual)
-            else:
-                _tile_bsr8x1_w8(scratch, np.uint64(0), np.uint64(8), xf, xoff, us, data,
-                                  indices, lo, hi, bias, br * 8)
-                for r in range(8):
-                    ro = yoff + np.uint64(r) * us + np.uint64(own - s0)
-                    epilogue_row(scratch, np.uint64(r * 8 + own - s0), yf, ro, np.uint64(width),
-                                 act, rf, ro, has_residual)
+                    ro = np.uint64((b * N + br * 8 + r) * S + own)
+                    epilogue_row(scratch, np.uint64(((br - br0) * 8 + r) * 8 + own - s0), yf, ro,
+                                 np.uint64(width), act, rf, ro, has_residual)
 
 
 
 @kernel
-def _tile_bsr2x2_w32(y, yoff, ystride, x, xoff, xstride, data, indices, start, end, bias, n0):
-    # Y[r, :32] = bias[n0 + r] + sum over blocks p in [start, end) of W_p[r, c] * X[indices[p]*2 + c, :32]
-    a0_0 = np.float32(0.0)
-    a0_1 = np.float32(0.0)
-    a0_2 = np.float32(0.0)
-    a0_3 = np.float32(0.0)
-    a0_4 = np.float32(0.0)
-    a0_5 = np.float32(0.0)
-    a0_6 = np.float32(0.0)
-    a0_7 = np.float32(0.0)
-    a0_8 = np.float32(0.0)
-    a0_9 = np.float32(0.0)
-    a0_10 = np.float32(0.0)
-    a0_11 = np.float32(0.0)
-    a0_12 = np.float32(0.0)
-    a0_13 = np.float32(0.0)
-    a0_14 = np.float32(0.0)
-    a0_15 = np.float32(0.0)
-    a0_16 = np.float32(0.0)
-    a0_17 = np.float32(0.0)
-    a0_18 = np.float32(0.0)
-    a0_19 = np.float32(0.0)
-    a0_20 = np.float32(0.0)
-    a0_21 = np.float32(0.0)
-    a0_22 = np.float32(0.0)
-    a0_23 = np.float32(0.0)
-    a0_24 = np.float32(0.0)
-    a0_25 = np.float32(0.0)
-    a0_26 = np.float32(0.0)
-    a0_27 = np.float32(0.0)
-    a0_28 = np.float32(0.0)
-    a0_29 = np.float32(0.0)
-    a0_30 = np.float32(0.0)
-    a0_31 = np.float32(0.0)
-    a1_0 = np.float32(0.0)
-    a1_1 = np.float32(0.0)
-    a1_2 = np.float32(0.0)
-    a1_3 = np.float32(0.0)
-    a1_4 = np.float32(0.0)
-    a1_5 = np.float32(0.0)
-    a1_6 = np.float32(0.0)
-    a1_7 = np.float32(0.0)
-    a1_8 = np.float32(0.0)
-    a1_9 = np.float32(0.0)
-    a1_10 = np.float32(0.0)
-    a1_11 = np.float32(0.0)
-    a1_12 = np.float32(0.0)
-    a1_13 = np.float32(0.0)
-    a1_14 = np.float32(0.0)
-    a1_15 = np.float32(0.0)
-    a1_16 = np.float32(0.0)
-    a1_17 = np.float32(0.0)
-    a1_18 = np.float32(0.0)
-    a1_19 = np.float32(0.0)
-    a1_20 = np.float32(0.0)
-    a1_21 = np.float32(0.0)
-    a1_22 = np.float32(0.0)
-    a1_23 = np.float32(0.0)
-    a1_24 = np.float32(0.0)
-    a1_25 = np.float32(0.0)
-    a1_26 = np.float32(0.0)
-    a1_27 = np.float32(0.0)
-    a1_28 = np.float32(0.0)
-    a1_29 = np.float32(0.0)
-    a1_30 = np.float32(0.0)
-    a1_31 = np.float32(0.0)
+def _tile_bsr2x2_w32(y, yoff, ystride, x, xoff, xstride, data, indices, start, end):
+    # Y[r, :32] += sum over blocks p in [start, end) of W_p[r, c] * X[indices[p]*2 + c, :32]:
+    # one K-chunk's share of one block row. Always accumulating (the driver stores the bias
+    # first) keeps the loads of Y one vectorisable straight line; a branch between
+    # loading Y and starting from the bias made LLVM assemble the sums lane by lane (2x slower).
+    yo = yoff + np.uint64(0) * ystride
+    a0_0 = y[yo + np.uint64(0)]
+    a0_1 = y[yo + np.uint64(1)]
+    a0_2 = y[yo + np.uint64(2)]
+    a0_3 = y[yo + np.uint64(3)]
+    a0_4 = y[yo + np.uint64(4)]
+    a0_5 = y[yo + np.uint64(5)]
+    a0_6 = y[yo + np.uint64(6)]
+    a0_7 = y[yo + np.uint64(7)]
+    a0_8 = y[yo + np.uint64(8)]
+    a0_9 = y[yo + np.uint64(9)]
+    a0_10 = y[yo + np.uint64(10)]
+    a0_11 = y[yo + np.uint64(11)]
+    a0_12 = y[yo + np.uint64(12)]
+    a0_13 = y[yo + np.uint64(13)]
+    a0_14 = y[yo + np.uint64(14)]
+    a0_15 = y[yo + np.uint64(15)]
+    a0_16 = y[yo + np.uint64(16)]
+    a0_17 = y[yo + np.uint64(17)]
+    a0_18 = y[yo + np.uint64(18)]
+    a0_19 = y[yo + np.uint64(19)]
+    a0_20 = y[yo + np.uint64(20)]
+    a0_21 = y[yo + np.uint64(21)]
+    a0_22 = y[yo + np.uint64(22)]
+    a0_23 = y[yo + np.uint64(23)]
+    a0_24 = y[yo + np.uint64(24)]
+    a0_25 = y[yo + np.uint64(25)]
+    a0_26 = y[yo + np.uint64(26)]
+    a0_27 = y[yo + np.uint64(27)]
+    a0_28 = y[yo + np.uint64(28)]
+    a0_29 = y[yo + np.uint64(29)]
+    a0_30 = y[yo + np.uint64(30)]
+    a0_31 = y[yo + np.uint64(31)]
+    yo = yoff + np.uint64(1) * ystride
+    a1_0 = y[yo + np.uint64(0)]
+    a1_1 = y[yo + np.uint64(1)]
+    a1_2 = y[yo + np.uint64(2)]
+    a1_3 = y[yo + np.uint64(3)]
+    a1_4 = y[yo + np.uint64(4)]
+    a1_5 = y[yo + np.uint64(5)]
+    a1_6 = y[yo + np.uint64(6)]
+    a1_7 = y[yo + np.uint64(7)]
+    a1_8 = y[yo + np.uint64(8)]
+    a1_9 = y[yo + np.uint64(9)]
+    a1_10 = y[yo + np.uint64(10)]
+    a1_11 = y[yo + np.uint64(11)]
+    a1_12 = y[yo + np.uint64(12)]
+    a1_13 = y[yo + np.uint64(13)]
+    a1_14 = y[yo + np.uint64(14)]
+    a1_15 = y[yo + np.uint64(15)]
+    a1_16 = y[yo + np.uint64(16)]
+    a1_17 = y[yo + np.uint64(17)]
+    a1_18 = y[yo + np.uint64(18)]
+    a1_19 = y[yo + np.uint64(19)]
+    a1_20 = y[yo + np.uint64(20)]
+    a1_21 = y[yo + np.uint64(21)]
+    a1_22 = y[yo + np.uint64(22)]
+    a1_23 = y[yo + np.uint64(23)]
+    a1_24 = y[yo + np.uint64(24)]
+    a1_25 = y[yo + np.uint64(25)]
+    a1_26 = y[yo + np.uint64(26)]
+    a1_27 = y[yo + np.uint64(27)]
+    a1_28 = y[yo + np.uint64(28)]
+    a1_29 = y[yo + np.uint64(29)]
+    a1_30 = y[yo + np.uint64(30)]
+    a1_31 = y[yo + np.uint64(31)]
     for p in range(start, end):
         q = p * np.uint64(4)
         w0_0 = data[q + np.uint64(0)]
@@ -2064,95 +2153,98 @@ def _tile_bsr2x2_w32(y, yoff, ystride, x, xoff, xstride, data, indices, start, e
         a1_30 += w1_1 * x1_30
         a1_31 += w1_1 * x1_31
     yo = yoff + np.uint64(0) * ystride
-    b = bias[n0 + 0]
-    y[yo + np.uint64(0)] = a0_0 + b
-    y[yo + np.uint64(1)] = a0_1 + b
-    y[yo + np.uint64(2)] = a0_2 + b
-    y[yo + np.uint64(3)] = a0_3 + b
-    y[yo + np.uint64(4)] = a0_4 + b
-    y[yo + np.uint64(5)] = a0_5 + b
-    y[yo + np.uint64(6)] = a0_6 + b
-    y[yo + np.uint64(7)] = a0_7 + b
-    y[yo + np.uint64(8)] = a0_8 + b
-    y[yo + np.uint64(9)] = a0_9 + b
-    y[yo + np.uint64(10)] = a0_10 + b
-    y[yo + np.uint64(11)] = a0_11 + b
-    y[yo + np.uint64(12)] = a0_12 + b
-    y[yo + np.uint64(13)] = a0_13 + b
-    y[yo + np.uint64(14)] = a0_14 + b
-    y[yo + np.uint64(15)] = a0_15 + b
-    y[yo + np.uint64(16)] = a0_16 + b
-    y[yo + np.uint64(17)] = a0_17 + b
-    y[yo + np.uint64(18)] = a0_18 + b
-    y[yo + np.uint64(19)] = a0_19 + b
-    y[yo + np.uint64(20)] = a0_20 + b
-    y[yo + np.uint64(21)] = a0_21 + b
-    y[yo + np.uint64(22)] = a0_22 + b
-    y[yo + np.uint64(23)] = a0_23 + b
-    y[yo + np.uint64(24)] = a0_24 + b
-    y[yo + np.uint64(25)] = a0_25 + b
-    y[yo + np.uint64(26)] = a0_26 + b
-    y[yo + np.uint64(27)] = a0_27 + b
-    y[yo + np.uint64(28)] = a0_28 + b
-    y[yo + np.uint64(29)] = a0_29 + b
-    y[yo + np.uint64(30)] = a0_30 + b
-    y[yo + np.uint64(31)] = a0_31 + b
+    y[yo + np.uint64(0)] = a0_0
+    y[yo + np.uint64(1)] = a0_1
+    y[yo + np.uint64(2)] = a0_2
+    y[yo + np.uint64(3)] = a0_3
+    y[yo + np.uint64(4)] = a0_4
+    y[yo + np.uint64(5)] = a0_5
+    y[yo + np.uint64(6)] = a0_6
+    y[yo + np.uint64(7)] = a0_7
+    y[yo + np.uint64(8)] = a0_8
+    y[yo + np.uint64(9)] = a0_9
+    y[yo + np.uint64(10)] = a0_10
+    y[yo + np.uint64(11)] = a0_11
+    y[yo + np.uint64(12)] = a0_12
+    y[yo + np.uint64(13)] = a0_13
+    y[yo + np.uint64(14)] = a0_14
+    y[yo + np.uint64(15)] = a0_15
+    y[yo + np.uint64(16)] = a0_16
+    y[yo + np.uint64(17)] = a0_17
+    y[yo + np.uint64(18)] = a0_18
+    y[yo + np.uint64(19)] = a0_19
+    y[yo + np.uint64(20)] = a0_20
+    y[yo + np.uint64(21)] = a0_21
+    y[yo + np.uint64(22)] = a0_22
+    y[yo + np.uint64(23)] = a0_23
+    y[yo + np.uint64(24)] = a0_24
+    y[yo + np.uint64(25)] = a0_25
+    y[yo + np.uint64(26)] = a0_26
+    y[yo + np.uint64(27)] = a0_27
+    y[yo + np.uint64(28)] = a0_28
+    y[yo + np.uint64(29)] = a0_29
+    y[yo + np.uint64(30)] = a0_30
+    y[yo + np.uint64(31)] = a0_31
     yo = yoff + np.uint64(1) * ystride
-    b = bias[n0 + 1]
-    y[yo + np.uint64(0)] = a1_0 + b
-    y[yo + np.uint64(1)] = a1_1 + b
-    y[yo + np.uint64(2)] = a1_2 + b
-    y[yo + np.uint64(3)] = a1_3 + b
-    y[yo + np.uint64(4)] = a1_4 + b
-    y[yo + np.uint64(5)] = a1_5 + b
-    y[yo + np.uint64(6)] = a1_6 + b
-    y[yo + np.uint64(7)] = a1_7 + b
-    y[yo + np.uint64(8)] = a1_8 + b
-    y[yo + np.uint64(9)] = a1_9 + b
-    y[yo + np.uint64(10)] = a1_10 + b
-    y[yo + np.uint64(11)] = a1_11 + b
-    y[yo + np.uint64(12)] = a1_12 + b
-    y[yo + np.uint64(13)] = a1_13 + b
-    y[yo + np.uint64(14)] = a1_14 + b
-    y[yo + np.uint64(15)] = a1_15 + b
-    y[yo + np.uint64(16)] = a1_16 + b
-    y[yo + np.uint64(17)] = a1_17 + b
-    y[yo + np.uint64(18)] = a1_18 + b
-    y[yo + np.uint64(19)] = a1_19 + b
-    y[yo + np.uint64(20)] = a1_20 + b
-    y[yo + np.uint64(21)] = a1_21 + b
-    y[yo + np.uint64(22)] = a1_22 + b
-    y[yo + np.uint64(23)] = a1_23 + b
-    y[yo + np.uint64(24)] = a1_24 + b
-    y[yo + np.uint64(25)] = a1_25 + b
-    y[yo + np.uint64(26)] = a1_26 + b
-    y[yo + np.uint64(27)] = a1_27 + b
-    y[yo + np.uint64(28)] = a1_28 + b
-    y[yo + np.uint64(29)] = a1_29 + b
-    y[yo + np.uint64(30)] = a1_30 + b
-    y[yo + np.uint64(31)] = a1_31 + b
+    y[yo + np.uint64(0)] = a1_0
+    y[yo + np.uint64(1)] = a1_1
+    y[yo + np.uint64(2)] = a1_2
+    y[yo + np.uint64(3)] = a1_3
+    y[yo + np.uint64(4)] = a1_4
+    y[yo + np.uint64(5)] = a1_5
+    y[yo + np.uint64(6)] = a1_6
+    y[yo + np.uint64(7)] = a1_7
+    y[yo + np.uint64(8)] = a1_8
+    y[yo + np.uint64(9)] = a1_9
+    y[yo + np.uint64(10)] = a1_10
+    y[yo + np.uint64(11)] = a1_11
+    y[yo + np.uint64(12)] = a1_12
+    y[yo + np.uint64(13)] = a1_13
+    y[yo + np.uint64(14)] = a1_14
+    y[yo + np.uint64(15)] = a1_15
+    y[yo + np.uint64(16)] = a1_16
+    y[yo + np.uint64(17)] = a1_17
+    y[yo + np.uint64(18)] = a1_18
+    y[yo + np.uint64(19)] = a1_19
+    y[yo + np.uint64(20)] = a1_20
+    y[yo + np.uint64(21)] = a1_21
+    y[yo + np.uint64(22)] = a1_22
+    y[yo + np.uint64(23)] = a1_23
+    y[yo + np.uint64(24)] = a1_24
+    y[yo + np.uint64(25)] = a1_25
+    y[yo + np.uint64(26)] = a1_26
+    y[yo + np.uint64(27)] = a1_27
+    y[yo + np.uint64(28)] = a1_28
+    y[yo + np.uint64(29)] = a1_29
+    y[yo + np.uint64(30)] = a1_30
+    y[yo + np.uint64(31)] = a1_31
 
 
 
 @kernel
-def _tile_bsr2x2_w8(y, yoff, ystride, x, xoff, xstride, data, indices, start, end, bias, n0):
-    # Y[r, :8] = bias[n0 + r] + sum over blocks p in [start, end) of W_p[r, c] * X[indices[p]*2 + c, :8]
-    a0_0 = np.float32(0.0)
-    a0_1 = np.float32(0.0)
-    a0_2 = np.float32(0.0)
-    a0_3 = np.float32(0.0)
-    a0_4 = np.float32(0.0)
-    a0_5 = np.float32(0.0)
-    a0_6 = np.float32(0.0)
-    a0_7 = np.float32(0.0)
-    a1_0 = np.float32(0.0)
-    a1_1 = np.float32(0.0)
-    a1_2 = np.float32(0.0)
-    a1_3 = np.float32(0.0)
-    a1_4 = np.float32(0.0)
-    a1_5 = np.float32(0.0)
-    a1_6 = np.float32(0.0)
-    a1_7 = np.float32(0.0)
+def _tile_bsr2x2_w8(y, yoff, ystride, x, xoff, xstride, data, indices, start, end):
+    # Y[r, :8] += sum over blocks p in [start, end) of W_p[r, c] * X[indices[p]*2 + c, :8]:
+    # one K-chunk's share of one block row. Always accumulating (the driver stores the bias
+    # first) keeps the loads of Y one vectorisable straight line; a branch between
+    # loading Y and starting from the bias made LLVM assemble the sums lane by lane (2x slower).
+    yo = yoff + np.uint64(0) * ystride
+    a0_0 = y[yo + np.uint64(0)]
+    a0_1 = y[yo + np.uint64(1)]
+    a0_2 = y[yo + np.uint64(2)]
+    a0_3 = y[yo + np.uint64(3)]
+    a0_4 = y[yo + np.uint64(4)]
+    a0_5 = y[yo + np.uint64(5)]
+    a0_6 = y[yo + np.uint64(6)]
+    a0_7 = y[yo + np.uint64(7)]
+    yo = yoff + np.uint64(1) * ystride
+    a1_0 = y[yo + np.uint64(0)]
+    a1_1 = y[yo + np.uint64(1)]
+    a1_2 = y[yo + np.uint64(2)]
+    a1_3 = y[yo + np.uint64(3)]
+    a1_4 = y[yo + np.uint64(4)]
+    a1_5 = y[yo + np.uint64(5)]
+    a1_6 = y[yo + np.uint64(6)]
+    a1_7 = y[yo + np.uint64(7)]
     for p in range(start, end):
         q = p * np.uint64(4)
         w0_0 = data[q + np.uint64(0)]
@@ -2210,45 +2302,50 @@ def _tile_bsr2x2_w8(y, yoff, ystride, x, xoff, xstride, data, indices, start, en
         a1_6 += w1_1 * x1_6
         a1_7 += w1_1 * x1_7
     yo = yoff + np.uint64(0) * ystride
-    b = bias[n0 + 0]
-    y[yo + np.uint64(0)] = a0_0 + b
-    y[yo + np.uint64(1)] = a0_1 + b
-    y[yo + np.uint64(2)] = a0_2 + b
-    y[yo + np.uint64(3)] = a0_3 + b
-    y[yo + np.uint64(4)] = a0_4 + b
-    y[yo + np.uint64(5)] = a0_5 + b
-    y[yo + np.uint64(6)] = a0_6 + b
-    y[yo + np.uint64(7)] = a0_7 + b
+    y[yo + np.uint64(0)] = a0_0
+    y[yo + np.uint64(1)] = a0_1
+    y[yo + np.uint64(2)] = a0_2
+    y[yo + np.uint64(3)] = a0_3
+    y[yo + np.uint64(4)] = a0_4
+    y[yo + np.uint64(5)] = a0_5
+    y[yo + np.uint64(6)] = a0_6
+    y[yo + np.uint64(7)] = a0_7
     yo = yoff + np.uint64(1) * ystride
-    b = bias[n0 + 1]
-    y[yo + np.uint64(0)] = a1_0 + b
-    y[yo + np.uint64(1)] = a1_1 + b
-    y[yo + np.uint64(2)] = a1_2 + b
-    y[yo + np.uint64(3)] = a1_3 + b
-    y[yo + np.uint64(4)] = a1_4 + b
-    y[yo + np.uint64(5)] = a1_5 + b
-    y[yo + np.uint64(6)] = a1_6 + b
-    y[yo + np.uint64(7)] = a1_7 + b
+    y[yo + np.uint64(0)] = a1_0
+    y[yo + np.uint64(1)] = a1_1
+    y[yo + np.uint64(2)] = a1_2
+    y[yo + np.uint64(3)] = a1_3
+    y[yo + np.uint64(4)] = a1_4
+    y[yo + np.uint64(5)] = a1_5
+    y[yo + np.uint64(6)] = a1_6
+    y[yo + np.uint64(7)] = a1_7
 
 
 @parallel_kernel
-def spmm_bsr2x2(data, indices, indptr, x, bias, act, residual, has_residual, n_row_chunks, y):
+def spmm_bsr2x2(data, indices, ptr, chunk_cols, x, bias, act, residual, has_residual, n_row_chunks, y):
     # Y[b] (N, S) = act(W (N, K) @ X[b] (K, S) + bias[:, None]) (+ residual[b]) for every b.
-    # W in BSR with 2x2 blocks (N % 2 == 0, K % 2 == 0): block p, for indptr[i] <= p <
-    # indptr[i+1], covers rows 2*i.. and columns 2*indices[p]..; W value (r, c) of the
-    # block is data[4*p + 2*r + c].
+    # W in BSR with 2x2 blocks (N % 2 == 0, K % 2 == 0): block p of block row i covers
+    # rows 2*i.. and columns 2*indices[p]..; its value (r, c) is data[4*p + 2*r + c].
+    # Entries are grouped by K-chunk: chunk c covers block columns [c * chunk_cols, (c + 1) *
+    # chunk_cols), its entries for block row i are [ptr[c, i], ptr[c, i + 1]) (ptr (n_chunks,
+    # block rows + 1)), and their indices count from the chunk's first block column. A task
+    # copies the chunk's slice of its X tile into a contiguous L1-sized panel (X rows in place
+    # are S floats apart, which would leave half the L1 sets unused) and sweeps its rows over it,
+    # while the rows' partial sums wait in L2.
     # Trusts (validated by sparsebert.linear): float32 C-contiguous x (B, K, S), y (B, N, S),
-    # residual (B, N, S) if has_residual, bias (N,); indptr monotone from 0 to the entry count,
+    # residual (B, N, S) if has_residual, bias (N,); every ptr range inside the entry arrays,
     # indices in range; act 0 none, 1 gelu, 2 gelu_tanh, 3 relu; n_row_chunks >= 1.
     B, K, S = x.shape
     N = y.shape[1]
     n_brows = N // 2
+    n_chunks = ptr.shape[0]
     chunk = (n_brows + n_row_chunks - 1) // n_row_chunks
+    kc = chunk_cols * 2  # X rows per K-chunk
     yf = y.reshape(-1)
     rf = residual.reshape(-1)
     if S < 32:
         # Short sequences: g whole sequences side by side in one zero-padded (K, 32) panel, so
-        # the full-width tile runs on them; results go through scratch to each sequence's rows.
+        # the full-width tile runs on them; sums go to scratch, then to each sequence's rows.
         g = 32 // S
         n_groups = (B + g - 1) // g
         for task in prange(n_groups * n_row_chunks):
@@ -2258,32 +2355,55 @@ def spmm_bsr2x2(data, indices, indptr, x, bias, act, residual, has_residual, n_r
             b0 = grp * g
             nb = min(g, B - b0)
             panel = pack_sequences(x, b0, nb, 32)
-            scratch = np.empty(64, dtype=np.float32)
+            scratch = np.empty(max(br1 - br0, 0) * 64, dtype=np.float32)
+            fill_bias(scratch, 0, br0 * 2, br1 * 2, bias, 32, 32)
+            for c in range(n_chunks):
+                for br in range(br0, br1):
+                    _tile_bsr2x2_w32(scratch, np.uint64((br - br0) * 64), np.uint64(32), panel,
+                                      np.uint64(c * kc * 32), np.uint64(32), data, indices, np.uint64(ptr[c, br]),
+                                      np.uint64(ptr[c, br + 1]))
             for br in range(br0, br1):
-                _tile_bsr2x2_w32(scratch, np.uint64(0), np.uint64(32), panel, np.uint64(0),
-                                  np.uint64(32), data, indices, np.uint64(indptr[br]),
-                                  np.uint64(indptr[br + 1]), bias, br * 2)
                 for r in range(2):
                     for i in range(nb):
                         ro = np.uint64(((b0 + i) * N + br * 2 + r) * S)
-                        epilogue_row(scratch, np.uint64(r * 32 + i * S), yf, ro, np.uint64(S),
-                                     act, rf, ro, has_residual)
+                        epilogue_row(scratch, np.uint64(((br - br0) * 2 + r) * 32 + i * S), yf, ro,
+                                     np.uint64(S), act, rf, ro, has_residual)
         return
     n_full = S // 32
     n_tiles = n_full + (S - n_full * 32 + 7) // 8
     xf = x.reshape(-1)
     us = np.uint64(S)
-    fused = act == 0 and not has_residual  # the tile's store already added the bias
+    # Packing pays when many rows reuse the panel; a task with few rows (small batches split
+    # into many row chunks) reads X in place.
+    pack = chunk * 2 >= 256
     for task in prange(B * n_tiles * n_row_chunks):
         b = task // (n_tiles * n_row_chunks)
         rest = task - b * n_tiles * n_row_chunks
         t = rest // n_row_chunks
         br0 = (rest - t * n_row_chunks) * chunk
         br1 = min(br0 + chunk, n_brows)
+        xoff0 = np.uint64(b * K * S)
         if t < n_full:
             s0 = t * 32
-            own = s0
-            width = 32
+            panel = np.empty(kc * 32 if pack else 0, dtype=np.float32)
+            fill_bias(yf, (b * N + br0 * 2) * S + s0, br0 * 2, br1 * 2, bias, S, 32)
+            for c in range(n_chunks):
+                xoff = xoff0 + np.uint64(c * kc * S + s0)
+                if pack:
+                    pack_panel(xf, xoff, S, min(kc, K - c * kc), 32, panel)
+                    for br in range(br0, br1):
+                        _tile_bsr2x2_w32(yf, np.uint64((b * N + br * 2) * S + s0), us, panel,
+                                          np.uint64(0), np.uint64(32), data, indices,
+                                          np.uint64(ptr[c, br]), np.uint64(ptr[c, br + 1]))
+                else:
+                    for br in range(br0, br1):
+                        _tile_bsr2x2_w32(yf, np.uint64((b * N + br * 2) * S + s0), us, xf, xoff,
+                                          us, data, indices, np.uint64(ptr[c, br]), np.uint64(ptr[c, br + 1]))
+            if act != 0 or has_residual:
+                for br in range(br0, br1):
+                    for r in range(2):
+                        ro = np.uint64((b * N + br * 2 + r) * S + s0)
+                        epilogue_inplace(yf, ro, np.uint64(32), act, rf, ro, has_residual)
         else:
             # Tail tiles own columns [own, own + width) and compute 8 columns from s0; the last
             # is shifted left to end at S (S >= 32 here). Writing only owned columns means no
@@ -2291,96 +2411,92 @@ def spmm_bsr2x2(data, indices, indptr, x, bias, act, residual, has_residual, n_r
             own = n_full * 32 + (t - n_full) * 8
             width = min(8, S - own)
             s0 = min(own, S - 8)
-        scratch = np.empty(16 if t >= n_full else 0, dtype=np.float32)
-        xoff = np.uint64(b * K * S + s0)
-        for br in range(br0, br1):
-            lo = np.uint64(indptr[br])
-            hi = np.uint64(indptr[br + 1])
-            yoff = np.uint64((b * N + br * 2) * S + s0)
-            if t < n_full:
-                _tile_bsr2x2_w32(yf, yoff, us, xf, xoff, us, data, indices, lo, hi, bias, br * 2)
-                if fused:
-                    continue
+            scratch = np.empty(max(br1 - br0, 0) * 16, dtype=np.float32)
+            fill_bias(scratch, 0, br0 * 2, br1 * 2, bias, 8, 8)
+            for c in range(n_chunks):
+                for br in range(br0, br1):
+                    _tile_bsr2x2_w8(scratch, np.uint64((br - br0) * 16), np.uint64(8), xf,
+                                      xoff0 + np.uint64(c * kc * S + s0), us, data, indices, np.uint64(ptr[c, br]),
+                                      np.uint64(ptr[c, br + 1]))
+            for br in range(br0, br1):
                 for r in range(2):
-                    ro = yoff + np.uint64(r) * us
-                    epilogue_inplace(yf, ro, np.uint64(32), act, rf, ro, has_residual)
-            else:
-                _tile_bsr2x2_w8(scratch, np.uint64(0), np.uint64(8), xf, xoff, us, data,
-                                  indices, lo, hi, bias, br * 2)
-                for r in range(2):
-                    ro = yoff + np.uint64(r) * us + np.uint64(own - s0)
-                    epilogue_row(scratch, np.uint64(r * 8 + own - s0), yf, ro, np.uint64(width),
-                                 act, rf, ro, has_residual)
+                    ro = np.uint64((b * N + br * 2 + r) * S + own)
+                    epilogue_row(scratch, np.uint64(((br - br0) * 2 + r) * 8 + own - s0), yf, ro,
+                                 np.uint64(width), act, rf, ro, has_residual)
 
 
 
 @kernel
-def _tile_bsr1x4_w64(y, yoff, ystride, x, xoff, xstride, data, indices, start, end, bias, n0):
-    # Y[r, :64] = bias[n0 + r] + sum over blocks p in [start, end) of W_p[r, c] * X[indices[p]*4 + c, :64]
-    a0_0 = np.float32(0.0)
-    a0_1 = np.float32(0.0)
-    a0_2 = np.float32(0.0)
-    a0_3 = np.float32(0.0)
-    a0_4 = np.float32(0.0)
-    a0_5 = np.float32(0.0)
-    a0_6 = np.float32(0.0)
-    a0_7 = np.float32(0.0)
-    a0_8 = np.float32(0.0)
-    a0_9 = np.float32(0.0)
-    a0_10 = np.float32(0.0)
-    a0_11 = np.float32(0.0)
-    a0_12 = np.float32(0.0)
-    a0_13 = np.float32(0.0)
-    a0_14 = np.float32(0.0)
-    a0_15 = np.float32(0.0)
-    a0_16 = np.float32(0.0)
-    a0_17 = np.float32(0.0)
-    a0_18 = np.float32(0.0)
-    a0_19 = np.float32(0.0)
-    a0_20 = np.float32(0.0)
-    a0_21 = np.float32(0.0)
-    a0_22 = np.float32(0.0)
-    a0_23 = np.float32(0.0)
-    a0_24 = np.float32(0.0)
-    a0_25 = np.float32(0.0)
-    a0_26 = np.float32(0.0)
-    a0_27 = np.float32(0.0)
-    a0_28 = np.float32(0.0)
-    a0_29 = np.float32(0.0)
-    a0_30 = np.float32(0.0)
-    a0_31 = np.float32(0.0)
-    a0_32 = np.float32(0.0)
-    a0_33 = np.float32(0.0)
-    a0_34 = np.float32(0.0)
-    a0_35 = np.float32(0.0)
-    a0_36 = np.float32(0.0)
-    a0_37 = np.float32(0.0)
-    a0_38 = np.float32(0.0)
-    a0_39 = np.float32(0.0)
-    a0_40 = np.float32(0.0)
-    a0_41 = np.float32(0.0)
-    a0_42 = np.float32(0.0)
-    a0_43 = np.float32(0.0)
-    a0_44 = np.float32(0.0)
-    a0_45 = np.float32(0.0)
-    a0_46 = np.float32(0.0)
-    a0_47 = np.float32(0.0)
-    a0_48 = np.float32(0.0)
-    a0_49 = np.float32(0.0)
-    a0_50 = np.float32(0.0)
-    a0_51 = np.float32(0.0)
-    a0_52 = np.float32(0.0)
-    a0_53 = np.float32(0.0)
-    a0_54 = np.float32(0.0)
-    a0_55 = np.float32(0.0)
-    a0_56 = np.float32(0.0)
-    a0_57 = np.float32(0.0)
-    a0_58 = np.float32(0.0)
-    a0_59 = np.float32(0.0)
-    a0_60 = np.float32(0.0)
-    a0_61 = np.float32(0.0)
-    a0_62 = np.float32(0.0)
-    a0_63 = np.float32(0.0)
+def _tile_bsr1x4_w64(y, yoff, ystride, x, xoff, xstride, data, indices, start, end):
+    # Y[r, :64] += sum over blocks p in [start, end) of W_p[r, c] * X[indices[p]*4 + c, :64]:
+    # one K-chunk's share of one block row. Always accumulating (the driver stores the bias
+    # first) keeps the loads of Y one vectorisable straight line; a branch between
+    # loading Y and starting from the bias made LLVM assemble the sums lane by lane (2x slower).
+    yo = yoff + np.uint64(0) * ystride
+    a0_0 = y[yo + np.uint64(0)]
+    a0_1 = y[yo + np.uint64(1)]
+    a0_2 = y[yo + np.uint64(2)]
+    a0_3 = y[yo + np.uint64(3)]
+    a0_4 = y[yo + np.uint64(4)]
+    a0_5 = y[yo + np.uint64(5)]
+    a0_6 = y[yo + np.uint64(6)]
+    a0_7 = y[yo + np.uint64(7)]
+    a0_8 = y[yo + np.uint64(8)]
+    a0_9 = y[yo + np.uint64(9)]
+    a0_10 = y[yo + np.uint64(10)]
+    a0_11 = y[yo + np.uint64(11)]
+    a0_12 = y[yo + np.uint64(12)]
+    a0_13 = y[yo + np.uint64(13)]
+    a0_14 = y[yo + np.uint64(14)]
+    a0_15 = y[yo + np.uint64(15)]
+    a0_16 = y[yo + np.uint64(16)]
+    a0_17 = y[yo + np.uint64(17)]
+    a0_18 = y[yo + np.uint64(18)]
+    a0_19 = y[yo + np.uint64(19)]
+    a0_20 = y[yo + np.uint64(20)]
+    a0_21 = y[yo + np.uint64(21)]
+    a0_22 = y[yo + np.uint64(22)]
+    a0_23 = y[yo + np.uint64(23)]
+    a0_24 = y[yo + np.uint64(24)]
+    a0_25 = y[yo + np.uint64(25)]
+    a0_26 = y[yo + np.uint64(26)]
+    a0_27 = y[yo + np.uint64(27)]
+    a0_28 = y[yo + np.uint64(28)]
+    a0_29 = y[yo + np.uint64(29)]
+    a0_30 = y[yo + np.uint64(30)]
+    a0_31 = y[yo + np.uint64(31)]
+    a0_32 = y[yo + np.uint64(32)]
+    a0_33 = y[yo + np.uint64(33)]
+    a0_34 = y[yo + np.uint64(34)]
+    a0_35 = y[yo + np.uint64(35)]
+    a0_36 = y[yo + np.uint64(36)]
+    a0_37 = y[yo + np.uint64(37)]
+    a0_38 = y[yo + np.uint64(38)]
+    a0_39 = y[yo + np.uint64(39)]
+    a0_40 = y[yo + np.uint64(40)]
+    a0_41 = y[yo + np.uint64(41)]
+    a0_42 = y[yo + np.uint64(42)]
+    a0_43 = y[yo + np.uint64(43)]
+    a0_44 = y[yo + np.uint64(44)]
+    a0_45 = y[yo + np.uint64(45)]
+    a0_46 = y[yo + np.uint64(46)]
+    a0_47 = y[yo + np.uint64(47)]
+    a0_48 = y[yo + np.uint64(48)]
+    a0_49 = y[yo + np.uint64(49)]
+    a0_50 = y[yo + np.uint64(50)]
+    a0_51 = y[yo + np.uint64(51)]
+    a0_52 = y[yo + np.uint64(52)]
+    a0_53 = y[yo + np.uint64(53)]
+    a0_54 = y[yo + np.uint64(54)]
+    a0_55 = y[yo + np.uint64(55)]
+    a0_56 = y[yo + np.uint64(56)]
+    a0_57 = y[yo + np.uint64(57)]
+    a0_58 = y[yo + np.uint64(58)]
+    a0_59 = y[yo + np.uint64(59)]
+    a0_60 = y[yo + np.uint64(60)]
+    a0_61 = y[yo + np.uint64(61)]
+    a0_62 = y[yo + np.uint64(62)]
+    a0_63 = y[yo + np.uint64(63)]
     for p in range(start, end):
         q = p * np.uint64(4)
         w0_0 = data[q + np.uint64(0)]
@@ -2904,85 +3020,88 @@ def _tile_bsr1x4_w64(y, yoff, ystride, x, xoff, xstride, data, indices, start, e
         a0_62 += w0_3 * x3_62
         a0_63 += w0_3 * x3_63
     yo = yoff + np.uint64(0) * ystride
-    b = bias[n0 + 0]
-    y[yo + np.uint64(0)] = a0_0 + b
-    y[yo + np.uint64(1)] = a0_1 + b
-    y[yo + np.uint64(2)] = a0_2 + b
-    y[yo + np.uint64(3)] = a0_3 + b
-    y[yo + np.uint64(4)] = a0_4 + b
-    y[yo + np.uint64(5)] = a0_5 + b
-    y[yo + np.uint64(6)] = a0_6 + b
-    y[yo + np.uint64(7)] = a0_7 + b
-    y[yo + np.uint64(8)] = a0_8 + b
-    y[yo + np.uint64(9)] = a0_9 + b
-    y[yo + np.uint64(10)] = a0_10 + b
-    y[yo + np.uint64(11)] = a0_11 + b
-    y[yo + np.uint64(12)] = a0_12 + b
-    y[yo + np.uint64(13)] = a0_13 + b
-    y[yo + np.uint64(14)] = a0_14 + b
-    y[yo + np.uint64(15)] = a0_15 + b
-    y[yo + np.uint64(16)] = a0_16 + b
-    y[yo + np.uint64(17)] = a0_17 + b
-    y[yo + np.uint64(18)] = a0_18 + b
-    y[yo + np.uint64(19)] = a0_19 + b
-    y[yo + np.uint64(20)] = a0_20 + b
-    y[yo + np.uint64(21)] = a0_21 + b
-    y[yo + np.uint64(22)] = a0_22 + b
-    y[yo + np.uint64(23)] = a0_23 + b
-    y[yo + np.uint64(24)] = a0_24 + b
-    y[yo + np.uint64(25)] = a0_25 + b
-    y[yo + np.uint64(26)] = a0_26 + b
-    y[yo + np.uint64(27)] = a0_27 + b
-    y[yo + np.uint64(28)] = a0_28 + b
-    y[yo + np.uint64(29)] = a0_29 + b
-    y[yo + np.uint64(30)] = a0_30 + b
-    y[yo + np.uint64(31)] = a0_31 + b
-    y[yo + np.uint64(32)] = a0_32 + b
-    y[yo + np.uint64(33)] = a0_33 + b
-    y[yo + np.uint64(34)] = a0_34 + b
-    y[yo + np.uint64(35)] = a0_35 + b
-    y[yo + np.uint64(36)] = a0_36 + b
-    y[yo + np.uint64(37)] = a0_37 + b
-    y[yo + np.uint64(38)] = a0_38 + b
-    y[yo + np.uint64(39)] = a0_39 + b
-    y[yo + np.uint64(40)] = a0_40 + b
-    y[yo + np.uint64(41)] = a0_41 + b
-    y[yo + np.uint64(42)] = a0_42 + b
-    y[yo + np.uint64(43)] = a0_43 + b
-    y[yo + np.uint64(44)] = a0_44 + b
-    y[yo + np.uint64(45)] = a0_45 + b
-    y[yo + np.uint64(46)] = a0_46 + b
-    y[yo + np.uint64(47)] = a0_47 + b
-    y[yo + np.uint64(48)] = a0_48 + b
-    y[yo + np.uint64(49)] = a0_49 + b
-    y[yo + np.uint64(50)] = a0_50 + b
-    y[yo + np.uint64(51)] = a0_51 + b
-    y[yo + np.uint64(52)] = a0_52 + b
-    y[yo + np.uint64(53)] = a0_53 + b
-    y[yo + np.uint64(54)] = a0_54 + b
-    y[yo + np.uint64(55)] = a0_55 + b
-    y[yo + np.uint64(56)] = a0_56 + b
-    y[yo + np.uint64(57)] = a0_57 + b
-    y[yo + np.uint64(58)] = a0_58 + b
-    y[yo + np.uint64(59)] = a0_59 + b
-    y[yo + np.uint64(60)] = a0_60 + b
-    y[yo + np.uint64(61)] = a0_61 + b
-    y[yo + np.uint64(62)] = a0_62 + b
-    y[yo + np.uint64(63)] = a0_63 + b
+    y[yo + np.uint64(0)] = a0_0
+    y[yo + np.uint64(1)] = a0_1
+    y[yo + np.uint64(2)] = a0_2
+    y[yo + np.uint64(3)] = a0_3
+    y[yo + np.uint64(4)] = a0_4
+    y[yo + np.uint64(5)] = a0_5
+    y[yo + np.uint64(6)] = a0_6
+    y[yo + np.uint64(7)] = a0_7
+    y[yo + np.uint64(8)] = a0_8
+    y[yo + np.uint64(9)] = a0_9
+    y[yo + np.uint64(10)] = a0_10
+    y[yo + np.uint64(11)] = a0_11
+    y[yo + np.uint64(12)] = a0_12
+    y[yo + np.uint64(13)] = a0_13
+    y[yo + np.uint64(14)] = a0_14
+    y[yo + np.uint64(15)] = a0_15
+    y[yo + np.uint64(16)] = a0_16
+    y[yo + np.uint64(17)] = a0_17
+    y[yo + np.uint64(18)] = a0_18
+    y[yo + np.uint64(19)] = a0_19
+    y[yo + np.uint64(20)] = a0_20
+    y[yo + np.uint64(21)] = a0_21
+    y[yo + np.uint64(22)] = a0_22
+    y[yo + np.uint64(23)] = a0_23
+    y[yo + np.uint64(24)] = a0_24
+    y[yo + np.uint64(25)] = a0_25
+    y[yo + np.uint64(26)] = a0_26
+    y[yo + np.uint64(27)] = a0_27
+    y[yo + np.uint64(28)] = a0_28
+    y[yo + np.uint64(29)] = a0_29
+    y[yo + np.uint64(30)] = a0_30
+    y[yo + np.uint64(31)] = a0_31
+    y[yo + np.uint64(32)] = a0_32
+    y[yo + np.uint64(33)] = a0_33
+    y[yo + np.uint64(34)] = a0_34
+    y[yo + np.uint64(35)] = a0_35
+    y[yo + np.uint64(36)] = a0_36
+    y[yo + np.uint64(37)] = a0_37
+    y[yo + np.uint64(38)] = a0_38
+    y[yo + np.uint64(39)] = a0_39
+    y[yo + np.uint64(40)] = a0_40
+    y[yo + np.uint64(41)] = a0_41
+    y[yo + np.uint64(42)] = a0_42
+    y[yo + np.uint64(43)] = a0_43
+    y[yo + np.uint64(44)] = a0_44
+    y[yo + np.uint64(45)] = a0_45
+    y[yo + np.uint64(46)] = a0_46
+    y[yo + np.uint64(47)] = a0_47
+    y[yo + np.uint64(48)] = a0_48
+    y[yo + np.uint64(49)] = a0_49
+    y[yo + np.uint64(50)] = a0_50
+    y[yo + np.uint64(51)] = a0_51
+    y[yo + np.uint64(52)] = a0_52
+    y[yo + np.uint64(53)] = a0_53
+    y[yo + np.uint64(54)] = a0_54
+    y[yo + np.uint64(55)] = a0_55
+    y[yo + np.uint64(56)] = a0_56
+    y[yo + np.uint64(57)] = a0_57
+    y[yo + np.uint64(58)] = a0_58
+    y[yo + np.uint64(59)] = a0_59
+    y[yo + np.uint64(60)] = a0_60
+    y[yo + np.uint64(61)] = a0_61
+    y[yo + np.uint64(62)] = a0_62
+    y[yo + np.uint64(63)] = a0_63
 
 
 
 @kernel
-def _tile_bsr1x4_w8(y, yoff, ystride, x, xoff, xstride, data, indices, start, end, bias, n0):
-    # Y[r, :8] = bias[n0 + r] + sum over blocks p in [start, end) of W_p[r, c] * X[indices[p]*4 + c, :8]
-    a0_0 = np.float32(0.0)
-    a0_1 = np.float32(0.0)
-    a0_2 = np.float32(0.0)
-    a0_3 = np.float32(0.0)
-    a0_4 = np.float32(0.0)
-    a0_5 = np.float32(0.0)
-    a0_6 = np.float32(0.0)
-    a0_7 = np.float32(0.0)
+def _tile_bsr1x4_w8(y, yoff, ystride, x, xoff, xstride, data, indices, start, end):
+    # Y[r, :8] += sum over blocks p in [start, end) of W_p[r, c] * X[indices[p]*4 + c, :8]:
+    # one K-chunk's share of one block row. Always accumulating (the driver stores the bias
+    # first) keeps the loads of Y one vectorisable straight line; a branch between
+    # loading Y and starting from the bias made LLVM assemble the sums lane by lane (2x slower).
+    yo = yoff + np.uint64(0) * ystride
+    a0_0 = y[yo + np.uint64(0)]
+    a0_1 = y[yo + np.uint64(1)]
+    a0_2 = y[yo + np.uint64(2)]
+    a0_3 = y[yo + np.uint64(3)]
+    a0_4 = y[yo + np.uint64(4)]
+    a0_5 = y[yo + np.uint64(5)]
+    a0_6 = y[yo + np.uint64(6)]
+    a0_7 = y[yo + np.uint64(7)]
     for p in range(start, end):
         q = p * np.uint64(4)
         w0_0 = data[q + np.uint64(0)]
@@ -3058,35 +3177,41 @@ def _tile_bsr1x4_w8(y, yoff, ystride, x, xoff, xstride, data, indices, start, en
         a0_6 += w0_3 * x3_6
         a0_7 += w0_3 * x3_7
     yo = yoff + np.uint64(0) * ystride
-    b = bias[n0 + 0]
-    y[yo + np.uint64(0)] = a0_0 + b
-    y[yo + np.uint64(1)] = a0_1 + b
-    y[yo + np.uint64(2)] = a0_2 + b
-    y[yo + np.uint64(3)] = a0_3 + b
-    y[yo + np.uint64(4)] = a0_4 + b
-    y[yo + np.uint64(5)] = a0_5 + b
-    y[yo + np.uint64(6)] = a0_6 + b
-    y[yo + np.uint64(7)] = a0_7 + b
+    y[yo + np.uint64(0)] = a0_0
+    y[yo + np.uint64(1)] = a0_1
+    y[yo + np.uint64(2)] = a0_2
+    y[yo + np.uint64(3)] = a0_3
+    y[yo + np.uint64(4)] = a0_4
+    y[yo + np.uint64(5)] = a0_5
+    y[yo + np.uint64(6)] = a0_6
+    y[yo + np.uint64(7)] = a0_7
 
 
 @parallel_kernel
-def spmm_bsr1x4(data, indices, indptr, x, bias, act, residual, has_residual, n_row_chunks, y):
+def spmm_bsr1x4(data, indices, ptr, chunk_cols, x, bias, act, residual, has_residual, n_row_chunks, y):
     # Y[b] (N, S) = act(W (N, K) @ X[b] (K, S) + bias[:, None]) (+ residual[b]) for every b.
-    # W in BSR with 1x4 blocks (N % 1 == 0, K % 4 == 0): block p, for indptr[i] <= p <
-    # indptr[i+1], covers rows 1*i.. and columns 4*indices[p]..; W value (r, c) of the
-    # block is data[4*p + 4*r + c].
+    # W in BSR with 1x4 blocks (N % 1 == 0, K % 4 == 0): block p of block row i covers
+    # rows 1*i.. and columns 4*indices[p]..; its value (r, c) is data[4*p + 4*r + c].
+    # Entries are grouped by K-chunk: chunk c covers block columns [c * chunk_cols, (c + 1) *
+    # chunk_cols), its entries for block row i are [ptr[c, i], ptr[c, i + 1]) (ptr (n_chunks,
+    # block rows + 1)), and their indices count from the chunk's first block column. A task
+    # copies the chunk's slice of its X tile into a contiguous L1-sized panel (X rows in place
+    # are S floats apart, which would leave half the L1 sets unused) and sweeps its rows over it,
+    # while the rows' partial sums wait in L2.
     # Trusts (validated by sparsebert.linear): float32 C-contiguous x (B, K, S), y (B, N, S),
-    # residual (B, N, S) if has_residual, bias (N,); indptr monotone from 0 to the entry count,
+    # residual (B, N, S) if has_residual, bias (N,); every ptr range inside the entry arrays,
     # indices in range; act 0 none, 1 gelu, 2 gelu_tanh, 3 relu; n_row_chunks >= 1.
     B, K, S = x.shape
     N = y.shape[1]
     n_brows = N // 1
+    n_chunks = ptr.shape[0]
     chunk = (n_brows + n_row_chunks - 1) // n_row_chunks
+    kc = chunk_cols * 4  # X rows per K-chunk
     yf = y.reshape(-1)
     rf = residual.reshape(-1)
     if S < 64:
         # Short sequences: g whole sequences side by side in one zero-padded (K, 64) panel, so
-        # the full-width tile runs on them; results go through scratch to each sequence's rows.
+        # the full-width tile runs on them; sums go to scratch, then to each sequence's rows.
         g = 64 // S
         n_groups = (B + g - 1) // g
         for task in prange(n_groups * n_row_chunks):
@@ -3096,32 +3221,55 @@ def spmm_bsr1x4(data, indices, indptr, x, bias, act, residual, has_residual, n_r
             b0 = grp * g
             nb = min(g, B - b0)
             panel = pack_sequences(x, b0, nb, 64)
-            scratch = np.empty(64, dtype=np.float32)
+            scratch = np.empty(max(br1 - br0, 0) * 64, dtype=np.float32)
+            fill_bias(scratch, 0, br0 * 1, br1 * 1, bias, 64, 64)
+            for c in range(n_chunks):
+                for br in range(br0, br1):
+                    _tile_bsr1x4_w64(scratch, np.uint64((br - br0) * 64), np.uint64(64), panel,
+                                      np.uint64(c * kc * 64), np.uint64(64), data, indices, np.uint64(ptr[c, br]),
+                                      np.uint64(ptr[c, br + 1]))
             for br in range(br0, br1):
-                _tile_bsr1x4_w64(scratch, np.uint64(0), np.uint64(64), panel, np.uint64(0),
-                                  np.uint64(64), data, indices, np.uint64(indptr[br]),
-                                  np.uint64(indptr[br + 1]), bias, br * 1)
                 for r in range(1):
                     for i in range(nb):
                         ro = np.uint64(((b0 + i) * N + br * 1 + r) * S)
-                        epilogue_row(scratch, np.uint64(r * 64 + i * S), yf, ro, np.uint64(S),
-                                     act, rf, ro, has_residual)
+                        epilogue_row(scratch, np.uint64(((br - br0) * 1 + r) * 64 + i * S), yf, ro,
+                                     np.uint64(S), act, rf, ro, has_residual)
         return
     n_full = S // 64
     n_tiles = n_full + (S - n_full * 64 + 7) // 8
     xf = x.reshape(-1)
     us = np.uint64(S)
-    fused = act == 0 and not has_residual  # the tile's store already added the bias
+    # Packing pays when many rows reuse the panel; a task with few rows (small batches split
+    # into many row chunks) reads X in place.
+    pack = chunk * 1 >= 256
     for task in prange(B * n_tiles * n_row_chunks):
         b = task // (n_tiles * n_row_chunks)
         rest = task - b * n_tiles * n_row_chunks
         t = rest // n_row_chunks
         br0 = (rest - t * n_row_chunks) * chunk
         br1 = min(br0 + chunk, n_brows)
+        xoff0 = np.uint64(b * K * S)
         if t < n_full:
             s0 = t * 64
-            own = s0
-            width = 64
+            panel = np.empty(kc * 64 if pack else 0, dtype=np.float32)
+            fill_bias(yf, (b * N + br0 * 1) * S + s0, br0 * 1, br1 * 1, bias, S, 64)
+            for c in range(n_chunks):
+                xoff = xoff0 + np.uint64(c * kc * S + s0)
+                if pack:
+                    pack_panel(xf, xoff, S, min(kc, K - c * kc), 64, panel)
+                    for br in range(br0, br1):
+                        _tile_bsr1x4_w64(yf, np.uint64((b * N + br * 1) * S + s0), us, panel,
+                                          np.uint64(0), np.uint64(64), data, indices,
+                                          np.uint64(ptr[c, br]), np.uint64(ptr[c, br + 1]))
+                else:
+                    for br in range(br0, br1):
+                        _tile_bsr1x4_w64(yf, np.uint64((b * N + br * 1) * S + s0), us, xf, xoff,
+                                          us, data, indices, np.uint64(ptr[c, br]), np.uint64(ptr[c, br + 1]))
+            if act != 0 or has_residual:
+                for br in range(br0, br1):
+                    for r in range(1):
+                        ro = np.uint64((b * N + br * 1 + r) * S + s0)
+                        epilogue_inplace(yf, ro, np.uint64(64), act, rf, ro, has_residual)
         else:
             # Tail tiles own columns [own, own + width) and compute 8 columns from s0; the last
             # is shifted left to end at S (S >= 64 here). Writing only owned columns means no
@@ -3129,23 +3277,15 @@ def spmm_bsr1x4(data, indices, indptr, x, bias, act, residual, has_residual, n_r
             own = n_full * 64 + (t - n_full) * 8
             width = min(8, S - own)
             s0 = min(own, S - 8)
-        scratch = np.empty(8 if t >= n_full else 0, dtype=np.float32)
-        xoff = np.uint64(b * K * S + s0)
-        for br in range(br0, br1):
-            lo = np.uint64(indptr[br])
-            hi = np.uint64(indptr[br + 1])
-            yoff = np.uint64((b * N + br * 1) * S + s0)
-            if t < n_full:
-                _tile_bsr1x4_w64(yf, yoff, us, xf, xoff, us, data, indices, lo, hi, bias, br * 1)
-                if fused:
-                    continue
+            scratch = np.empty(max(br1 - br0, 0) * 8, dtype=np.float32)
+            fill_bias(scratch, 0, br0 * 1, br1 * 1, bias, 8, 8)
+            for c in range(n_chunks):
+                for br in range(br0, br1):
+                    _tile_bsr1x4_w8(scratch, np.uint64((br - br0) * 8), np.uint64(8), xf,
+                                      xoff0 + np.uint64(c * kc * S + s0), us, data, indices, np.uint64(ptr[c, br]),
+                                      np.uint64(ptr[c, br + 1]))
+            for br in range(br0, br1):
                 for r in range(1):
-                    ro = yoff + np.uint64(r) * us
-                    epilogue_inplace(yf, ro, np.uint64(64), act, rf, ro, has_residual)
-            else:
-                _tile_bsr1x4_w8(scratch, np.uint64(0), np.uint64(8), xf, xoff, us, data,
-                                  indices, lo, hi, bias, br * 1)
-                for r in range(1):
-                    ro = yoff + np.uint64(r) * us + np.uint64(own - s0)
-                    epilogue_row(scratch, np.uint64(r * 8 + own - s0), yf, ro, np.uint64(width),
-                                 act, rf, ro, has_residual)
+                    ro = np.uint64((b * N + br * 1 + r) * S + own)
+                    epilogue_row(scratch, np.uint64(((br - br0) * 1 + r) * 8 + own - s0), yf, ro,
+                                 np.uint64(width), act, rf, ro, has_residual)

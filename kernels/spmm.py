@@ -8,21 +8,27 @@ with W in CSR or in BSR with aligned R x C blocks (4x1, 8x1, 2x2, 1x4). act: 0 n
 (vectorised erf, |err| <= 1e-6), 2 tanh GELU, 3 relu.
 
 How it is fast (see benchmarks/bench_linear.py): the work is split into (sequence, token tile,
-row chunk) tasks over one prange, so batch 1 still feeds both cores; a task walks its rows'
-nonzeros once per token tile (64 tokens for CSR, 32 for 4x1), keeping a row block x tile of sums
-in registers (generated unrolled locals, `gen_spmm.py`; LLVM's SLP pass packs them into 8-wide
-FMAs) and streaming the matching X row slices, which stay in L2. Blocks let one X load feed R rows.
-Sequences shorter than a tile are packed several to a panel. Measured on the 2-core dev machine
-(3072x768, 4096 tokens, 90% sparse): CSR ~70-80 useful GFLOP/s, 4x1 ~100-150.
-Tried and dropped (no gain there): K-chunking so the X panel fits L1, two CSR rows per pass,
-128-token CSR tiles, 512-bit vectors (CSR 20% slower, 4x1 10% faster).
+row chunk) tasks over one prange, so batch 1 still feeds both cores; a task keeps a row block x
+tile of sums in registers (generated unrolled locals, `gen_spmm.py`; LLVM's SLP pass packs them
+into 512-bit FMAs) while it walks the row's nonzeros, 64 tokens a tile for CSR, 32 for 4x1.
+Entries are stored grouped by K-chunk (`chunk_entries`): the task copies one chunk of its X tile
+into a contiguous panel that stays in L1, sweeps all its rows over it, and moves to the next
+chunk, the rows' partial sums waiting in L2. In place, X rows are S floats apart (512 B at
+S = 128), so a tile's slice of them used half the L1 sets and came mostly from L2; packed and
+chunked, 90%-sparse CSR went from 41-85 to 67-97 useful GFLOP/s on this 2-core Zen 4 (768x3072:
+41 -> 97) and 80% from 52-64 to 86-114. Tasks with few rows (batch 1) read X in place. Blocks
+let one X load feed R rows. Sequences shorter than a tile are packed several to a panel.
+Tried and dropped: two CSR rows per pass, 128-token CSR tiles; starting a tile from the bias
+instead of loading its partial sums (a branch before the accumulators made LLVM build them lane
+by lane, 2x slower: the driver stores the bias first instead).
 
 Contract of the wrappers below (the kernels in `_spmm_generated.py` trust it; `sparsebert.linear`
 validates it once when a weight is built): x float32 C-contiguous (B, K, S); data
-float32 C-contiguous, (nnz,) for CSR or (nblocks, R, C) for BSR; indices int32 (block) column
-ids in range; indptr int32/int64 (rows + 1,) non-decreasing from 0 to nnz; bias float32 (N,);
-residual None or float32 C-contiguous (B, N, S). Indices need not be sorted within a row.
-Left out: K-chunking (K x 64 tokens x 4 B <= 768 KiB fits this machine's 2 MiB L2 for BERT's K).
+float32 C-contiguous, (nnz,) for CSR or (nblocks, R, C) for BSR; indices int32/uint16 (block)
+column ids in range; indptr int32/int64 (rows + 1,) non-decreasing from 0 to nnz, or, with
+chunk_cols, the (n_chunks, rows + 1) pointer of `chunk_entries` with chunk-local indices;
+bias float32 (N,); residual None or float32 C-contiguous (B, N, S). Indices need not be sorted
+within a row.
 """
 
 from __future__ import annotations
@@ -35,6 +41,8 @@ from .gen_spmm import FORMATS
 
 # Tasks per thread the prange schedule aims for, so uneven rows still balance.
 _TASKS_PER_THREAD = 8
+# A task's rows keep their partial sums in L2 between K-chunks: at most this many bytes of them.
+_TASK_ROW_BYTES = 192 << 10
 _NO_RESIDUAL = np.zeros((1, 1, 1), dtype=np.float32)
 
 BSR_KERNELS = {(R, C): getattr(_gen, f"spmm_{name}") for name, R, C, _ in FORMATS if name != "csr"}
@@ -43,11 +51,56 @@ BLOCK_SHAPES = tuple(BSR_KERNELS)
 _TILE = {("csr" if name == "csr" else (R, C)): width for name, R, C, width in FORMATS}
 
 
-def _row_chunks(B: int, S: int, tile: int, n_rows: int) -> int:
+def _row_chunks(B: int, S: int, tile: int, n_brows: int, R: int) -> int:
     # Token tiles the driver makes (see gen_spmm): short sequences are packed tile // S per tile.
     tiles = -(-B // (tile // S)) if S < tile else B * (S // tile + -(-(S % tile) // 8))
     want = _TASKS_PER_THREAD * numba.get_num_threads()
-    return int(max(1, min(n_rows, -(-want // max(tiles, 1)))))
+    by_cache = -(-n_brows * R * tile * 4 // _TASK_ROW_BYTES)
+    return int(max(1, min(n_brows, max(by_cache, -(-want // max(tiles, 1))))))
+
+
+# K-chunk sizing (benchmarks/bench_linear.py, B=32 x 128 tokens, BERT-base shapes, 2 cores): the X
+# panel slice of one chunk should stay in L1 (32 KiB L1d per core here), columns = bytes / (4 B *
+# tile width); but each (row, chunk) pair also pays a loop start, so at high sparsity chunks widen
+# until a row holds about ENTRIES_PER_CHUNK entries in one (95% CSR: 256 columns 82 vs 128
+# columns 66 useful GFLOP/s; 4x1 at 90%: 512 columns ~10% over 256).
+L1_PANEL_BYTES = 32 << 10
+ENTRIES_PER_CHUNK = {"csr": 12, "bsr": 48}
+
+
+def k_chunk_columns(block, density: float) -> int:
+    """Weight columns per K-chunk for block shape (R, C) ((1, 1) for CSR), given the fraction of
+    (block) positions stored; a power-of-two multiple of the L1-sized panel, a multiple of C."""
+    R, C = block
+    csr = (R, C) == (1, 1)
+    width = _TILE["csr" if csr else (R, C)]
+    cols = max(C, L1_PANEL_BYTES // (4 * width) // C * C)
+    want = ENTRIES_PER_CHUNK["csr" if csr else "bsr"] / max(density, 1e-6) * C
+    while cols < want and cols < 1 << 16:
+        cols *= 2
+    return cols
+
+
+def chunk_entries(indptr, indices, n_cols, chunk_cols):
+    """Regroup CSR/BSR entries by K-chunk, the layout the kernels take.
+
+    indptr (rows + 1,) and indices ((block-)column ids < n_cols) describe a validated structure;
+    entry p belongs to chunk indices[p] // chunk_cols. Returns (order, local, ptr): entries[order]
+    are grouped by chunk, then row, keeping their order within a row; local = their indices
+    counted from their chunk's first column; ptr (n_chunks, rows + 1) int32 (int64 past 2**31
+    entries) bounds each (chunk, row) run: ptr[c, i] <= p < ptr[c, i + 1]."""
+    rows = indptr.shape[0] - 1
+    n_chunks = max(1, -(-n_cols // chunk_cols))
+    row_of = np.repeat(np.arange(rows, dtype=np.int64), np.diff(indptr))
+    key = indices.astype(np.int64) // chunk_cols * rows + row_of
+    order = np.argsort(key, kind="stable")
+    flat = np.zeros(n_chunks * rows + 1, dtype=np.int64)
+    np.cumsum(np.bincount(key, minlength=n_chunks * rows), out=flat[1:])
+    ptr = flat[np.arange(n_chunks)[:, None] * rows + np.arange(rows + 1)[None, :]]
+    if flat[-1] < 1 << 31:  # half the pointer bytes: (chunks x rows) is ~10% of a 90%-sparse layer
+        ptr = ptr.astype(np.int32)
+    local = (indices[order] % chunk_cols).astype(indices.dtype)
+    return order, local, ptr
 
 
 def _out(x, n_out, out):
@@ -56,27 +109,40 @@ def _out(x, n_out, out):
     return out
 
 
-def spmm_csr(data, indices, indptr, x, bias, *, act=0, residual=None, out=None):
-    """Y (B, N, S) = act(W @ X[b] + bias) (+ residual) with W (N, K) in CSR; returns Y."""
-    n = indptr.shape[0] - 1
+def _chunk_ptr(indptr, chunk_cols, n_cols):
+    # A plain CSR/BSR row pointer is the one-chunk case of the kernels' (n_chunks, rows + 1) ptr.
+    if indptr.ndim == 1:
+        return indptr.reshape(1, -1), max(n_cols, 1)
+    return indptr, chunk_cols
+
+
+def spmm_csr(data, indices, indptr, x, bias, *, act=0, residual=None, out=None, chunk_cols=None):
+    """Y (B, N, S) = act(W @ X[b] + bias) (+ residual) with W (N, K) in CSR; returns Y.
+
+    indptr is a CSR row pointer (N + 1,), or with chunk_cols the (n_chunks, N + 1) pointer of
+    `chunk_entries` (indices then local to each chunk)."""
+    ptr, kc = _chunk_ptr(indptr, chunk_cols, x.shape[1])
+    n = ptr.shape[1] - 1
     y = _out(x, n, out)
     if y.size == 0:
         return y
     has_res = residual is not None
-    _gen.spmm_csr(data, indices, indptr, x, bias, act, residual if has_res else _NO_RESIDUAL,
-                  has_res, _row_chunks(x.shape[0], x.shape[2], _TILE["csr"], n), y)
+    _gen.spmm_csr(data, indices, ptr, kc, x, bias, act, residual if has_res else _NO_RESIDUAL,
+                  has_res, _row_chunks(x.shape[0], x.shape[2], _TILE["csr"], n, 1), y)
     return y
 
 
-def spmm_bsr(data, indices, indptr, x, bias, *, act=0, residual=None, out=None):
-    """Y (B, N, S) = act(W @ X[b] + bias) (+ residual) with W in BSR, data (nblocks, R, C)."""
+def spmm_bsr(data, indices, indptr, x, bias, *, act=0, residual=None, out=None, chunk_cols=None):
+    """Y (B, N, S) = act(W @ X[b] + bias) (+ residual) with W in BSR, data (nblocks, R, C);
+    indptr (block rows + 1,), or chunked as in `spmm_csr` (chunk_cols in block columns)."""
     R, C = data.shape[1], data.shape[2]
-    n_brows = indptr.shape[0] - 1
+    ptr, kc = _chunk_ptr(indptr, chunk_cols, x.shape[1] // C)
+    n_brows = ptr.shape[1] - 1
     y = _out(x, n_brows * R, out)
     if y.size == 0:
         return y
     has_res = residual is not None
-    BSR_KERNELS[(R, C)](data.reshape(-1), indices, indptr, x, bias, act,
+    BSR_KERNELS[(R, C)](data.reshape(-1), indices, ptr, kc, x, bias, act,
                         residual if has_res else _NO_RESIDUAL, has_res,
-                        _row_chunks(x.shape[0], x.shape[2], _TILE[(R, C)], n_brows), y)
+                        _row_chunks(x.shape[0], x.shape[2], _TILE[(R, C)], n_brows, R), y)
     return y

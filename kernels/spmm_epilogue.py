@@ -49,9 +49,38 @@ def pack_sequences(x, b0, nb, width):
     # Flat (K, width) panel holding x[b0 + i, :, :S] at columns i*S .. i*S + S - 1 for i < nb,
     # zero elsewhere (nb * S <= width): short sequences side by side for one full-width tile.
     K, S = x.shape[1], x.shape[2]
+    xf = x.reshape(-1)
+    us, uw = np.uint64(S), np.uint64(width)
     panel = np.zeros(K * width, dtype=np.float32)
-    for k in range(K):
-        for i in range(nb):
-            for s in range(S):
-                panel[k * width + i * S + s] = x[b0 + i, k, s]
+    for i in range(nb):
+        src = np.uint64((b0 + i) * K * S)
+        dst = np.uint64(i * S)
+        for k in range(np.uint64(K)):
+            for s in range(us):
+                panel[dst + k * uw + s] = xf[src + k * us + s]
     return panel
+
+
+@helper
+def fill_bias(y, off, n0, n1, bias, stride, width):
+    # y[off + (n - n0) * stride + j] = bias[n] for n0 <= n < n1, j < width: the starting value of
+    # the rows the spmm tiles then accumulate into. Offsets are uint64 (no wraparound selects).
+    o = np.uint64(off)
+    for n in range(n0, n1):
+        v = bias[n]
+        for j in range(np.uint64(width)):
+            y[o + j] = v
+        o += np.uint64(stride)
+
+
+@helper
+def pack_panel(xf, src, stride, nk, width, panel):
+    # panel[k * width + j] = xf[src + k * stride + j] for k < nk, j < width: one K-chunk of a
+    # token tile, made contiguous. Flat arrays, uint64 offsets: indexing x[b, k][s0 + j] compiled
+    # to wraparound selects and gathers, 8x slower.
+    uw = np.uint64(width)
+    for k in range(np.uint64(nk)):
+        s = src + k * np.uint64(stride)
+        d = k * uw
+        for j in range(uw):
+            panel[d + j] = xf[s + j]

@@ -16,7 +16,7 @@ validate raw compressed arrays (from a checkpoint) once, so the kernels can trus
 `warmup()` compiles (or loads from Numba's cache) every kernel signature the model uses, so JIT
 time is paid, and measured, at load rather than at the first call.
 
-Left out: int8 weights, K-chunking for very wide layers, per-call re-tuning.
+Left out: int8 weights, per-call re-tuning.
 """
 
 from __future__ import annotations
@@ -129,9 +129,31 @@ class _SparseLinear:
     format = ""
     block_shape = None
 
-    def _freeze(self):
+    def _store(self, data, indices, indptr, shape, bias, block, chunk_cols):
+        """Keep a (trusted) CSR/BSR structure with its entries regrouped by K-chunk of
+        `chunk_cols` block columns (default: `spmm.k_chunk_columns` for its density), read-only."""
+        self.out_features, self.in_features = shape
+        n_cols = self.in_features // block[1]
+        if chunk_cols is None:
+            density = data.shape[0] / max(1, (indptr.shape[0] - 1) * n_cols)
+            chunk_cols = spmm.k_chunk_columns(block, density) // block[1]
+        self.chunk_cols = int(min(chunk_cols, max(n_cols, 1)))
+        order, self.indices, self.indptr = spmm.chunk_entries(indptr, indices, n_cols, self.chunk_cols)
+        self.data, self.bias = data[order], bias
         for a in (self.data, self.indices, self.indptr, self.bias):
             a.flags.writeable = False
+
+    def _entry_coords(self):
+        """(Block) row and absolute (block) column of every stored entry, in storage order."""
+        rows = np.arange(self.indptr.shape[1] - 1)
+        counts = [np.diff(p) for p in self.indptr]
+        row = np.concatenate([np.repeat(rows, n) for n in counts])
+        chunk = np.repeat(np.arange(len(counts)), [int(n.sum()) for n in counts])
+        return row, self.indices + chunk * self.chunk_cols
+
+    @property
+    def k_chunks(self) -> int:
+        return int(self.indptr.shape[0])
 
     @property
     def nbytes(self) -> int:
@@ -168,15 +190,15 @@ class _SparseLinear:
 
 
 class CSRLinear(_SparseLinear):
-    """Compressed sparse rows: `data` (nnz,), `indices` column ids (nnz,), `indptr` (N + 1,)."""
+    """Compressed sparse rows, stored K-chunked (see `spmm.chunk_entries`): `data` (nnz,),
+    `indices` column ids within their chunk, `indptr` (k_chunks, N + 1)."""
 
     format = "csr"
 
-    def __init__(self, data, indices, indptr, shape, bias):
-        """Trusts its arguments; build with `from_dense` or the validating `from_arrays`."""
-        self.data, self.indices, self.indptr, self.bias = data, indices, indptr, bias
-        self.out_features, self.in_features = shape
-        self._freeze()
+    def __init__(self, data, indices, indptr, shape, bias, chunk_cols=None):
+        """Trusts its arguments (CSR with indptr (N + 1,)); build with `from_dense` or the
+        validating `from_arrays`."""
+        self._store(data, indices, indptr, shape, bias, (1, 1), chunk_cols)
 
     @classmethod
     def from_dense(cls, weight: np.ndarray, bias: np.ndarray) -> "CSRLinear":
@@ -197,27 +219,27 @@ class CSRLinear(_SparseLinear):
 
     def to_dense(self) -> np.ndarray:
         w = np.zeros((self.out_features, self.in_features), dtype=np.float32)
-        rows = np.repeat(np.arange(self.out_features), np.diff(self.indptr))
-        np.add.at(w, (rows, self.indices), self.data)
+        np.add.at(w, self._entry_coords(), self.data)
         return w
 
     def __call__(self, x: np.ndarray, *, activation=None, residual=None, out=None) -> np.ndarray:
         x, residual = self._check_call(x, residual, out)
         return spmm.spmm_csr(self.data, self.indices, self.indptr, x, self.bias,
-                             act=_act_code(activation), residual=residual, out=out)
+                             act=_act_code(activation), residual=residual, out=out,
+                             chunk_cols=self.chunk_cols)
 
 
 class BSRLinear(_SparseLinear):
-    """Aligned R x C blocks: `data` (nblocks, R, C), `indices` block-column ids, `indptr` per block row."""
+    """Aligned R x C blocks, stored K-chunked like CSRLinear: `data` (nblocks, R, C), `indices`
+    block-column ids within their chunk, `indptr` (k_chunks, N / R + 1)."""
 
     format = "bsr"
 
-    def __init__(self, data, indices, indptr, shape, bias):
-        """Trusts its arguments; build with `from_dense` or the validating `from_arrays`."""
-        self.data, self.indices, self.indptr, self.bias = data, indices, indptr, bias
-        self.out_features, self.in_features = shape
+    def __init__(self, data, indices, indptr, shape, bias, chunk_cols=None):
+        """Trusts its arguments (BSR with indptr (N / R + 1,)); build with `from_dense` or the
+        validating `from_arrays`."""
         self.block_shape = (int(data.shape[1]), int(data.shape[2]))
-        self._freeze()
+        self._store(data, indices, indptr, shape, bias, self.block_shape, chunk_cols)
 
     @classmethod
     def from_dense(cls, weight: np.ndarray, bias: np.ndarray, block_shape=(4, 1)) -> "BSRLinear":
@@ -248,14 +270,14 @@ class BSRLinear(_SparseLinear):
     def to_dense(self) -> np.ndarray:
         R, C = self.block_shape
         blocks = np.zeros((self.out_features // R, self.in_features // C, R, C), dtype=np.float32)
-        brow = np.repeat(np.arange(self.out_features // R), np.diff(self.indptr))
-        np.add.at(blocks, (brow, self.indices), self.data)
+        np.add.at(blocks, self._entry_coords(), self.data)
         return blocks.transpose(0, 2, 1, 3).reshape(self.out_features, self.in_features)
 
     def __call__(self, x: np.ndarray, *, activation=None, residual=None, out=None) -> np.ndarray:
         x, residual = self._check_call(x, residual, out)
         return spmm.spmm_bsr(self.data, self.indices, self.indptr, x, self.bias,
-                             act=_act_code(activation), residual=residual, out=out)
+                             act=_act_code(activation), residual=residual, out=out,
+                             chunk_cols=self.chunk_cols)
 
 
 # ----------------------------------------------------------------------------- format choice
@@ -347,6 +369,7 @@ def _describe(lin) -> dict:
         "dense_nbytes": 4 * (N * K + N),
         "flops_per_token": 2 * lin.stored_macs,
         "flops_skipped_per_token": 2 * (N * K - lin.stored_macs),
+        "k_chunks": getattr(lin, "k_chunks", 1),
     }
 
 

@@ -54,19 +54,24 @@ def random_weight(rng, N, K, sparsity, block=(1, 1)):
     return w * np.repeat(np.repeat(keep, R, 0), C, 1)
 
 
-def run(fmt, w, x, bias, act, residual):
-    if fmt == "csr":
-        return spmm.spmm_csr(*to_csr(w), x, bias, act=act, residual=residual)
-    return spmm.spmm_bsr(*to_bsr(w, *fmt), x, bias, act=act, residual=residual)
+def run(fmt, w, x, bias, act, residual, chunk=None):
+    """The kernel on w; with chunk, entries regrouped into K-chunks of that many block columns."""
+    data, indices, indptr = to_csr(w) if fmt == "csr" else to_bsr(w, *fmt)
+    if chunk is not None:
+        C = 1 if fmt == "csr" else fmt[1]
+        order, indices, indptr = spmm.chunk_entries(indptr, indices, w.shape[1] // C, chunk)
+        data = data[order]
+    kernel = spmm.spmm_csr if fmt == "csr" else spmm.spmm_bsr
+    return kernel(data, indices, indptr, x, bias, act=act, residual=residual, chunk_cols=chunk)
 
 
-def check(fmt, w, B, S, act=0, with_residual=False, seed=0):
+def check(fmt, w, B, S, act=0, with_residual=False, seed=0, chunk=None):
     rng = np.random.default_rng(seed)
     N, K = w.shape
     x = rng.standard_normal((B, K, S)).astype(np.float32)
     bias = rng.standard_normal(N).astype(np.float32)
     residual = rng.standard_normal((B, N, S)).astype(np.float32) if with_residual else None
-    y = run(fmt, w, x, bias, act, residual)
+    y = run(fmt, w, x, bias, act, residual, chunk)
     assert y.shape == (B, N, S) and y.dtype == np.float32
     ref = reference(w, x, bias, act, residual)
     scale = max(1.0, float(np.abs(ref).max()))
@@ -95,6 +100,28 @@ def test_epilogues(fmt, act, with_residual):
     # (5, 30) and (7, 13): several short-sequence panels, the last one partly filled.
     for B, S in [(2, 70), (1, 3), (5, 30), (7, 13)]:
         check(fmt, w, B, S, act, with_residual)
+
+
+@pytest.mark.parametrize("fmt", FORMATS, ids=IDS)
+@pytest.mark.parametrize("chunk", [1, 3, 7, 100])
+@pytest.mark.parametrize("B,S", [(1, 128), (3, 77), (2, 1), (5, 13)])
+def test_k_chunked_entries(fmt, chunk, B, S):
+    # K-chunks of 1, 3 and 7 block columns (3 and 7 do not divide K = 40 / C), and one chunk
+    # wider than K; full tiles, tails and packed short sequences; an empty row in every chunk.
+    block = (1, 1) if fmt == "csr" else fmt
+    w = random_weight(np.random.default_rng(7), 48, 40, 0.6, block)
+    w[block[0] : 2 * block[0]] = 0
+    check(fmt, w, B, S, act=1, with_residual=True, chunk=chunk)
+
+
+def test_chunk_entries_groups_by_chunk_then_row():
+    indptr = np.array([0, 3, 3, 5])
+    indices = np.array([4, 0, 2, 5, 1])  # row 0: cols 4, 0, 2; row 2: cols 5, 1
+    order, local, ptr = spmm.chunk_entries(indptr, indices, 6, 3)
+    # chunk 0 (cols 0-2): row 0 entries 1, 2, then row 2 entry 4; chunk 1: row 0 entry 0, row 2 entry 3
+    assert order.tolist() == [1, 2, 4, 0, 3]
+    assert local.tolist() == [0, 2, 1, 1, 2]
+    assert ptr.tolist() == [[0, 2, 2, 3], [3, 4, 4, 5]] and ptr.dtype == np.int32
 
 
 @pytest.mark.parametrize("fmt", FORMATS, ids=IDS)
@@ -179,7 +206,7 @@ def test_tiles_are_vectorised():
 
     tile = numba.njit(fastmath=jit.FASTMATH, nogil=True)(gen._tile_csr_w64.py_func)
     f32, u64 = numba.float32[::1], numba.uint64
-    sig = (f32, u64, u64, f32, u64, u64, f32, numba.int32[::1], u64, u64, f32, numba.int64)
+    sig = (f32, u64, u64, f32, u64, u64, f32, numba.int32[::1], u64, u64)
     tile.compile(sig)
     asm = "\n".join(tile.inspect_asm().values())
     assert "vfmadd231ps\t" in asm and ("%ymm" in asm or "%zmm" in asm)
