@@ -38,13 +38,13 @@ BLOCK_SHAPES = spmm.BLOCK_SHAPES  # (R, C) pairs with a kernel, e.g. (4, 1)
 FORMATS = ("auto", "dense", "csr", "bsr") + tuple(f"bsr{r}x{c}" for r, c in BLOCK_SHAPES)
 
 # Cost model: throughput per *stored* multiply-add relative to numpy's BLAS sgemm on the same
-# layer, from benchmarks/bench_linear.py on the 2-core dev machine (B=32, S=128, BERT-base shapes;
-# sgemm there runs ~280 GFLOP/s with AVX-512). CSR measured 0.20-0.28 (70% -> 95% sparse; the
-# drop at high sparsity is the per-row overhead term), 4x1 blocks 0.36-0.58, 2x2 and 8x1 a little
-# below 4x1, 1x4 ~0.30. A sparse format is chosen when stored / (N*K) / rate < 1: for CSR that
-# is above ~73% sparsity (measured crossover between 70% (0.93x) and 80% (1.28x)).
-RELATIVE_RATE = {"dense": 1.0, "csr": 0.27, (4, 1): 0.45, (8, 1): 0.42, (2, 2): 0.42, (1, 4): 0.30}
-_ROW_OVERHEAD = 4.0
+# layer, from benchmarks/bench_linear.py on the 2-core Zen 4 dev machine (B=32, S=128, BERT-base
+# shapes; sgemm ~150-190 GFLOP/s there), plus a per-(block) row cost in stored values (each row
+# starts once per K-chunk). CSR measured 0.6-0.7 at 50-80% sparsity and 0.35-0.5 at 90-95% (the
+# row term), so CSR already beats dense from ~40-50% sparsity (1.1-1.3x at 50%, 2x at 70%);
+# 4x1 blocks ~1.0 with a larger row term (0.5-0.8 at 90%), 8x1 and 2x2 somewhat below 4x1, 1x4 ~0.55.
+RELATIVE_RATE = {"dense": 1.0, "csr": 0.65, (4, 1): 1.0, (8, 1): 0.9, (2, 2): 0.8, (1, 4): 0.55}
+_ROW_OVERHEAD = {"csr": 30.0, (4, 1): 100.0, (8, 1): 150.0, (2, 2): 100.0, (1, 4): 60.0}
 
 
 def index_dtype(columns: int):
@@ -318,7 +318,7 @@ def predicted_cost(weight: np.ndarray, fmt) -> float:
         fill = block_fill(weight, fmt)
         stored = np.count_nonzero(weight) / fill if fill else 0
         rows = N // R
-    return (stored + _ROW_OVERHEAD * rows) / (N * K) / RELATIVE_RATE[fmt]
+    return (stored + _ROW_OVERHEAD[fmt] * rows) / (N * K) / RELATIVE_RATE[fmt]
 
 
 def choose_format(weight: np.ndarray) -> str:
