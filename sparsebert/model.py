@@ -129,6 +129,10 @@ class BertEncoder:
             make_linear(weights.pooler_w, weights.pooler_b, "dense") if weights.pooler_w is not None else None
         )
         self._scratch = _Scratch()
+        # No token-type path: an empty table tells the embedding kernel to add nothing.
+        H = self.config.hidden_size
+        self._type_table = weights.type_emb if weights.type_emb is not None else np.zeros((0, H), np.float32)
+        self._type_table.flags.writeable = False
 
     def sparsity_report(self) -> dict:
         rows = []
@@ -169,12 +173,9 @@ class BertEncoder:
         B, T = ids.shape
         w = self.weights
 
-        # Embeddings: word + position + token type, then LayerNorm.  (B, T, H) → (B, H, T)
-        emb = w.word_emb[ids] + w.pos_emb[:T][None]
-        if w.type_emb is not None:
-            emb += w.type_emb[types]
+        # Embeddings: word + position + token type, written feature-major, then LayerNorm.  (B, H, T)
         x = self._scratch.get("x", (B, self.config.hidden_size, T))
-        x[...] = emb.transpose(0, 2, 1)
+        ops.embed(ids, types, w.word_emb, w.pos_emb, self._type_table, x)
         ops.layer_norm(x, w.emb_norm.gamma, w.emb_norm.beta, np.float32(self.config.layer_norm_eps))
 
         key_bias = np.where(mask > 0, np.float32(0), _MASKED).astype(np.float32)  # (B, T)
@@ -195,11 +196,10 @@ class BertEncoder:
         if self.pooler is not None:
             cls = x[:, :, :1].copy()  # (B, H, 1)
             pooled = np.tanh(self.pooler(cls)[:, :, 0])  # (B, H)
-        # Always a copy: x is a scratch buffer the next call overwrites (ascontiguousarray would
-        # return a view when B = T = 1).
-        hidden = x.transpose(0, 2, 1).copy()  # (B, T, H)
-        # One cheap pass: never hand back NaN as an answer.
-        if not np.isfinite(hidden).all() or (pooled is not None and not np.isfinite(pooled).all()):
+        # A fresh array: x is a scratch buffer the next call overwrites. The copy also counts
+        # non-finite values: never hand back NaN as an answer.
+        hidden = np.empty((B, T, self.config.hidden_size), dtype=np.float32)  # (B, T, H)
+        if ops.to_token_major(x, hidden) or (pooled is not None and not np.isfinite(pooled).all()):
             raise CheckpointError(_overflow_message(w))
         tick("pooler_and_transpose")
         return EncoderOutput(hidden, pooled)
