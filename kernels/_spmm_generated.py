@@ -7,18 +7,18 @@ import numpy as np
 from numba import prange
 
 from .jit import kernel, parallel_kernel
-from .spmm_epilogue import epilogue_inplace, epilogue_row, fill_bias, pack_panel, pack_sequences
+from .spmm_epilogue import add_bias, epilogue_inplace, epilogue_row, pack_panel, pack_sequences, zero_rows
 
-# Built against: numeric.py 6c0311da66f4dbb7, spmm_epilogue.py 9e0d7cdf45bdc34f, jit.py cb457540cb65f18d
+# Built against: numeric.py 6c0311da66f4dbb7, spmm_epilogue.py ae8c5e61d2c1070a, jit.py cb457540cb65f18d
 
 
 
 @kernel
 def _tile_csr_w64(y, yoff, ystride, x, xoff, xstride, data, indices, start, end):
     # Y[r, :64] += sum over blocks p in [start, end) of W_p[r, c] * X[indices[p]*1 + c, :64]:
-    # one K-chunk's share of one block row. Always accumulating (the driver stores the bias
-    # first) keeps the loads of Y one vectorisable straight line; a branch between
-    # loading Y and starting from the bias made LLVM assemble the sums lane by lane (2x slower).
+    # one K-chunk's share of one block row. Always accumulating (the driver zeroes Y first)
+    # keeps the loads of Y one vectorisable straight line; a branch between loading Y and
+    # starting from a constant made LLVM assemble the sums lane by lane (2x slower).
     yo = yoff + np.uint64(0) * ystride
     a0_0 = y[yo + np.uint64(0)]
     a0_1 = y[yo + np.uint64(1)]
@@ -286,9 +286,9 @@ def _tile_csr_w64(y, yoff, ystride, x, xoff, xstride, data, indices, start, end)
 @kernel
 def _tile_csr_w8(y, yoff, ystride, x, xoff, xstride, data, indices, start, end):
     # Y[r, :8] += sum over blocks p in [start, end) of W_p[r, c] * X[indices[p]*1 + c, :8]:
-    # one K-chunk's share of one block row. Always accumulating (the driver stores the bias
-    # first) keeps the loads of Y one vectorisable straight line; a branch between
-    # loading Y and starting from the bias made LLVM assemble the sums lane by lane (2x slower).
+    # one K-chunk's share of one block row. Always accumulating (the driver zeroes Y first)
+    # keeps the loads of Y one vectorisable straight line; a branch between loading Y and
+    # starting from a constant made LLVM assemble the sums lane by lane (2x slower).
     yo = yoff + np.uint64(0) * ystride
     a0_0 = y[yo + np.uint64(0)]
     a0_1 = y[yo + np.uint64(1)]
@@ -361,13 +361,13 @@ def spmm_csr(data, indices, ptr, chunk_cols, x, bias, act, residual, has_residua
             b0 = grp * g
             nb = min(g, B - b0)
             panel = pack_sequences(x, b0, nb, 64)
-            scratch = np.empty(max(br1 - br0, 0) * 64, dtype=np.float32)
-            fill_bias(scratch, 0, br0 * 1, br1 * 1, bias, 64, 64)
+            scratch = np.zeros(max(br1 - br0, 0) * 64, dtype=np.float32)
             for c in range(n_chunks):
                 for br in range(br0, br1):
                     _tile_csr_w64(scratch, np.uint64((br - br0) * 64), np.uint64(64), panel,
                                       np.uint64(c * kc * 64), np.uint64(64), data, indices, np.uint64(ptr[c, br]),
                                       np.uint64(ptr[c, br + 1]))
+            add_bias(scratch, 0, br0 * 1, br1 * 1, bias, 64, 64)
             for br in range(br0, br1):
                 for r in range(1):
                     for i in range(nb):
@@ -392,7 +392,7 @@ def spmm_csr(data, indices, ptr, chunk_cols, x, bias, act, residual, has_residua
         if t < n_full:
             s0 = t * 64
             panel = np.empty(kc * 64 if pack else 0, dtype=np.float32)
-            fill_bias(yf, (b * N + br0 * 1) * S + s0, br0 * 1, br1 * 1, bias, S, 64)
+            zero_rows(yf, (b * N + br0 * 1) * S + s0, max(br1 - br0, 0) * 1, S, 64)
             for c in range(n_chunks):
                 xoff = xoff0 + np.uint64(c * kc * S + s0)
                 if pack:
@@ -405,6 +405,7 @@ def spmm_csr(data, indices, ptr, chunk_cols, x, bias, act, residual, has_residua
                     for br in range(br0, br1):
                         _tile_csr_w64(yf, np.uint64((b * N + br * 1) * S + s0), us, xf, xoff,
                                           us, data, indices, np.uint64(ptr[c, br]), np.uint64(ptr[c, br + 1]))
+            add_bias(yf, (b * N + br0 * 1) * S + s0, br0 * 1, br1 * 1, bias, S, 64)
             if act != 0 or has_residual:
                 for br in range(br0, br1):
                     for r in range(1):
@@ -417,13 +418,13 @@ def spmm_csr(data, indices, ptr, chunk_cols, x, bias, act, residual, has_residua
             own = n_full * 64 + (t - n_full) * 8
             width = min(8, S - own)
             s0 = min(own, S - 8)
-            scratch = np.empty(max(br1 - br0, 0) * 8, dtype=np.float32)
-            fill_bias(scratch, 0, br0 * 1, br1 * 1, bias, 8, 8)
+            scratch = np.zeros(max(br1 - br0, 0) * 8, dtype=np.float32)
             for c in range(n_chunks):
                 for br in range(br0, br1):
                     _tile_csr_w8(scratch, np.uint64((br - br0) * 8), np.uint64(8), xf,
                                       xoff0 + np.uint64(c * kc * S + s0), us, data, indices, np.uint64(ptr[c, br]),
                                       np.uint64(ptr[c, br + 1]))
+            add_bias(scratch, 0, br0 * 1, br1 * 1, bias, 8, 8)
             for br in range(br0, br1):
                 for r in range(1):
                     ro = np.uint64((b * N + br * 1 + r) * S + own)
@@ -435,9 +436,9 @@ def spmm_csr(data, indices, ptr, chunk_cols, x, bias, act, residual, has_residua
 @kernel
 def _tile_bsr4x1_w32(y, yoff, ystride, x, xoff, xstride, data, indices, start, end):
     # Y[r, :32] += sum over blocks p in [start, end) of W_p[r, c] * X[indices[p]*1 + c, :32]:
-    # one K-chunk's share of one block row. Always accumulating (the driver stores the bias
-    # first) keeps the loads of Y one vectorisable straight line; a branch between
-    # loading Y and starting from the bias made LLVM assemble the sums lane by lane (2x slower).
+    # one K-chunk's share of one block row. Always accumulating (the driver zeroes Y first)
+    # keeps the loads of Y one vectorisable straight line; a branch between loading Y and
+    # starting from a constant made LLVM assemble the sums lane by lane (2x slower).
     yo = yoff + np.uint64(0) * ystride
     a0_0 = y[yo + np.uint64(0)]
     a0_1 = y[yo + np.uint64(1)]
@@ -875,9 +876,9 @@ def _tile_bsr4x1_w32(y, yoff, ystride, x, xoff, xstride, data, indices, start, e
 @kernel
 def _tile_bsr4x1_w8(y, yoff, ystride, x, xoff, xstride, data, indices, start, end):
     # Y[r, :8] += sum over blocks p in [start, end) of W_p[r, c] * X[indices[p]*1 + c, :8]:
-    # one K-chunk's share of one block row. Always accumulating (the driver stores the bias
-    # first) keeps the loads of Y one vectorisable straight line; a branch between
-    # loading Y and starting from the bias made LLVM assemble the sums lane by lane (2x slower).
+    # one K-chunk's share of one block row. Always accumulating (the driver zeroes Y first)
+    # keeps the loads of Y one vectorisable straight line; a branch between loading Y and
+    # starting from a constant made LLVM assemble the sums lane by lane (2x slower).
     yo = yoff + np.uint64(0) * ystride
     a0_0 = y[yo + np.uint64(0)]
     a0_1 = y[yo + np.uint64(1)]
@@ -1033,13 +1034,13 @@ def spmm_bsr4x1(data, indices, ptr, chunk_cols, x, bias, act, residual, has_resi
             b0 = grp * g
             nb = min(g, B - b0)
             panel = pack_sequences(x, b0, nb, 32)
-            scratch = np.empty(max(br1 - br0, 0) * 128, dtype=np.float32)
-            fill_bias(scratch, 0, br0 * 4, br1 * 4, bias, 32, 32)
+            scratch = np.zeros(max(br1 - br0, 0) * 128, dtype=np.float32)
             for c in range(n_chunks):
                 for br in range(br0, br1):
                     _tile_bsr4x1_w32(scratch, np.uint64((br - br0) * 128), np.uint64(32), panel,
                                       np.uint64(c * kc * 32), np.uint64(32), data, indices, np.uint64(ptr[c, br]),
                                       np.uint64(ptr[c, br + 1]))
+            add_bias(scratch, 0, br0 * 4, br1 * 4, bias, 32, 32)
             for br in range(br0, br1):
                 for r in range(4):
                     for i in range(nb):
@@ -1064,7 +1065,7 @@ def spmm_bsr4x1(data, indices, ptr, chunk_cols, x, bias, act, residual, has_resi
         if t < n_full:
             s0 = t * 32
             panel = np.empty(kc * 32 if pack else 0, dtype=np.float32)
-            fill_bias(yf, (b * N + br0 * 4) * S + s0, br0 * 4, br1 * 4, bias, S, 32)
+            zero_rows(yf, (b * N + br0 * 4) * S + s0, max(br1 - br0, 0) * 4, S, 32)
             for c in range(n_chunks):
                 xoff = xoff0 + np.uint64(c * kc * S + s0)
                 if pack:
@@ -1077,6 +1078,7 @@ def spmm_bsr4x1(data, indices, ptr, chunk_cols, x, bias, act, residual, has_resi
                     for br in range(br0, br1):
                         _tile_bsr4x1_w32(yf, np.uint64((b * N + br * 4) * S + s0), us, xf, xoff,
                                           us, data, indices, np.uint64(ptr[c, br]), np.uint64(ptr[c, br + 1]))
+            add_bias(yf, (b * N + br0 * 4) * S + s0, br0 * 4, br1 * 4, bias, S, 32)
             if act != 0 or has_residual:
                 for br in range(br0, br1):
                     for r in range(4):
@@ -1089,13 +1091,13 @@ def spmm_bsr4x1(data, indices, ptr, chunk_cols, x, bias, act, residual, has_resi
             own = n_full * 32 + (t - n_full) * 8
             width = min(8, S - own)
             s0 = min(own, S - 8)
-            scratch = np.empty(max(br1 - br0, 0) * 32, dtype=np.float32)
-            fill_bias(scratch, 0, br0 * 4, br1 * 4, bias, 8, 8)
+            scratch = np.zeros(max(br1 - br0, 0) * 32, dtype=np.float32)
             for c in range(n_chunks):
                 for br in range(br0, br1):
                     _tile_bsr4x1_w8(scratch, np.uint64((br - br0) * 32), np.uint64(8), xf,
                                       xoff0 + np.uint64(c * kc * S + s0), us, data, indices, np.uint64(ptr[c, br]),
                                       np.uint64(ptr[c, br + 1]))
+            add_bias(scratch, 0, br0 * 4, br1 * 4, bias, 8, 8)
             for br in range(br0, br1):
                 for r in range(4):
                     ro = np.uint64((b * N + br * 4 + r) * S + own)
@@ -1107,9 +1109,9 @@ def spmm_bsr4x1(data, indices, ptr, chunk_cols, x, bias, act, residual, has_resi
 @kernel
 def _tile_bsr8x1_w16(y, yoff, ystride, x, xoff, xstride, data, indices, start, end):
     # Y[r, :16] += sum over blocks p in [start, end) of W_p[r, c] * X[indices[p]*1 + c, :16]:
-    # one K-chunk's share of one block row. Always accumulating (the driver stores the bias
-    # first) keeps the loads of Y one vectorisable straight line; a branch between
-    # loading Y and starting from the bias made LLVM assemble the sums lane by lane (2x slower).
+    # one K-chunk's share of one block row. Always accumulating (the driver zeroes Y first)
+    # keeps the loads of Y one vectorisable straight line; a branch between loading Y and
+    # starting from a constant made LLVM assemble the sums lane by lane (2x slower).
     yo = yoff + np.uint64(0) * ystride
     a0_0 = y[yo + np.uint64(0)]
     a0_1 = y[yo + np.uint64(1)]
@@ -1543,9 +1545,9 @@ def _tile_bsr8x1_w16(y, yoff, ystride, x, xoff, xstride, data, indices, start, e
 @kernel
 def _tile_bsr8x1_w8(y, yoff, ystride, x, xoff, xstride, data, indices, start, end):
     # Y[r, :8] += sum over blocks p in [start, end) of W_p[r, c] * X[indices[p]*1 + c, :8]:
-    # one K-chunk's share of one block row. Always accumulating (the driver stores the bias
-    # first) keeps the loads of Y one vectorisable straight line; a branch between
-    # loading Y and starting from the bias made LLVM assemble the sums lane by lane (2x slower).
+    # one K-chunk's share of one block row. Always accumulating (the driver zeroes Y first)
+    # keeps the loads of Y one vectorisable straight line; a branch between loading Y and
+    # starting from a constant made LLVM assemble the sums lane by lane (2x slower).
     yo = yoff + np.uint64(0) * ystride
     a0_0 = y[yo + np.uint64(0)]
     a0_1 = y[yo + np.uint64(1)]
@@ -1809,13 +1811,13 @@ def spmm_bsr8x1(data, indices, ptr, chunk_cols, x, bias, act, residual, has_resi
             b0 = grp * g
             nb = min(g, B - b0)
             panel = pack_sequences(x, b0, nb, 16)
-            scratch = np.empty(max(br1 - br0, 0) * 128, dtype=np.float32)
-            fill_bias(scratch, 0, br0 * 8, br1 * 8, bias, 16, 16)
+            scratch = np.zeros(max(br1 - br0, 0) * 128, dtype=np.float32)
             for c in range(n_chunks):
                 for br in range(br0, br1):
                     _tile_bsr8x1_w16(scratch, np.uint64((br - br0) * 128), np.uint64(16), panel,
                                       np.uint64(c * kc * 16), np.uint64(16), data, indices, np.uint64(ptr[c, br]),
                                       np.uint64(ptr[c, br + 1]))
+            add_bias(scratch, 0, br0 * 8, br1 * 8, bias, 16, 16)
             for br in range(br0, br1):
                 for r in range(8):
                     for i in range(nb):
@@ -1840,7 +1842,7 @@ def spmm_bsr8x1(data, indices, ptr, chunk_cols, x, bias, act, residual, has_resi
         if t < n_full:
             s0 = t * 16
             panel = np.empty(kc * 16 if pack else 0, dtype=np.float32)
-            fill_bias(yf, (b * N + br0 * 8) * S + s0, br0 * 8, br1 * 8, bias, S, 16)
+            zero_rows(yf, (b * N + br0 * 8) * S + s0, max(br1 - br0, 0) * 8, S, 16)
             for c in range(n_chunks):
                 xoff = xoff0 + np.uint64(c * kc * S + s0)
                 if pack:
@@ -1853,6 +1855,7 @@ def spmm_bsr8x1(data, indices, ptr, chunk_cols, x, bias, act, residual, has_resi
                     for br in range(br0, br1):
                         _tile_bsr8x1_w16(yf, np.uint64((b * N + br * 8) * S + s0), us, xf, xoff,
                                           us, data, indices, np.uint64(ptr[c, br]), np.uint64(ptr[c, br + 1]))
+            add_bias(yf, (b * N + br0 * 8) * S + s0, br0 * 8, br1 * 8, bias, S, 16)
             if act != 0 or has_residual:
                 for br in range(br0, br1):
                     for r in range(8):
@@ -1865,13 +1868,13 @@ def spmm_bsr8x1(data, indices, ptr, chunk_cols, x, bias, act, residual, has_resi
             own = n_full * 16 + (t - n_full) * 8
             width = min(8, S - own)
             s0 = min(own, S - 8)
-            scratch = np.empty(max(br1 - br0, 0) * 64, dtype=np.float32)
-            fill_bias(scratch, 0, br0 * 8, br1 * 8, bias, 8, 8)
+            scratch = np.zeros(max(br1 - br0, 0) * 64, dtype=np.float32)
             for c in range(n_chunks):
                 for br in range(br0, br1):
                     _tile_bsr8x1_w8(scratch, np.uint64((br - br0) * 64), np.uint64(8), xf,
                                       xoff0 + np.uint64(c * kc * S + s0), us, data, indices, np.uint64(ptr[c, br]),
                                       np.uint64(ptr[c, br + 1]))
+            add_bias(scratch, 0, br0 * 8, br1 * 8, bias, 8, 8)
             for br in range(br0, br1):
                 for r in range(8):
                     ro = np.uint64((b * N + br * 8 + r) * S + own)
@@ -1883,9 +1886,9 @@ def spmm_bsr8x1(data, indices, ptr, chunk_cols, x, bias, act, residual, has_resi
 @kernel
 def _tile_bsr2x2_w32(y, yoff, ystride, x, xoff, xstride, data, indices, start, end):
     # Y[r, :32] += sum over blocks p in [start, end) of W_p[r, c] * X[indices[p]*2 + c, :32]:
-    # one K-chunk's share of one block row. Always accumulating (the driver stores the bias
-    # first) keeps the loads of Y one vectorisable straight line; a branch between
-    # loading Y and starting from the bias made LLVM assemble the sums lane by lane (2x slower).
+    # one K-chunk's share of one block row. Always accumulating (the driver zeroes Y first)
+    # keeps the loads of Y one vectorisable straight line; a branch between loading Y and
+    # starting from a constant made LLVM assemble the sums lane by lane (2x slower).
     yo = yoff + np.uint64(0) * ystride
     a0_0 = y[yo + np.uint64(0)]
     a0_1 = y[yo + np.uint64(1)]
@@ -2224,9 +2227,9 @@ def _tile_bsr2x2_w32(y, yoff, ystride, x, xoff, xstride, data, indices, start, e
 @kernel
 def _tile_bsr2x2_w8(y, yoff, ystride, x, xoff, xstride, data, indices, start, end):
     # Y[r, :8] += sum over blocks p in [start, end) of W_p[r, c] * X[indices[p]*2 + c, :8]:
-    # one K-chunk's share of one block row. Always accumulating (the driver stores the bias
-    # first) keeps the loads of Y one vectorisable straight line; a branch between
-    # loading Y and starting from the bias made LLVM assemble the sums lane by lane (2x slower).
+    # one K-chunk's share of one block row. Always accumulating (the driver zeroes Y first)
+    # keeps the loads of Y one vectorisable straight line; a branch between loading Y and
+    # starting from a constant made LLVM assemble the sums lane by lane (2x slower).
     yo = yoff + np.uint64(0) * ystride
     a0_0 = y[yo + np.uint64(0)]
     a0_1 = y[yo + np.uint64(1)]
@@ -2355,13 +2358,13 @@ def spmm_bsr2x2(data, indices, ptr, chunk_cols, x, bias, act, residual, has_resi
             b0 = grp * g
             nb = min(g, B - b0)
             panel = pack_sequences(x, b0, nb, 32)
-            scratch = np.empty(max(br1 - br0, 0) * 64, dtype=np.float32)
-            fill_bias(scratch, 0, br0 * 2, br1 * 2, bias, 32, 32)
+            scratch = np.zeros(max(br1 - br0, 0) * 64, dtype=np.float32)
             for c in range(n_chunks):
                 for br in range(br0, br1):
                     _tile_bsr2x2_w32(scratch, np.uint64((br - br0) * 64), np.uint64(32), panel,
                                       np.uint64(c * kc * 32), np.uint64(32), data, indices, np.uint64(ptr[c, br]),
                                       np.uint64(ptr[c, br + 1]))
+            add_bias(scratch, 0, br0 * 2, br1 * 2, bias, 32, 32)
             for br in range(br0, br1):
                 for r in range(2):
                     for i in range(nb):
@@ -2386,7 +2389,7 @@ def spmm_bsr2x2(data, indices, ptr, chunk_cols, x, bias, act, residual, has_resi
         if t < n_full:
             s0 = t * 32
             panel = np.empty(kc * 32 if pack else 0, dtype=np.float32)
-            fill_bias(yf, (b * N + br0 * 2) * S + s0, br0 * 2, br1 * 2, bias, S, 32)
+            zero_rows(yf, (b * N + br0 * 2) * S + s0, max(br1 - br0, 0) * 2, S, 32)
             for c in range(n_chunks):
                 xoff = xoff0 + np.uint64(c * kc * S + s0)
                 if pack:
@@ -2399,6 +2402,7 @@ def spmm_bsr2x2(data, indices, ptr, chunk_cols, x, bias, act, residual, has_resi
                     for br in range(br0, br1):
                         _tile_bsr2x2_w32(yf, np.uint64((b * N + br * 2) * S + s0), us, xf, xoff,
                                           us, data, indices, np.uint64(ptr[c, br]), np.uint64(ptr[c, br + 1]))
+            add_bias(yf, (b * N + br0 * 2) * S + s0, br0 * 2, br1 * 2, bias, S, 32)
             if act != 0 or has_residual:
                 for br in range(br0, br1):
                     for r in range(2):
@@ -2411,13 +2415,13 @@ def spmm_bsr2x2(data, indices, ptr, chunk_cols, x, bias, act, residual, has_resi
             own = n_full * 32 + (t - n_full) * 8
             width = min(8, S - own)
             s0 = min(own, S - 8)
-            scratch = np.empty(max(br1 - br0, 0) * 16, dtype=np.float32)
-            fill_bias(scratch, 0, br0 * 2, br1 * 2, bias, 8, 8)
+            scratch = np.zeros(max(br1 - br0, 0) * 16, dtype=np.float32)
             for c in range(n_chunks):
                 for br in range(br0, br1):
                     _tile_bsr2x2_w8(scratch, np.uint64((br - br0) * 16), np.uint64(8), xf,
                                       xoff0 + np.uint64(c * kc * S + s0), us, data, indices, np.uint64(ptr[c, br]),
                                       np.uint64(ptr[c, br + 1]))
+            add_bias(scratch, 0, br0 * 2, br1 * 2, bias, 8, 8)
             for br in range(br0, br1):
                 for r in range(2):
                     ro = np.uint64((b * N + br * 2 + r) * S + own)
@@ -2429,9 +2433,9 @@ def spmm_bsr2x2(data, indices, ptr, chunk_cols, x, bias, act, residual, has_resi
 @kernel
 def _tile_bsr1x4_w64(y, yoff, ystride, x, xoff, xstride, data, indices, start, end):
     # Y[r, :64] += sum over blocks p in [start, end) of W_p[r, c] * X[indices[p]*4 + c, :64]:
-    # one K-chunk's share of one block row. Always accumulating (the driver stores the bias
-    # first) keeps the loads of Y one vectorisable straight line; a branch between
-    # loading Y and starting from the bias made LLVM assemble the sums lane by lane (2x slower).
+    # one K-chunk's share of one block row. Always accumulating (the driver zeroes Y first)
+    # keeps the loads of Y one vectorisable straight line; a branch between loading Y and
+    # starting from a constant made LLVM assemble the sums lane by lane (2x slower).
     yo = yoff + np.uint64(0) * ystride
     a0_0 = y[yo + np.uint64(0)]
     a0_1 = y[yo + np.uint64(1)]
@@ -3090,9 +3094,9 @@ def _tile_bsr1x4_w64(y, yoff, ystride, x, xoff, xstride, data, indices, start, e
 @kernel
 def _tile_bsr1x4_w8(y, yoff, ystride, x, xoff, xstride, data, indices, start, end):
     # Y[r, :8] += sum over blocks p in [start, end) of W_p[r, c] * X[indices[p]*4 + c, :8]:
-    # one K-chunk's share of one block row. Always accumulating (the driver stores the bias
-    # first) keeps the loads of Y one vectorisable straight line; a branch between
-    # loading Y and starting from the bias made LLVM assemble the sums lane by lane (2x slower).
+    # one K-chunk's share of one block row. Always accumulating (the driver zeroes Y first)
+    # keeps the loads of Y one vectorisable straight line; a branch between loading Y and
+    # starting from a constant made LLVM assemble the sums lane by lane (2x slower).
     yo = yoff + np.uint64(0) * ystride
     a0_0 = y[yo + np.uint64(0)]
     a0_1 = y[yo + np.uint64(1)]
@@ -3221,13 +3225,13 @@ def spmm_bsr1x4(data, indices, ptr, chunk_cols, x, bias, act, residual, has_resi
             b0 = grp * g
             nb = min(g, B - b0)
             panel = pack_sequences(x, b0, nb, 64)
-            scratch = np.empty(max(br1 - br0, 0) * 64, dtype=np.float32)
-            fill_bias(scratch, 0, br0 * 1, br1 * 1, bias, 64, 64)
+            scratch = np.zeros(max(br1 - br0, 0) * 64, dtype=np.float32)
             for c in range(n_chunks):
                 for br in range(br0, br1):
                     _tile_bsr1x4_w64(scratch, np.uint64((br - br0) * 64), np.uint64(64), panel,
                                       np.uint64(c * kc * 64), np.uint64(64), data, indices, np.uint64(ptr[c, br]),
                                       np.uint64(ptr[c, br + 1]))
+            add_bias(scratch, 0, br0 * 1, br1 * 1, bias, 64, 64)
             for br in range(br0, br1):
                 for r in range(1):
                     for i in range(nb):
@@ -3252,7 +3256,7 @@ def spmm_bsr1x4(data, indices, ptr, chunk_cols, x, bias, act, residual, has_resi
         if t < n_full:
             s0 = t * 64
             panel = np.empty(kc * 64 if pack else 0, dtype=np.float32)
-            fill_bias(yf, (b * N + br0 * 1) * S + s0, br0 * 1, br1 * 1, bias, S, 64)
+            zero_rows(yf, (b * N + br0 * 1) * S + s0, max(br1 - br0, 0) * 1, S, 64)
             for c in range(n_chunks):
                 xoff = xoff0 + np.uint64(c * kc * S + s0)
                 if pack:
@@ -3265,6 +3269,7 @@ def spmm_bsr1x4(data, indices, ptr, chunk_cols, x, bias, act, residual, has_resi
                     for br in range(br0, br1):
                         _tile_bsr1x4_w64(yf, np.uint64((b * N + br * 1) * S + s0), us, xf, xoff,
                                           us, data, indices, np.uint64(ptr[c, br]), np.uint64(ptr[c, br + 1]))
+            add_bias(yf, (b * N + br0 * 1) * S + s0, br0 * 1, br1 * 1, bias, S, 64)
             if act != 0 or has_residual:
                 for br in range(br0, br1):
                     for r in range(1):
@@ -3277,13 +3282,13 @@ def spmm_bsr1x4(data, indices, ptr, chunk_cols, x, bias, act, residual, has_resi
             own = n_full * 64 + (t - n_full) * 8
             width = min(8, S - own)
             s0 = min(own, S - 8)
-            scratch = np.empty(max(br1 - br0, 0) * 8, dtype=np.float32)
-            fill_bias(scratch, 0, br0 * 1, br1 * 1, bias, 8, 8)
+            scratch = np.zeros(max(br1 - br0, 0) * 8, dtype=np.float32)
             for c in range(n_chunks):
                 for br in range(br0, br1):
                     _tile_bsr1x4_w8(scratch, np.uint64((br - br0) * 8), np.uint64(8), xf,
                                       xoff0 + np.uint64(c * kc * S + s0), us, data, indices, np.uint64(ptr[c, br]),
                                       np.uint64(ptr[c, br + 1]))
+            add_bias(scratch, 0, br0 * 1, br1 * 1, bias, 8, 8)
             for br in range(br0, br1):
                 for r in range(1):
                     ro = np.uint64((b * N + br * 1 + r) * S + own)

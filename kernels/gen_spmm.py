@@ -13,9 +13,9 @@ Each format gets one micro-kernel per token width and one parallel driver:
   uint64 so Numba emits no negative-index wraparound, and the nonzero loop carries no other state.
 - `spmm_<fmt>(...)`, the parallel driver: prange over (sequence, token tile, row chunk) tasks, the
   main width for full tiles and width 8 for the tail; sequences shorter than the main width are
-  packed several to a zero-padded panel so they still run the full-width tile. A task stores the
-  bias into its rows, then per K-chunk packs that chunk of its X tile into a contiguous panel and
-  runs every row's tile over it; activation and residual follow in one pass when requested.
+  packed several to a zero-padded panel so they still run the full-width tile. A task zeroes its
+  rows, then per K-chunk packs that chunk of its X tile into a contiguous panel and
+  runs every row's tile over it; bias, activation and residual follow.
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ import numpy as np
 from numba import prange
 
 from .jit import kernel, parallel_kernel
-from .spmm_epilogue import epilogue_inplace, epilogue_row, fill_bias, pack_panel, pack_sequences
+from .spmm_epilogue import add_bias, epilogue_inplace, epilogue_row, pack_panel, pack_sequences, zero_rows
 '''
 
 
@@ -56,9 +56,9 @@ def _tile(name: str, R: int, C: int, T: int) -> str:
     u = "np.uint64"
     L = [f"@kernel\ndef _tile_{name}_w{T}(y, yoff, ystride, x, xoff, xstride, data, indices, start, end):"]
     L.append(f"    # Y[r, :{T}] += sum over blocks p in [start, end) of W_p[r, c] * X[indices[p]*{C} + c, :{T}]:")
-    L.append("    # one K-chunk's share of one block row. Always accumulating (the driver stores the bias")
-    L.append("    # first) keeps the loads of Y one vectorisable straight line; a branch between")
-    L.append("    # loading Y and starting from the bias made LLVM assemble the sums lane by lane (2x slower).")
+    L.append("    # one K-chunk's share of one block row. Always accumulating (the driver zeroes Y first)")
+    L.append("    # keeps the loads of Y one vectorisable straight line; a branch between loading Y and")
+    L.append("    # starting from a constant made LLVM assemble the sums lane by lane (2x slower).")
     for r in range(R):
         L.append(f"    yo = yoff + {u}({r}) * ystride")
         for j in range(T):
@@ -130,13 +130,13 @@ def spmm_{name}(data, indices, ptr, chunk_cols, x, bias, act, residual, has_resi
             b0 = grp * g
             nb = min(g, B - b0)
             panel = pack_sequences(x, b0, nb, {TM})
-            scratch = np.empty(max(br1 - br0, 0) * {R * TM}, dtype=np.float32)
-            fill_bias(scratch, 0, br0 * {R}, br1 * {R}, bias, {TM}, {TM})
+            scratch = np.zeros(max(br1 - br0, 0) * {R * TM}, dtype=np.float32)
             for c in range(n_chunks):
                 for br in range(br0, br1):
                     _tile_{name}_w{TM}(scratch, np.uint64((br - br0) * {R * TM}), np.uint64({TM}), panel,
                                       np.uint64(c * kc * {TM}), np.uint64({TM}), data, indices, np.uint64(ptr[c, br]),
                                       np.uint64(ptr[c, br + 1]))
+            add_bias(scratch, 0, br0 * {R}, br1 * {R}, bias, {TM}, {TM})
             for br in range(br0, br1):
                 for r in range({R}):
                     for i in range(nb):
@@ -161,7 +161,7 @@ def spmm_{name}(data, indices, ptr, chunk_cols, x, bias, act, residual, has_resi
         if t < n_full:
             s0 = t * {TM}
             panel = np.empty(kc * {TM} if pack else 0, dtype=np.float32)
-            fill_bias(yf, (b * N + br0 * {R}) * S + s0, br0 * {R}, br1 * {R}, bias, S, {TM})
+            zero_rows(yf, (b * N + br0 * {R}) * S + s0, max(br1 - br0, 0) * {R}, S, {TM})
             for c in range(n_chunks):
                 xoff = xoff0 + np.uint64(c * kc * S + s0)
                 if pack:
@@ -174,6 +174,7 @@ def spmm_{name}(data, indices, ptr, chunk_cols, x, bias, act, residual, has_resi
                     for br in range(br0, br1):
                         _tile_{name}_w{TM}(yf, np.uint64((b * N + br * {R}) * S + s0), us, xf, xoff,
                                           us, data, indices, np.uint64(ptr[c, br]), np.uint64(ptr[c, br + 1]))
+            add_bias(yf, (b * N + br0 * {R}) * S + s0, br0 * {R}, br1 * {R}, bias, S, {TM})
             if act != 0 or has_residual:
                 for br in range(br0, br1):
                     for r in range({R}):
@@ -186,13 +187,13 @@ def spmm_{name}(data, indices, ptr, chunk_cols, x, bias, act, residual, has_resi
             own = n_full * {TM} + (t - n_full) * {W}
             width = min({W}, S - own)
             s0 = min(own, S - {W})
-            scratch = np.empty(max(br1 - br0, 0) * {R * W}, dtype=np.float32)
-            fill_bias(scratch, 0, br0 * {R}, br1 * {R}, bias, {W}, {W})
+            scratch = np.zeros(max(br1 - br0, 0) * {R * W}, dtype=np.float32)
             for c in range(n_chunks):
                 for br in range(br0, br1):
                     _tile_{name}_w{W}(scratch, np.uint64((br - br0) * {R * W}), np.uint64({W}), xf,
                                       xoff0 + np.uint64(c * kc * S + s0), us, data, indices, np.uint64(ptr[c, br]),
                                       np.uint64(ptr[c, br + 1]))
+            add_bias(scratch, 0, br0 * {R}, br1 * {R}, bias, {W}, {W})
             for br in range(br0, br1):
                 for r in range({R}):
                     ro = np.uint64((b * N + br * {R} + r) * S + own)
