@@ -7,9 +7,9 @@ import numpy as np
 from numba import prange
 
 from .jit import kernel, parallel_kernel
-from .spmm_epilogue import add_bias, epilogue_inplace, epilogue_row, pack_panel, pack_sequences, zero_rows
+from .spmm_epilogue import epilogue_inplace, epilogue_row, pack_panel, pack_sequences, zero_rows
 
-# Built against: numeric.py 6c0311da66f4dbb7, spmm_epilogue.py ae8c5e61d2c1070a, jit.py cb457540cb65f18d
+# Built against: numeric.py 6c0311da66f4dbb7, spmm_epilogue.py a19745f725850bf5, jit.py cb457540cb65f18d
 
 
 
@@ -367,13 +367,12 @@ def spmm_csr(data, indices, ptr, chunk_cols, x, bias, act, residual, has_residua
                     _tile_csr_w64(scratch, np.uint64((br - br0) * 64), np.uint64(64), panel,
                                       np.uint64(c * kc * 64), np.uint64(64), data, indices, np.uint64(ptr[c, br]),
                                       np.uint64(ptr[c, br + 1]))
-            add_bias(scratch, 0, br0 * 1, br1 * 1, bias, 64, 64)
             for br in range(br0, br1):
                 for r in range(1):
                     for i in range(nb):
                         ro = np.uint64(((b0 + i) * N + br * 1 + r) * S)
                         epilogue_row(scratch, np.uint64(((br - br0) * 1 + r) * 64 + i * S), yf, ro,
-                                     np.uint64(S), act, rf, ro, has_residual)
+                                     np.uint64(S), bias[br * 1 + r], act, rf, ro, has_residual)
         return
     n_full = S // 64
     n_tiles = n_full + (S - n_full * 64 + 7) // 8
@@ -405,12 +404,10 @@ def spmm_csr(data, indices, ptr, chunk_cols, x, bias, act, residual, has_residua
                     for br in range(br0, br1):
                         _tile_csr_w64(yf, np.uint64((b * N + br * 1) * S + s0), us, xf, xoff,
                                           us, data, indices, np.uint64(ptr[c, br]), np.uint64(ptr[c, br + 1]))
-            add_bias(yf, (b * N + br0 * 1) * S + s0, br0 * 1, br1 * 1, bias, S, 64)
-            if act != 0 or has_residual:
-                for br in range(br0, br1):
-                    for r in range(1):
-                        ro = np.uint64((b * N + br * 1 + r) * S + s0)
-                        epilogue_inplace(yf, ro, np.uint64(64), act, rf, ro, has_residual)
+            for br in range(br0, br1):
+                for r in range(1):
+                    ro = np.uint64((b * N + br * 1 + r) * S + s0)
+                    epilogue_inplace(yf, ro, np.uint64(64), bias[br * 1 + r], act, rf, ro, has_residual)
         else:
             # Tail tiles own columns [own, own + width) and compute 8 columns from s0; the last
             # is shifted left to end at S (S >= 64 here). Writing only owned columns means no
@@ -424,12 +421,11 @@ def spmm_csr(data, indices, ptr, chunk_cols, x, bias, act, residual, has_residua
                     _tile_csr_w8(scratch, np.uint64((br - br0) * 8), np.uint64(8), xf,
                                       xoff0 + np.uint64(c * kc * S + s0), us, data, indices, np.uint64(ptr[c, br]),
                                       np.uint64(ptr[c, br + 1]))
-            add_bias(scratch, 0, br0 * 1, br1 * 1, bias, 8, 8)
             for br in range(br0, br1):
                 for r in range(1):
                     ro = np.uint64((b * N + br * 1 + r) * S + own)
                     epilogue_row(scratch, np.uint64(((br - br0) * 1 + r) * 8 + own - s0), yf, ro,
-                                 np.uint64(width), act, rf, ro, has_residual)
+                                 np.uint64(width), bias[br * 1 + r], act, rf, ro, has_residual)
 
 
 
@@ -1040,13 +1036,12 @@ def spmm_bsr4x1(data, indices, ptr, chunk_cols, x, bias, act, residual, has_resi
                     _tile_bsr4x1_w32(scratch, np.uint64((br - br0) * 128), np.uint64(32), panel,
                                       np.uint64(c * kc * 32), np.uint64(32), data, indices, np.uint64(ptr[c, br]),
                                       np.uint64(ptr[c, br + 1]))
-            add_bias(scratch, 0, br0 * 4, br1 * 4, bias, 32, 32)
             for br in range(br0, br1):
                 for r in range(4):
                     for i in range(nb):
                         ro = np.uint64(((b0 + i) * N + br * 4 + r) * S)
                         epilogue_row(scratch, np.uint64(((br - br0) * 4 + r) * 32 + i * S), yf, ro,
-                                     np.uint64(S), act, rf, ro, has_residual)
+                                     np.uint64(S), bias[br * 4 + r], act, rf, ro, has_residual)
         return
     n_full = S // 32
     n_tiles = n_full + (S - n_full * 32 + 7) // 8
@@ -1078,12 +1073,10 @@ def spmm_bsr4x1(data, indices, ptr, chunk_cols, x, bias, act, residual, has_resi
                     for br in range(br0, br1):
                         _tile_bsr4x1_w32(yf, np.uint64((b * N + br * 4) * S + s0), us, xf, xoff,
                                           us, data, indices, np.uint64(ptr[c, br]), np.uint64(ptr[c, br + 1]))
-            add_bias(yf, (b * N + br0 * 4) * S + s0, br0 * 4, br1 * 4, bias, S, 32)
-            if act != 0 or has_residual:
-                for br in range(br0, br1):
-                    for r in range(4):
-                        ro = np.uint64((b * N + br * 4 + r) * S + s0)
-                        epilogue_inplace(yf, ro, np.uint64(32), act, rf, ro, has_residual)
+            for br in range(br0, br1):
+                for r in range(4):
+                    ro = np.uint64((b * N + br * 4 + r) * S + s0)
+                    epilogue_inplace(yf, ro, np.uint64(32), bias[br * 4 + r], act, rf, ro, has_residual)
         else:
             # Tail tiles own columns [own, own + width) and compute 8 columns from s0; the last
             # is shifted left to end at S (S >= 32 here). Writing only owned columns means no
@@ -1097,12 +1090,11 @@ def spmm_bsr4x1(data, indices, ptr, chunk_cols, x, bias, act, residual, has_resi
                     _tile_bsr4x1_w8(scratch, np.uint64((br - br0) * 32), np.uint64(8), xf,
                                       xoff0 + np.uint64(c * kc * S + s0), us, data, indices, np.uint64(ptr[c, br]),
                                       np.uint64(ptr[c, br + 1]))
-            add_bias(scratch, 0, br0 * 4, br1 * 4, bias, 8, 8)
             for br in range(br0, br1):
                 for r in range(4):
                     ro = np.uint64((b * N + br * 4 + r) * S + own)
                     epilogue_row(scratch, np.uint64(((br - br0) * 4 + r) * 8 + own - s0), yf, ro,
-                                 np.uint64(width), act, rf, ro, has_residual)
+                                 np.uint64(width), bias[br * 4 + r], act, rf, ro, has_residual)
 
 
 
@@ -1817,13 +1809,12 @@ def spmm_bsr8x1(data, indices, ptr, chunk_cols, x, bias, act, residual, has_resi
                     _tile_bsr8x1_w16(scratch, np.uint64((br - br0) * 128), np.uint64(16), panel,
                                       np.uint64(c * kc * 16), np.uint64(16), data, indices, np.uint64(ptr[c, br]),
                                       np.uint64(ptr[c, br + 1]))
-            add_bias(scratch, 0, br0 * 8, br1 * 8, bias, 16, 16)
             for br in range(br0, br1):
                 for r in range(8):
                     for i in range(nb):
                         ro = np.uint64(((b0 + i) * N + br * 8 + r) * S)
                         epilogue_row(scratch, np.uint64(((br - br0) * 8 + r) * 16 + i * S), yf, ro,
-                                     np.uint64(S), act, rf, ro, has_residual)
+                                     np.uint64(S), bias[br * 8 + r], act, rf, ro, has_residual)
         return
     n_full = S // 16
     n_tiles = n_full + (S - n_full * 16 + 7) // 8
@@ -1855,12 +1846,10 @@ def spmm_bsr8x1(data, indices, ptr, chunk_cols, x, bias, act, residual, has_resi
                     for br in range(br0, br1):
                         _tile_bsr8x1_w16(yf, np.uint64((b * N + br * 8) * S + s0), us, xf, xoff,
                                           us, data, indices, np.uint64(ptr[c, br]), np.uint64(ptr[c, br + 1]))
-            add_bias(yf, (b * N + br0 * 8) * S + s0, br0 * 8, br1 * 8, bias, S, 16)
-            if act != 0 or has_residual:
-                for br in range(br0, br1):
-                    for r in range(8):
-                        ro = np.uint64((b * N + br * 8 + r) * S + s0)
-                        epilogue_inplace(yf, ro, np.uint64(16), act, rf, ro, has_residual)
+            for br in range(br0, br1):
+                for r in range(8):
+                    ro = np.uint64((b * N + br * 8 + r) * S + s0)
+                    epilogue_inplace(yf, ro, np.uint64(16), bias[br * 8 + r], act, rf, ro, has_residual)
         else:
             # Tail tiles own columns [own, own + width) and compute 8 columns from s0; the last
             # is shifted left to end at S (S >= 16 here). Writing only owned columns means no
@@ -1874,12 +1863,11 @@ def spmm_bsr8x1(data, indices, ptr, chunk_cols, x, bias, act, residual, has_resi
                     _tile_bsr8x1_w8(scratch, np.uint64((br - br0) * 64), np.uint64(8), xf,
                                       xoff0 + np.uint64(c * kc * S + s0), us, data, indices, np.uint64(ptr[c, br]),
                                       np.uint64(ptr[c, br + 1]))
-            add_bias(scratch, 0, br0 * 8, br1 * 8, bias, 8, 8)
             for br in range(br0, br1):
                 for r in range(8):
                     ro = np.uint64((b * N + br * 8 + r) * S + own)
                     epilogue_row(scratch, np.uint64(((br - br0) * 8 + r) * 8 + own - s0), yf, ro,
-                                 np.uint64(width), act, rf, ro, has_residual)
+                                 np.uint64(width), bias[br * 8 + r], act, rf, ro, has_residual)
 
 
 
@@ -2364,13 +2352,12 @@ def spmm_bsr2x2(data, indices, ptr, chunk_cols, x, bias, act, residual, has_resi
                     _tile_bsr2x2_w32(scratch, np.uint64((br - br0) * 64), np.uint64(32), panel,
                                       np.uint64(c * kc * 32), np.uint64(32), data, indices, np.uint64(ptr[c, br]),
                                       np.uint64(ptr[c, br + 1]))
-            add_bias(scratch, 0, br0 * 2, br1 * 2, bias, 32, 32)
             for br in range(br0, br1):
                 for r in range(2):
                     for i in range(nb):
                         ro = np.uint64(((b0 + i) * N + br * 2 + r) * S)
                         epilogue_row(scratch, np.uint64(((br - br0) * 2 + r) * 32 + i * S), yf, ro,
-                                     np.uint64(S), act, rf, ro, has_residual)
+                                     np.uint64(S), bias[br * 2 + r], act, rf, ro, has_residual)
         return
     n_full = S // 32
     n_tiles = n_full + (S - n_full * 32 + 7) // 8
@@ -2402,12 +2389,10 @@ def spmm_bsr2x2(data, indices, ptr, chunk_cols, x, bias, act, residual, has_resi
                     for br in range(br0, br1):
                         _tile_bsr2x2_w32(yf, np.uint64((b * N + br * 2) * S + s0), us, xf, xoff,
                                           us, data, indices, np.uint64(ptr[c, br]), np.uint64(ptr[c, br + 1]))
-            add_bias(yf, (b * N + br0 * 2) * S + s0, br0 * 2, br1 * 2, bias, S, 32)
-            if act != 0 or has_residual:
-                for br in range(br0, br1):
-                    for r in range(2):
-                        ro = np.uint64((b * N + br * 2 + r) * S + s0)
-                        epilogue_inplace(yf, ro, np.uint64(32), act, rf, ro, has_residual)
+            for br in range(br0, br1):
+                for r in range(2):
+                    ro = np.uint64((b * N + br * 2 + r) * S + s0)
+                    epilogue_inplace(yf, ro, np.uint64(32), bias[br * 2 + r], act, rf, ro, has_residual)
         else:
             # Tail tiles own columns [own, own + width) and compute 8 columns from s0; the last
             # is shifted left to end at S (S >= 32 here). Writing only owned columns means no
@@ -2421,12 +2406,11 @@ def spmm_bsr2x2(data, indices, ptr, chunk_cols, x, bias, act, residual, has_resi
                     _tile_bsr2x2_w8(scratch, np.uint64((br - br0) * 16), np.uint64(8), xf,
                                       xoff0 + np.uint64(c * kc * S + s0), us, data, indices, np.uint64(ptr[c, br]),
                                       np.uint64(ptr[c, br + 1]))
-            add_bias(scratch, 0, br0 * 2, br1 * 2, bias, 8, 8)
             for br in range(br0, br1):
                 for r in range(2):
                     ro = np.uint64((b * N + br * 2 + r) * S + own)
                     epilogue_row(scratch, np.uint64(((br - br0) * 2 + r) * 8 + own - s0), yf, ro,
-                                 np.uint64(width), act, rf, ro, has_residual)
+                                 np.uint64(width), bias[br * 2 + r], act, rf, ro, has_residual)
 
 
 
@@ -3231,13 +3215,12 @@ def spmm_bsr1x4(data, indices, ptr, chunk_cols, x, bias, act, residual, has_resi
                     _tile_bsr1x4_w64(scratch, np.uint64((br - br0) * 64), np.uint64(64), panel,
                                       np.uint64(c * kc * 64), np.uint64(64), data, indices, np.uint64(ptr[c, br]),
                                       np.uint64(ptr[c, br + 1]))
-            add_bias(scratch, 0, br0 * 1, br1 * 1, bias, 64, 64)
             for br in range(br0, br1):
                 for r in range(1):
                     for i in range(nb):
                         ro = np.uint64(((b0 + i) * N + br * 1 + r) * S)
                         epilogue_row(scratch, np.uint64(((br - br0) * 1 + r) * 64 + i * S), yf, ro,
-                                     np.uint64(S), act, rf, ro, has_residual)
+                                     np.uint64(S), bias[br * 1 + r], act, rf, ro, has_residual)
         return
     n_full = S // 64
     n_tiles = n_full + (S - n_full * 64 + 7) // 8
@@ -3269,12 +3252,10 @@ def spmm_bsr1x4(data, indices, ptr, chunk_cols, x, bias, act, residual, has_resi
                     for br in range(br0, br1):
                         _tile_bsr1x4_w64(yf, np.uint64((b * N + br * 1) * S + s0), us, xf, xoff,
                                           us, data, indices, np.uint64(ptr[c, br]), np.uint64(ptr[c, br + 1]))
-            add_bias(yf, (b * N + br0 * 1) * S + s0, br0 * 1, br1 * 1, bias, S, 64)
-            if act != 0 or has_residual:
-                for br in range(br0, br1):
-                    for r in range(1):
-                        ro = np.uint64((b * N + br * 1 + r) * S + s0)
-                        epilogue_inplace(yf, ro, np.uint64(64), act, rf, ro, has_residual)
+            for br in range(br0, br1):
+                for r in range(1):
+                    ro = np.uint64((b * N + br * 1 + r) * S + s0)
+                    epilogue_inplace(yf, ro, np.uint64(64), bias[br * 1 + r], act, rf, ro, has_residual)
         else:
             # Tail tiles own columns [own, own + width) and compute 8 columns from s0; the last
             # is shifted left to end at S (S >= 64 here). Writing only owned columns means no
@@ -3288,9 +3269,8 @@ def spmm_bsr1x4(data, indices, ptr, chunk_cols, x, bias, act, residual, has_resi
                     _tile_bsr1x4_w8(scratch, np.uint64((br - br0) * 8), np.uint64(8), xf,
                                       xoff0 + np.uint64(c * kc * S + s0), us, data, indices, np.uint64(ptr[c, br]),
                                       np.uint64(ptr[c, br + 1]))
-            add_bias(scratch, 0, br0 * 1, br1 * 1, bias, 8, 8)
             for br in range(br0, br1):
                 for r in range(1):
                     ro = np.uint64((b * N + br * 1 + r) * S + own)
                     epilogue_row(scratch, np.uint64(((br - br0) * 1 + r) * 8 + own - s0), yf, ro,
-                                 np.uint64(width), act, rf, ro, has_residual)
+                                 np.uint64(width), bias[br * 1 + r], act, rf, ro, has_residual)

@@ -34,7 +34,4 @@ def gemm(W, X, bias, act, R, has_residual, rows, Y):
         us = np.uint64(S)
         for n in range(n0, n1):
             off = np.uint64((b * N + n) * S)
-            bn = bias[n]
-            for j in range(us):
-                yflat[off + j] += bn
-            epilogue_inplace(yflat, off, us, act, rflat, off, has_residual)
+            epilogue_inplace(yflat, off, us, bias[n], act, rflat, off, has_residual)

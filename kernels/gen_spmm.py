@@ -15,7 +15,7 @@ Each format gets one micro-kernel per token width and one parallel driver:
   main width for full tiles and width 8 for the tail; sequences shorter than the main width are
   packed several to a zero-padded panel so they still run the full-width tile. A task zeroes its
   rows, then per K-chunk packs that chunk of its X tile into a contiguous panel and
-  runs every row's tile over it; bias, activation and residual follow.
+  runs every row's tile over it; bias, activation and residual follow in one pass.
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ import numpy as np
 from numba import prange
 
 from .jit import kernel, parallel_kernel
-from .spmm_epilogue import add_bias, epilogue_inplace, epilogue_row, pack_panel, pack_sequences, zero_rows
+from .spmm_epilogue import epilogue_inplace, epilogue_row, pack_panel, pack_sequences, zero_rows
 '''
 
 
@@ -136,13 +136,12 @@ def spmm_{name}(data, indices, ptr, chunk_cols, x, bias, act, residual, has_resi
                     _tile_{name}_w{TM}(scratch, np.uint64((br - br0) * {R * TM}), np.uint64({TM}), panel,
                                       np.uint64(c * kc * {TM}), np.uint64({TM}), data, indices, np.uint64(ptr[c, br]),
                                       np.uint64(ptr[c, br + 1]))
-            add_bias(scratch, 0, br0 * {R}, br1 * {R}, bias, {TM}, {TM})
             for br in range(br0, br1):
                 for r in range({R}):
                     for i in range(nb):
                         ro = np.uint64(((b0 + i) * N + br * {R} + r) * S)
                         epilogue_row(scratch, np.uint64(((br - br0) * {R} + r) * {TM} + i * S), yf, ro,
-                                     np.uint64(S), act, rf, ro, has_residual)
+                                     np.uint64(S), bias[br * {R} + r], act, rf, ro, has_residual)
         return
     n_full = S // {TM}
     n_tiles = n_full + (S - n_full * {TM} + {W - 1}) // {W}
@@ -174,12 +173,10 @@ def spmm_{name}(data, indices, ptr, chunk_cols, x, bias, act, residual, has_resi
                     for br in range(br0, br1):
                         _tile_{name}_w{TM}(yf, np.uint64((b * N + br * {R}) * S + s0), us, xf, xoff,
                                           us, data, indices, np.uint64(ptr[c, br]), np.uint64(ptr[c, br + 1]))
-            add_bias(yf, (b * N + br0 * {R}) * S + s0, br0 * {R}, br1 * {R}, bias, S, {TM})
-            if act != 0 or has_residual:
-                for br in range(br0, br1):
-                    for r in range({R}):
-                        ro = np.uint64((b * N + br * {R} + r) * S + s0)
-                        epilogue_inplace(yf, ro, np.uint64({TM}), act, rf, ro, has_residual)
+            for br in range(br0, br1):
+                for r in range({R}):
+                    ro = np.uint64((b * N + br * {R} + r) * S + s0)
+                    epilogue_inplace(yf, ro, np.uint64({TM}), bias[br * {R} + r], act, rf, ro, has_residual)
         else:
             # Tail tiles own columns [own, own + width) and compute {W} columns from s0; the last
             # is shifted left to end at S (S >= {TM} here). Writing only owned columns means no
@@ -193,12 +190,11 @@ def spmm_{name}(data, indices, ptr, chunk_cols, x, bias, act, residual, has_resi
                     _tile_{name}_w{W}(scratch, np.uint64((br - br0) * {R * W}), np.uint64({W}), xf,
                                       xoff0 + np.uint64(c * kc * S + s0), us, data, indices, np.uint64(ptr[c, br]),
                                       np.uint64(ptr[c, br + 1]))
-            add_bias(scratch, 0, br0 * {R}, br1 * {R}, bias, {W}, {W})
             for br in range(br0, br1):
                 for r in range({R}):
                     ro = np.uint64((b * N + br * {R} + r) * S + own)
                     epilogue_row(scratch, np.uint64(((br - br0) * {R} + r) * {W} + own - s0), yf, ro,
-                                 np.uint64(width), act, rf, ro, has_residual)
+                                 np.uint64(width), bias[br * {R} + r], act, rf, ro, has_residual)
 '''
 
 

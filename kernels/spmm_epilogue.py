@@ -1,11 +1,11 @@
 """Helpers shared by the generated spmm drivers (and kernels/dense.py): the fused epilogue and the
 short-sequence panel.
 
-`epilogue_inplace` turns one row of biased matmul sums into the layer output: activation (0 none,
-1 exact GELU via the vectorisable `erf_f32`, 2 tanh GELU, 3 relu), then + residual. It reads and
-writes the same array at the same index, so LLVM vectorises it without runtime overlap checks;
-the src -> dst form (`epilogue_row`) used to be handed the same buffer as both, which made those
-checks fail and ran the GELU scalar (6x slower: 37 ms vs 6 ms for a 3072 x 4096 FFN activation).
+`epilogue_inplace` turns one row of matmul sums into the layer output in one pass: + bias,
+activation (0 none, 1 exact GELU via the vectorisable `erf_f32`, 2 tanh GELU, 3 relu), then
++ residual. It reads and writes the same array at the same index, so LLVM vectorises it without
+runtime overlap checks (a src -> dst form handed the same buffer as both made those checks fail
+and ran the GELU scalar, 6x slower); `epilogue_row` copies a scratch row to its destination first.
 """
 
 import numpy as np
@@ -17,31 +17,34 @@ _ZERO = np.float32(0.0)
 
 
 @helper
-def epilogue_inplace(y, off, width, act, res, roff, has_residual):
-    # y[off + j] = act(y[off + j]) (+ res[roff + j]) for j < width; the bias is already in y.
-    # Flat float32 arrays, uint64 offsets (no wraparound checks); res must not overlap y's row.
+def epilogue_inplace(y, off, width, bias, act, res, roff, has_residual):
+    # y[off + j] = act(y[off + j] + bias) (+ res[roff + j]) for j < width: the bias after the
+    # products, as a dense layer adds it. Flat float32 arrays, uint64 offsets (no wraparound
+    # checks); res must not overlap y's row.
     if act == 1:
         for j in range(width):
-            y[off + j] = gelu_f32(y[off + j])
+            y[off + j] = gelu_f32(y[off + j] + bias)
     elif act == 2:
         for j in range(width):
-            y[off + j] = gelu_tanh_f32(y[off + j])
+            y[off + j] = gelu_tanh_f32(y[off + j] + bias)
     elif act == 3:
         for j in range(width):
-            y[off + j] = max(y[off + j], _ZERO)
+            y[off + j] = max(y[off + j] + bias, _ZERO)
+    else:
+        for j in range(width):
+            y[off + j] += bias
     if has_residual:
         for j in range(width):
             y[off + j] += res[roff + j]
 
 
 @helper
-def epilogue_row(src, soff, dst, doff, width, act, res, roff, has_residual):
-    # dst[doff + j] = act(src[soff + j]) (+ res[roff + j]) for j < width: a copy (skipped when
-    # src and dst are the same row), then `epilogue_inplace` on dst.
-    if src.ctypes.data != dst.ctypes.data or soff != doff:
-        for j in range(width):
-            dst[doff + j] = src[soff + j]
-    epilogue_inplace(dst, doff, width, act, res, roff, has_residual)
+def epilogue_row(src, soff, dst, doff, width, bias, act, res, roff, has_residual):
+    # dst[doff + j] = act(src[soff + j] + bias) (+ res[roff + j]) for j < width: a copy out of
+    # a scratch row, then `epilogue_inplace` on dst.
+    for j in range(width):
+        dst[doff + j] = src[soff + j]
+    epilogue_inplace(dst, doff, width, bias, act, res, roff, has_residual)
 
 
 @helper
@@ -63,24 +66,13 @@ def pack_sequences(x, b0, nb, width):
 
 @helper
 def zero_rows(y, off, n_rows, stride, width):
-    # y[off + i * stride + j] = 0 for i < n_rows, j < width: the sums the spmm tiles accumulate into.
+    # y[off + i * stride + j] = 0 for i < n_rows, j < width: the sums the spmm tiles accumulate
+    # into (the bias comes after the products, in the epilogue: starting the sums from it moved
+    # MiniLM's sparse-vs-dense difference from 2e-6 to 1.4e-5).
     o = np.uint64(off)
     for i in range(n_rows):
         for j in range(np.uint64(width)):
             y[o + j] = _ZERO
-        o += np.uint64(stride)
-
-
-@helper
-def add_bias(y, off, n0, n1, bias, stride, width):
-    # y[off + (n - n0) * stride + j] += bias[n] for n0 <= n < n1, j < width. Added after the
-    # products (as a dense layer's matmul-then-bias does), not used as the starting sum, which
-    # moved MiniLM's sparse-vs-dense difference from 3e-6 to 1.4e-5.
-    o = np.uint64(off)
-    for n in range(n0, n1):
-        v = bias[n]
-        for j in range(np.uint64(width)):
-            y[o + j] += v
         o += np.uint64(stride)
 
 
