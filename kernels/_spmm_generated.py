@@ -393,17 +393,13 @@ def spmm_csr(data, indices, ptr, chunk_cols, x, bias, act, residual, has_residua
             panel = np.empty(kc * 64 if pack else 0, dtype=np.float32)
             zero_rows(yf, (b * N + br0 * 1) * S + s0, max(br1 - br0, 0) * 1, S, 64)
             for c in range(n_chunks):
-                xoff = xoff0 + np.uint64(c * kc * S + s0)
+                src, soff, sstride = xf, xoff0 + np.uint64(c * kc * S + s0), us  # X in place
                 if pack:
-                    pack_panel(xf, xoff, S, min(kc, K - c * kc), 64, panel)
-                    for br in range(br0, br1):
-                        _tile_csr_w64(yf, np.uint64((b * N + br * 1) * S + s0), us, panel,
-                                          np.uint64(0), np.uint64(64), data, indices,
-                                          np.uint64(ptr[c, br]), np.uint64(ptr[c, br + 1]))
-                else:
-                    for br in range(br0, br1):
-                        _tile_csr_w64(yf, np.uint64((b * N + br * 1) * S + s0), us, xf, xoff,
-                                          us, data, indices, np.uint64(ptr[c, br]), np.uint64(ptr[c, br + 1]))
+                    pack_panel(xf, soff, S, min(kc, K - c * kc), 64, panel)
+                    src, soff, sstride = panel, np.uint64(0), np.uint64(64)
+                for br in range(br0, br1):
+                    _tile_csr_w64(yf, np.uint64((b * N + br * 1) * S + s0), us, src, soff, sstride,
+                                      data, indices, np.uint64(ptr[c, br]), np.uint64(ptr[c, br + 1]))
             for br in range(br0, br1):
                 for r in range(1):
                     ro = np.uint64((b * N + br * 1 + r) * S + s0)
@@ -1062,17 +1058,13 @@ def spmm_bsr4x1(data, indices, ptr, chunk_cols, x, bias, act, residual, has_resi
             panel = np.empty(kc * 32 if pack else 0, dtype=np.float32)
             zero_rows(yf, (b * N + br0 * 4) * S + s0, max(br1 - br0, 0) * 4, S, 32)
             for c in range(n_chunks):
-                xoff = xoff0 + np.uint64(c * kc * S + s0)
+                src, soff, sstride = xf, xoff0 + np.uint64(c * kc * S + s0), us  # X in place
                 if pack:
-                    pack_panel(xf, xoff, S, min(kc, K - c * kc), 32, panel)
-                    for br in range(br0, br1):
-                        _tile_bsr4x1_w32(yf, np.uint64((b * N + br * 4) * S + s0), us, panel,
-                                          np.uint64(0), np.uint64(32), data, indices,
-                                          np.uint64(ptr[c, br]), np.uint64(ptr[c, br + 1]))
-                else:
-                    for br in range(br0, br1):
-                        _tile_bsr4x1_w32(yf, np.uint64((b * N + br * 4) * S + s0), us, xf, xoff,
-                                          us, data, indices, np.uint64(ptr[c, br]), np.uint64(ptr[c, br + 1]))
+                    pack_panel(xf, soff, S, min(kc, K - c * kc), 32, panel)
+                    src, soff, sstride = panel, np.uint64(0), np.uint64(32)
+                for br in range(br0, br1):
+                    _tile_bsr4x1_w32(yf, np.uint64((b * N + br * 4) * S + s0), us, src, soff, sstride,
+                                      data, indices, np.uint64(ptr[c, br]), np.uint64(ptr[c, br + 1]))
             for br in range(br0, br1):
                 for r in range(4):
                     ro = np.uint64((b * N + br * 4 + r) * S + s0)
@@ -1835,17 +1827,13 @@ def spmm_bsr8x1(data, indices, ptr, chunk_cols, x, bias, act, residual, has_resi
             panel = np.empty(kc * 16 if pack else 0, dtype=np.float32)
             zero_rows(yf, (b * N + br0 * 8) * S + s0, max(br1 - br0, 0) * 8, S, 16)
             for c in range(n_chunks):
-                xoff = xoff0 + np.uint64(c * kc * S + s0)
+                src, soff, sstride = xf, xoff0 + np.uint64(c * kc * S + s0), us  # X in place
                 if pack:
-                    pack_panel(xf, xoff, S, min(kc, K - c * kc), 16, panel)
-                    for br in range(br0, br1):
-                        _tile_bsr8x1_w16(yf, np.uint64((b * N + br * 8) * S + s0), us, panel,
-                                          np.uint64(0), np.uint64(16), data, indices,
-                                          np.uint64(ptr[c, br]), np.uint64(ptr[c, br + 1]))
-                else:
-                    for br in range(br0, br1):
-                        _tile_bsr8x1_w16(yf, np.uint64((b * N + br * 8) * S + s0), us, xf, xoff,
-                                          us, data, indices, np.uint64(ptr[c, br]), np.uint64(ptr[c, br + 1]))
+                    pack_panel(xf, soff, S, min(kc, K - c * kc), 16, panel)
+                    src, soff, sstride = panel, np.uint64(0), np.uint64(16)
+                for br in range(br0, br1):
+                    _tile_bsr8x1_w16(yf, np.uint64((b * N + br * 8) * S + s0), us, src, soff, sstride,
+                                      data, indices, np.uint64(ptr[c, br]), np.uint64(ptr[c, br + 1]))
             for br in range(br0, br1):
                 for r in range(8):
                     ro = np.uint64((b * N + br * 8 + r) * S + s0)
@@ -2378,17 +2366,13 @@ def spmm_bsr2x2(data, indices, ptr, chunk_cols, x, bias, act, residual, has_resi
             panel = np.empty(kc * 32 if pack else 0, dtype=np.float32)
             zero_rows(yf, (b * N + br0 * 2) * S + s0, max(br1 - br0, 0) * 2, S, 32)
             for c in range(n_chunks):
-                xoff = xoff0 + np.uint64(c * kc * S + s0)
+                src, soff, sstride = xf, xoff0 + np.uint64(c * kc * S + s0), us  # X in place
                 if pack:
-                    pack_panel(xf, xoff, S, min(kc, K - c * kc), 32, panel)
-                    for br in range(br0, br1):
-                        _tile_bsr2x2_w32(yf, np.uint64((b * N + br * 2) * S + s0), us, panel,
-                                          np.uint64(0), np.uint64(32), data, indices,
-                                          np.uint64(ptr[c, br]), np.uint64(ptr[c, br + 1]))
-                else:
-                    for br in range(br0, br1):
-                        _tile_bsr2x2_w32(yf, np.uint64((b * N + br * 2) * S + s0), us, xf, xoff,
-                                          us, data, indices, np.uint64(ptr[c, br]), np.uint64(ptr[c, br + 1]))
+                    pack_panel(xf, soff, S, min(kc, K - c * kc), 32, panel)
+                    src, soff, sstride = panel, np.uint64(0), np.uint64(32)
+                for br in range(br0, br1):
+                    _tile_bsr2x2_w32(yf, np.uint64((b * N + br * 2) * S + s0), us, src, soff, sstride,
+                                      data, indices, np.uint64(ptr[c, br]), np.uint64(ptr[c, br + 1]))
             for br in range(br0, br1):
                 for r in range(2):
                     ro = np.uint64((b * N + br * 2 + r) * S + s0)
@@ -3241,17 +3225,13 @@ def spmm_bsr1x4(data, indices, ptr, chunk_cols, x, bias, act, residual, has_resi
             panel = np.empty(kc * 64 if pack else 0, dtype=np.float32)
             zero_rows(yf, (b * N + br0 * 1) * S + s0, max(br1 - br0, 0) * 1, S, 64)
             for c in range(n_chunks):
-                xoff = xoff0 + np.uint64(c * kc * S + s0)
+                src, soff, sstride = xf, xoff0 + np.uint64(c * kc * S + s0), us  # X in place
                 if pack:
-                    pack_panel(xf, xoff, S, min(kc, K - c * kc), 64, panel)
-                    for br in range(br0, br1):
-                        _tile_bsr1x4_w64(yf, np.uint64((b * N + br * 1) * S + s0), us, panel,
-                                          np.uint64(0), np.uint64(64), data, indices,
-                                          np.uint64(ptr[c, br]), np.uint64(ptr[c, br + 1]))
-                else:
-                    for br in range(br0, br1):
-                        _tile_bsr1x4_w64(yf, np.uint64((b * N + br * 1) * S + s0), us, xf, xoff,
-                                          us, data, indices, np.uint64(ptr[c, br]), np.uint64(ptr[c, br + 1]))
+                    pack_panel(xf, soff, S, min(kc, K - c * kc), 64, panel)
+                    src, soff, sstride = panel, np.uint64(0), np.uint64(64)
+                for br in range(br0, br1):
+                    _tile_bsr1x4_w64(yf, np.uint64((b * N + br * 1) * S + s0), us, src, soff, sstride,
+                                      data, indices, np.uint64(ptr[c, br]), np.uint64(ptr[c, br + 1]))
             for br in range(br0, br1):
                 for r in range(1):
                     ro = np.uint64((b * N + br * 1 + r) * S + s0)

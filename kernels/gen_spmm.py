@@ -162,17 +162,13 @@ def spmm_{name}(data, indices, ptr, chunk_cols, x, bias, act, residual, has_resi
             panel = np.empty(kc * {TM} if pack else 0, dtype=np.float32)
             zero_rows(yf, (b * N + br0 * {R}) * S + s0, max(br1 - br0, 0) * {R}, S, {TM})
             for c in range(n_chunks):
-                xoff = xoff0 + np.uint64(c * kc * S + s0)
+                src, soff, sstride = xf, xoff0 + np.uint64(c * kc * S + s0), us  # X in place
                 if pack:
-                    pack_panel(xf, xoff, S, min(kc, K - c * kc), {TM}, panel)
-                    for br in range(br0, br1):
-                        _tile_{name}_w{TM}(yf, np.uint64((b * N + br * {R}) * S + s0), us, panel,
-                                          np.uint64(0), np.uint64({TM}), data, indices,
-                                          np.uint64(ptr[c, br]), np.uint64(ptr[c, br + 1]))
-                else:
-                    for br in range(br0, br1):
-                        _tile_{name}_w{TM}(yf, np.uint64((b * N + br * {R}) * S + s0), us, xf, xoff,
-                                          us, data, indices, np.uint64(ptr[c, br]), np.uint64(ptr[c, br + 1]))
+                    pack_panel(xf, soff, S, min(kc, K - c * kc), {TM}, panel)
+                    src, soff, sstride = panel, np.uint64(0), np.uint64({TM})
+                for br in range(br0, br1):
+                    _tile_{name}_w{TM}(yf, np.uint64((b * N + br * {R}) * S + s0), us, src, soff, sstride,
+                                      data, indices, np.uint64(ptr[c, br]), np.uint64(ptr[c, br + 1]))
             for br in range(br0, br1):
                 for r in range({R}):
                     ro = np.uint64((b * N + br * {R} + r) * S + s0)
