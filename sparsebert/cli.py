@@ -1,6 +1,7 @@
 """The `sparsebert` command: parse arguments, call one library function, print or write its result.
 
-Subcommands: encode (texts → embeddings .npy), and, as they land, run, prune, inspect, benchmark.
+Subcommands: encode (texts → embeddings .npy), run, prune, inspect, benchmark here; features with
+their own module (training, serving, ...) register theirs through `_COMMAND_MODULES`.
 Errors a user can cause (bad paths, bad files, bad inputs) end with a one-line message on stderr and
 exit status 2; anything else is a bug and keeps its traceback.
 """
@@ -8,6 +9,7 @@ exit status 2; anything else is a bug and keeps its traceback.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
 from pathlib import Path
@@ -169,6 +171,12 @@ def _add_run_command(sub) -> None:
 # --- end run ---------------------------------------------------------------------------------
 
 
+# Subcommands that live with their own feature: each module has `add_commands(subparsers)` and
+# imports its optional dependencies (torch, starlette, ray) only inside the command it runs, so
+# `sparsebert --help` and the runtime work without the extras.
+_COMMAND_MODULES = ()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sparsebert",
@@ -189,6 +197,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_encode)
     _add_tool_commands(sub)
     _add_run_command(sub)
+    for module in _COMMAND_MODULES:
+        importlib.import_module(module, __package__).add_commands(sub)
     return parser
 
 

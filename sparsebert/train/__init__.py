@@ -1,0 +1,1 @@
+"""Placeholder: filled in by its feature work this session."""
