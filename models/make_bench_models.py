@@ -3,7 +3,7 @@
 Under OUT (default `bench-models/`, git-ignored: the folders take several GB):
   bert-base-{12,6,3}L-dense/          seeded random BertModel (hidden 768, 12 heads, FFN 3072,
                                       vocab 30522, 512 positions), transformers' own init
-  bert-base-{12,6,3}L-unstructured{80,90,95}/   magnitude-pruned per layer with sparsebert.prune
+  bert-base-{12,6,3}L-unstructured{70,80,90,95}/   magnitude-pruned per layer with sparsebert.prune
   bert-base-{12,6,3}L-block4x1-90/    90% of aligned 4x1 blocks (out x in) pruned
   onnx-bert-base-12L-dense/model.onnx torch.onnx legacy export (opset 17) of the dense 12-layer
                                       model, with its config.json: the ONNX Runtime baseline
@@ -30,14 +30,15 @@ LAYER_COUNTS = (12, 6, 3)
 # name suffix → (sparsity, block)
 VARIANTS = {
     "dense": (0.0, None),
+    "unstructured70": (0.70, None),
     "unstructured80": (0.80, None),
     "unstructured90": (0.90, None),
     "unstructured95": (0.95, None),
     "block4x1-90": (0.90, "4x1"),
 }
-# What benchmarks/run_suite.py measures.
+# What benchmarks/run_suite.py and benchmarks/head_to_head.py measure.
 SUITE = ("12L-dense", "12L-unstructured80", "12L-unstructured90", "12L-unstructured95",
-         "6L-unstructured90", "3L-unstructured90", "12L-block4x1-90")
+         "6L-unstructured90", "3L-unstructured90", "3L-unstructured70", "12L-block4x1-90")
 ONNX_NAME = "onnx-bert-base-12L-dense"
 
 
