@@ -38,14 +38,20 @@ class EncoderOutput:
     pooler_output: np.ndarray | None  # (B, H) float32, None without a pooler
 
 
+def _linear(weight, bias, fmt):
+    """fmt: a format name for `make_linear`, or a builder (weight, bias) -> linear with the same call
+    interface (e.g. sparsebert.quant's int8 linears)."""
+    return fmt(weight, bias) if callable(fmt) else make_linear(weight, bias, fmt)
+
+
 class Layer:
     """One encoder layer: self-attention, then the feed-forward block, each with residual + LayerNorm."""
 
     def __init__(self, w, config: BertConfig, formats):
-        self.qkv = make_linear(w.qkv_w, w.qkv_b, formats("qkv", w.qkv_w))
-        self.attn_out = make_linear(w.attn_out_w, w.attn_out_b, formats("attn_out", w.attn_out_w))
-        self.ffn_in = make_linear(w.ffn_in_w, w.ffn_in_b, formats("ffn_in", w.ffn_in_w))
-        self.ffn_out = make_linear(w.ffn_out_w, w.ffn_out_b, formats("ffn_out", w.ffn_out_w))
+        self.qkv = _linear(w.qkv_w, w.qkv_b, formats("qkv", w.qkv_w))
+        self.attn_out = _linear(w.attn_out_w, w.attn_out_b, formats("attn_out", w.attn_out_w))
+        self.ffn_in = _linear(w.ffn_in_w, w.ffn_in_b, formats("ffn_in", w.ffn_in_w))
+        self.ffn_out = _linear(w.ffn_out_w, w.ffn_out_b, formats("ffn_out", w.ffn_out_w))
         self.attn_norm = w.attn_norm
         self.ffn_norm = w.ffn_norm
         self.heads = config.num_attention_heads
@@ -120,7 +126,8 @@ class BertEncoder:
     serialise on a lock (`_kernel_lock`)."""
 
     def __init__(self, weights: BertWeights, formats=None):
-        """`formats(name, weight) -> str` picks each linear's format ("auto" when None)."""
+        """`formats(name, weight)` picks each linear's format ("auto" when None): a format name, or
+        a builder (weight, bias) -> linear."""
         formats = formats or (lambda name, w: "auto")
         self.config = weights.config
         self.weights = weights
