@@ -1,6 +1,6 @@
 """The `sparsebert` command: parse arguments, call one library function, print or write its result.
 
-Subcommands: encode (texts → embeddings .npy), run, prune, inspect, benchmark here; features with
+Subcommands: encode (texts → embeddings .npy, or a table → Parquet, locally or on Ray), run, prune, inspect, benchmark here; features with
 their own module (training, serving, ...) register theirs through `_COMMAND_MODULES`.
 Errors a user can cause (bad paths, bad files, bad inputs) end with a one-line message on stderr and
 exit status 2; anything else is a bug and keeps its traceback.
@@ -30,6 +30,25 @@ def _read_lines(path: str) -> list[str]:
 
 
 def cmd_encode(args) -> dict:
+    table_io = (args.ray or not args.output.lower().endswith(".npy")
+                or Path(args.input).suffix.lower() in (".jsonl", ".ndjson", ".parquet", ".pq"))
+    if not table_io:
+        return _encode_npy(args)
+    if args.output.lower().endswith(".npy"):
+        raise SparseBertError(f"--output {args.output!r}: JSONL/Parquet input and --ray write Parquet; "
+                              "give a .parquet file or a folder for the shards")
+    if not args.ray and (args.address or args.actors):
+        raise SparseBertError("--address and --actors need --ray")
+    from .encode_job import encode_table
+
+    return encode_table(args.path, args.input, args.output, ray=args.ray, address=args.address,
+                        actors=args.actors, cpus_per_actor=args.cpus_per_actor, batch_size=args.batch_size,
+                        normalize=not args.no_normalize, pooling=args.pooling, layers=args.layers,
+                        text_column=args.text_column, id_column=args.id_column,
+                        overwrite=args.overwrite, show_progress=True)
+
+
+def _encode_npy(args) -> dict:
     import numpy as np
 
     from .api import load
@@ -174,7 +193,7 @@ def _add_run_command(sub) -> None:
 # Subcommands that live with their own feature: each module has `add_commands(subparsers)` and
 # imports its optional dependencies (torch, starlette, ray) only inside the command it runs, so
 # `sparsebert --help` and the runtime work without the extras.
-_COMMAND_MODULES = (".serve.cli",)
+_COMMAND_MODULES = (".serve.cli", ".train.cli")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -184,16 +203,36 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("encode", help="embed texts (one per line) into an .npy array",
-                       description="Mean-pooled sentence embeddings, as sentence-transformers' encode.")
+    p = sub.add_parser(
+        "encode", help="embed texts into an .npy array, or a table into Parquet (locally or on Ray)",
+        description="Mean-pooled sentence embeddings, as sentence-transformers' encode.\n"
+                    "Text file + .npy output: an (N, H) array, rows in line order. Otherwise the output\n"
+                    "is Parquet (a .parquet file, or a folder of shards) with columns id, embedding,\n"
+                    "error: id is the line/row number, or the input's id column; rows with an empty or\n"
+                    "non-string text get a null embedding and their reason in error. The job fails\n"
+                    "unless every input id is written exactly once. --ray runs on Ray Data.",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("path", help="model: Hugging Face folder, .onnx file or deployment folder")
-    p.add_argument("--input", required=True, help="text file, one text per line ('-' for stdin)")
-    p.add_argument("--output", required=True, help="where to write the (N, H) float32 .npy array")
+    p.add_argument("--input", required=True,
+                   help="text file (one text per line, '-' for stdin with .npy output), .jsonl "
+                        "(one object per line) or .parquet file or folder")
+    p.add_argument("--output", required=True,
+                   help="out.npy (text input, local), out.parquet, or a folder for Parquet shards")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--pooling", choices=("mean", "cls", "max"), default="mean")
     p.add_argument("--no-normalize", action="store_true", help="skip L2 normalisation")
     p.add_argument("--layers", type=_layers, default=None,
                    help="keep only these encoder layers, e.g. 0,2,4,6,8,11")
+    p.add_argument("--text-column", default="text", help="JSONL key / Parquet column of the texts")
+    p.add_argument("--id-column", default="id",
+                   help="JSONL key / Parquet column of the ids (default id; row numbers if absent)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing Parquet output")
+    p.add_argument("--ray", action="store_true", help="run on Ray Data (needs sparsebert[ray])")
+    p.add_argument("--address", default=None,
+                   help="Ray cluster to join, e.g. ray://head:10001 or auto (default: a local one)")
+    p.add_argument("--actors", type=int, default=None,
+                   help="Ray actors, each holding one model (default: cluster CPUs / --cpus-per-actor)")
+    p.add_argument("--cpus-per-actor", type=int, default=1, help="CPUs (Numba threads) per actor")
     p.set_defaults(func=cmd_encode)
     _add_tool_commands(sub)
     _add_run_command(sub)
