@@ -1,7 +1,8 @@
 """The `sparsebert` command: parse arguments, call one library function, print or write its result.
 
-Subcommands: encode (texts → embeddings .npy, or a table → Parquet, locally or on Ray), run, prune, inspect, benchmark here; features with
-their own module (training, serving, ...) register theirs through `_COMMAND_MODULES`.
+Subcommands: encode (texts → embeddings .npy, or a table → Parquet, locally or on Ray), run, prune,
+inspect, benchmark here; features with their own module (training, serving, ...) register theirs
+through `_COMMAND_MODULES`.
 Errors a user can cause (bad paths, bad files, bad inputs) end with a one-line message on stderr and
 exit status 2; anything else is a bug and keeps its traceback.
 """
