@@ -8,6 +8,7 @@ the app's shutdown, which drains the batcher. `--drain-timeout` bounds that wait
 from __future__ import annotations
 
 import argparse
+import signal
 
 DEFAULT_PORT = 8080
 
@@ -40,6 +41,10 @@ def cmd_serve(args) -> None:
                          f"limit of {model.tokenizer.max_length} tokens; raise it")
     model.encode(["warm-up: compile the kernels before the first request"])
     server = EmbeddingServer(model, config, pipeline)
+    # uvicorn catches SIGTERM/SIGINT while it runs, drains, then re-raises the signal to the handler
+    # that was installed before it: make that one a no-op, so a drained server exits with status 0.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda signum, frame: None)
     uvicorn.run(server.app(), host=args.host, port=args.port, log_level=args.log_level,
                 timeout_graceful_shutdown=args.drain_timeout, access_log=False)
     return None

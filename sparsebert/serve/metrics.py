@@ -48,7 +48,7 @@ class Counter(Metric):
 
     def __init__(self, name, help, labels=()):
         super().__init__(name, help, labels)
-        self.values: dict[tuple, float] = {}
+        self.values: dict[tuple, float] = {} if labels else {(): 0.0}  # unlabelled: exported from 0
 
     def inc(self, *labels, amount: float = 1.0) -> None:
         self.values[labels] = self.values.get(labels, 0.0) + amount
