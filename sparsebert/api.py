@@ -17,6 +17,7 @@ from .batching import DEFAULT_CHUNK_SIZE, check_positive, chunked, forward_bucke
 from .errors import CheckpointError, InputError
 from .loaders import read_checkpoint
 from .model import BertEncoder, EncoderOutput
+from .quant.checkpoint import read_quantization
 from .tokenizer import Tokenizer, default_max_length
 from .weights import build_weights
 
@@ -138,11 +139,15 @@ def load(
     max_length: truncation length for texts (default: the checkpoint's own setting, capped by
         max_position_embeddings).
     formats: "auto" (default), "dense", "csr", "bsr", or a callable (name, weight) -> format, to force
-        the weight format of encoder linears.
+        the weight format of encoder linears; int8 checkpoints (`sparsebert quantize`) take "auto",
+        "dense" or "csr".
     """
     ckpt = read_checkpoint(path)
-    weights = build_weights(ckpt.state_dict, ckpt.config, layers)
-    if isinstance(formats, str) or formats is None:
+    int8 = read_quantization(ckpt)  # None unless written by `sparsebert quantize`
+    weights = build_weights(ckpt.state_dict if int8 is None else int8.state_dict, ckpt.config, layers)
+    if int8 is not None:
+        formats_fn = int8.formats(weights, formats)
+    elif isinstance(formats, str) or formats is None:
         fmt = formats or "auto"
         formats_fn = lambda name, w: fmt  # noqa: E731
     elif callable(formats):

@@ -1,0 +1,204 @@
+"""INT8 linears with the call interface of `sparsebert.linear` (`lin(x, activation=, residual=, out=)`).
+
+`quantize_weight` makes symmetric per-output-channel codes: scale[n] = max|W[n]| / 127,
+codes = rint(W / scale) (ties to even), so every exact zero stays an exact zero and a pruned weight
+keeps its sparsity pattern. `Int8Linear` holds the codes dense or in CSR (chosen by sparsity) and
+quantizes its input per token on each call (dynamic; `kernels/int8.py` has the arithmetic and the
+int32 accumulation), then dequantizes, adds the bias, activation and residual in one pass.
+
+Optional per-input-channel smoothing (`smooth`, SmoothQuant) moves activation outliers into the
+weights; `sparsebert.quant.calibrate` measures it from texts.
+
+Left out: static per-token activation scales, BSR blocks, asymmetric (zero-point) weights,
+per-group scales, keeping activations int8 between layers.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import numba
+import numpy as np
+
+from ..errors import CheckpointError, InputError
+from ..kernels import int8 as k8
+from ..linear import _act_code, _check_out, index_dtype
+
+FORMATS = ("auto", "dense", "csr")
+# CSR from this sparsity on; below, the dense int8 kernel (kernels/int8.py) does less work per
+# stored value than the CSR row loop (measured on bench_int8 shapes, see the module docstring there).
+CSR_FROM_SPARSITY = 0.5
+_NO_RESIDUAL = np.zeros((1, 1, 1), dtype=np.float32)
+_NO_CODES = np.zeros((1, 1, 1), dtype=np.int8)
+
+
+def quantize_weight(weight: np.ndarray, smooth: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(N, K) float -> (codes int8 (N, K), scale float32 (N,)) of W * smooth[None, :] (smooth (K,)
+    > 0, default ones: see `Int8Linear`); an all-zero row gets scale 0."""
+    w = np.asarray(weight, dtype=np.float32)
+    if w.ndim != 2 or not np.isfinite(w).all():
+        raise CheckpointError(f"weight to quantize must be a finite 2-D array, got {w.dtype} {w.shape}")
+    if smooth is not None:
+        w = w * _check_smooth(smooth, w.shape[1])[None, :]
+    scale = (np.abs(w).max(axis=1) / np.float32(127.0)).astype(np.float32)
+    safe = np.where(scale > 0, scale, np.float32(1.0))
+    codes = np.clip(np.rint(w / safe[:, None]), -127, 127).astype(np.int8)
+    return codes, scale
+
+
+class _Codes(threading.local):
+    """Per-thread buffers for a call's activation codes (B*K*S bytes each, reused across calls)."""
+
+    def get(self, name, shape, dtype):
+        size = int(np.prod(shape))
+        buf = self.__dict__.get(name)
+        if buf is None or buf.size < size or buf.dtype != dtype:
+            buf = np.empty(size, dtype=dtype)
+            self.__dict__[name] = buf
+        return buf[:size].reshape(shape)
+
+
+_SCRATCH = _Codes()
+
+
+def _check_smooth(smooth, K) -> np.ndarray:
+    s = np.asarray(smooth)
+    if s.shape != (K,) or not np.issubdtype(s.dtype, np.floating) or not np.isfinite(s).all() \
+            or not (s > 0).all():
+        raise CheckpointError(f"smoothing factors must be finite, positive floats of shape ({K},), "
+                              f"got {s.dtype} {s.shape}")
+    return np.ascontiguousarray(s, dtype=np.float32)
+
+
+class Int8Linear:
+    """Y[b] (N, S) = act(W (N, K) @ X[b] (K, S) + bias) (+ residual) with W int8 codes x per-row
+    scale and X quantized per token on the fly. Build with `from_float` or from stored codes.
+
+    smooth (K,) (SmoothQuant, Xiao et al. 2023): the codes stand for W * smooth[None, :] and the
+    activations are quantized as X / smooth[:, None]; the product is the same, but outlier input
+    channels (large smooth) lose less precision in the activations' shared per-token scale."""
+
+    block_shape = None
+
+    def __init__(self, codes: np.ndarray, scale: np.ndarray, bias: np.ndarray, format: str = "auto",
+                 smooth: np.ndarray | None = None):
+        """Validates codes int8 (N, K), scale float32 (N,) finite and >= 0, bias float (N,),
+        smooth float (K,) > 0 (ones when None)."""
+        if format not in FORMATS:
+            raise ValueError(f"unknown int8 linear format {format!r}; expected one of {FORMATS}")
+        if not isinstance(codes, np.ndarray) or codes.dtype != np.int8 or codes.ndim != 2:
+            raise CheckpointError(
+                f"int8 weight codes must be a 2-D int8 array, got "
+                f"{getattr(codes, 'dtype', type(codes).__name__)} {getattr(codes, 'shape', '')}"
+            )
+        N, K = codes.shape
+        if N < 1 or K < 1:
+            raise CheckpointError(f"int8 weight shape must be positive, got {(N, K)}")
+        if codes.min(initial=0) < -127:
+            raise CheckpointError("int8 weight codes hold -128; symmetric quantization uses [-127, 127]")
+        scale = np.asarray(scale)
+        if scale.shape != (N,) or not np.issubdtype(scale.dtype, np.floating):
+            raise CheckpointError(f"weight scale must be a float array of shape ({N},), got "
+                                  f"{scale.dtype} {scale.shape}")
+        if not np.isfinite(scale).all() or (scale < 0).any():
+            raise CheckpointError("weight scale must be finite and non-negative")
+        bias = np.asarray(bias)
+        if bias.shape != (N,) or not np.issubdtype(bias.dtype, np.floating) or not np.isfinite(bias).all():
+            raise CheckpointError(f"bias must be a finite float array of shape ({N},), got {bias.dtype} {bias.shape}")
+        self.out_features, self.in_features = N, K
+        self.smooth = np.ones(K, np.float32) if smooth is None else _check_smooth(smooth, K)
+        self.scale = np.ascontiguousarray(scale, dtype=np.float32)
+        self.bias = np.ascontiguousarray(bias, dtype=np.float32)
+        nnz = int(np.count_nonzero(codes))
+        if format == "auto":
+            format = "csr" if 1.0 - nnz / (N * K) >= CSR_FROM_SPARSITY else "dense"
+        self.format = f"int8-{format}"
+        self._nnz = nnz
+        if format == "dense":
+            self.codes = np.ascontiguousarray(codes)
+            arrays = (self.codes,)
+        else:
+            rows, cols = np.nonzero(codes)
+            self.indptr = np.zeros(N + 1, dtype=np.int64)
+            np.cumsum(np.bincount(rows, minlength=N), out=self.indptr[1:])
+            self.data = np.ascontiguousarray(codes[rows, cols])
+            self.indices = cols.astype(index_dtype(K))
+            arrays = (self.data, self.indices, self.indptr)
+        for a in arrays + (self.scale, self.bias, self.smooth):
+            a.flags.writeable = False
+
+    @classmethod
+    def from_float(cls, weight, bias, format="auto", smooth=None) -> "Int8Linear":
+        codes, scale = quantize_weight(weight, smooth)
+        return cls(codes, scale, bias, format, smooth)
+
+    @property
+    def nbytes(self) -> int:
+        parts = (self.codes,) if self.format == "int8-dense" else (self.data, self.indices, self.indptr)
+        return sum(a.nbytes for a in parts) + self.scale.nbytes + self.bias.nbytes + self.smooth.nbytes
+
+    @property
+    def nnz(self) -> int:
+        return self._nnz
+
+    @property
+    def stored_macs(self) -> int:
+        return self.out_features * self.in_features if self.format == "int8-dense" else int(self.data.size)
+
+    def to_codes(self) -> np.ndarray:
+        """The (N, K) int8 codes, dense."""
+        if self.format == "int8-dense":
+            return self.codes.copy()
+        w = np.zeros((self.out_features, self.in_features), dtype=np.int8)
+        rows = np.repeat(np.arange(self.out_features), np.diff(self.indptr))
+        w[rows, self.indices] = self.data
+        return w
+
+    def dequantized(self) -> np.ndarray:
+        """The float32 weight the codes stand for: codes * scale[:, None] / smooth[None, :]."""
+        return self.to_codes().astype(np.float32) * self.scale[:, None] / self.smooth[None, :]
+
+    def describe(self) -> dict:
+        N, K = self.out_features, self.in_features
+        return {
+            "format": self.format,
+            "shape": (N, K),
+            "block_shape": None,
+            "nnz": self.nnz,
+            "sparsity": 1.0 - self.nnz / (N * K),
+            "nbytes": int(self.nbytes),
+            "dense_nbytes": 4 * (N * K + N),
+            "flops_per_token": 2 * self.stored_macs,
+            "flops_skipped_per_token": 2 * (N * K - self.stored_macs),
+            "k_chunks": 1,
+        }
+
+    def __call__(self, x: np.ndarray, *, activation=None, residual=None, out=None) -> np.ndarray:
+        if not isinstance(x, np.ndarray) or x.ndim != 3 or x.shape[1] != self.in_features:
+            raise InputError(f"{self.format} linear expects x of shape (B, {self.in_features}, S), got "
+                             f"{getattr(x, 'shape', type(x).__name__)}")
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        B, K, S = x.shape
+        shape = (B, self.out_features, S)
+        if residual is not None:
+            if not isinstance(residual, np.ndarray) or residual.shape != shape:
+                raise InputError(f"residual must have shape {shape}, got {getattr(residual, 'shape', residual)}")
+            residual = np.ascontiguousarray(residual, dtype=np.float32)
+        y = np.empty(shape, dtype=np.float32) if out is None else _check_out(out, shape, x, residual)
+        if y.size == 0:
+            return y
+        act = _act_code(activation)
+        res, has_res = (_NO_RESIDUAL, False) if residual is None else (residual, True)
+        x_scale = _SCRATCH.get("x_scale", (B, S), np.float32)
+        # Enough row chunks that every thread gets several tasks, even at batch size 1.
+        rows = max(4, -(-self.out_features // -(-8 * numba.config.NUMBA_NUM_THREADS // B)))
+        if self.format == "int8-dense":
+            qt = _SCRATCH.get("codes", (B, S, K), np.int8)
+            k8.quantize_tokens(x, self.smooth, _NO_CODES, qt, x_scale, True)
+            k8.gemm_int8(self.codes, self.scale, qt, x_scale, self.bias, act, res, has_res, rows, y)
+        else:
+            q = _SCRATCH.get("codes", (B, K, S), np.int8)
+            k8.quantize_tokens(x, self.smooth, q, _NO_CODES, x_scale, False)
+            k8.spmm_int8_csr(self.data, self.indices, self.indptr, q, self.scale, x_scale, self.bias,
+                             act, res, has_res, rows, y)
+        return y
