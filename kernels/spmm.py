@@ -39,7 +39,7 @@ import numba
 import numpy as np
 
 from . import _spmm_generated as _gen
-from .gen_spmm import FORMATS
+from .gen_spmm import FORMATS, PACK_MIN_ROWS
 
 # Tasks per thread the prange schedule aims for, so uneven rows still balance.
 _TASKS_PER_THREAD = 8
@@ -59,6 +59,24 @@ def _row_chunks(B: int, S: int, tile: int, n_brows: int, R: int) -> int:
     want = _TASKS_PER_THREAD * numba.get_num_threads()
     by_cache = -(-n_brows * R * tile * 4 // _TASK_ROW_BYTES)
     return int(max(1, min(n_brows, max(by_cache, -(-want // max(tiles, 1))))))
+
+
+def tile_width(block) -> int:
+    """Main token-tile width of the kernel for block (R, C) ((1, 1): CSR)."""
+    return _TILE["csr" if tuple(block) == (1, 1) else tuple(block)]
+
+
+def packs_panels(B: int, S: int, n_rows: int, block) -> bool:
+    """Whether a (B, K, S) call on an n_rows-row weight with block (R, C) ((1, 1): CSR) copies its
+    X tiles into L1 panels per K-chunk (the path BERT layers take at B=32 x 128), rather than
+    reading X in place or packing short sequences; the tests use it to prove they reach it."""
+    R, C = block
+    tile = _TILE["csr" if (R, C) == (1, 1) else (R, C)]
+    if S < tile:
+        return False
+    n_brows = n_rows // R
+    chunks = _row_chunks(B, S, tile, n_brows, R)
+    return -(-n_brows // chunks) * R >= PACK_MIN_ROWS
 
 
 # K-chunk sizing (benchmarks/bench_linear.py, B=32 x 128 tokens, BERT-base shapes, 2 cores): the X
