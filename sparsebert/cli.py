@@ -194,7 +194,7 @@ def _add_run_command(sub) -> None:
 # Subcommands that live with their own feature: each module has `add_commands(subparsers)` and
 # imports its optional dependencies (torch, starlette, ray) only inside the command it runs, so
 # `sparsebert --help` and the runtime work without the extras.
-_COMMAND_MODULES = (".serve.cli", ".train.cli", ".quant.cli")
+_COMMAND_MODULES = (".serve.cli", ".train.cli", ".tuning", ".quant.cli")
 
 
 def build_parser() -> argparse.ArgumentParser:

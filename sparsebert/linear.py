@@ -10,9 +10,11 @@ This module owns every decision about weight formats: the dense path goes throug
 - `BSRLinear`: block-pruned weights whose nonzeros fill aligned R x C blocks (4x1, 8x1, 2x2, 1x4);
   one activation load then feeds R output rows, so it runs ~2x the CSR rate per nonzero.
 
-`make_linear(..., format="auto")` picks the format with the lowest predicted time from a cost
-model calibrated on the dev machine (benchmarks/bench_linear.py); `from_arrays` constructors
-validate raw compressed arrays (from a checkpoint) once, so the kernels can trust them.
+`make_linear(..., format="auto")` takes the format and K-chunk width measured fastest on this
+machine (`sparsebert.tuning`, cached on disk per CPU); the cost model below, calibrated by hand on
+one dev machine (benchmarks/bench_linear.py), only prunes hopeless candidates before timing, and
+`choose_format` still gives its prediction. `from_arrays` constructors validate raw compressed
+arrays (from a checkpoint) once, so the kernels can trust them.
 `warmup()` compiles (or loads from Numba's cache) every kernel signature the model uses, so JIT
 time is paid, and measured, at load rather than at the first call.
 
@@ -201,14 +203,15 @@ class CSRLinear(_SparseLinear):
         self._store(data, indices, indptr, shape, bias, (1, 1), chunk_cols)
 
     @classmethod
-    def from_dense(cls, weight: np.ndarray, bias: np.ndarray) -> "CSRLinear":
-        """Keep the exact nonzeros of an (N, K) weight, row by row, columns sorted."""
+    def from_dense(cls, weight: np.ndarray, bias: np.ndarray, chunk_cols=None) -> "CSRLinear":
+        """Keep the exact nonzeros of an (N, K) weight, row by row, columns sorted; K-chunks of
+        `chunk_cols` columns (default: `spmm.k_chunk_columns`)."""
         w = _check_dense(weight, bias)
         rows, cols = np.nonzero(w)
         indptr = np.zeros(w.shape[0] + 1, dtype=np.int64)
         np.cumsum(np.bincount(rows, minlength=w.shape[0]), out=indptr[1:])
         return cls(w[rows, cols], cols.astype(index_dtype(w.shape[1])), indptr, w.shape,
-                   np.ascontiguousarray(bias, dtype=np.float32))
+                   np.ascontiguousarray(bias, dtype=np.float32), chunk_cols)
 
     @classmethod
     def from_arrays(cls, data, indices, indptr, shape, bias) -> "CSRLinear":
@@ -242,8 +245,10 @@ class BSRLinear(_SparseLinear):
         self._store(data, indices, indptr, shape, bias, self.block_shape, chunk_cols)
 
     @classmethod
-    def from_dense(cls, weight: np.ndarray, bias: np.ndarray, block_shape=(4, 1)) -> "BSRLinear":
-        """Store every aligned block holding a nonzero (zeros inside kept blocks are stored too)."""
+    def from_dense(cls, weight: np.ndarray, bias: np.ndarray, block_shape=(4, 1),
+                   chunk_cols=None) -> "BSRLinear":
+        """Store every aligned block holding a nonzero (zeros inside kept blocks are stored too);
+        K-chunks of `chunk_cols` block columns (default: `spmm.k_chunk_columns`)."""
         w = _check_dense(weight, bias)
         R, C = _check_block_shape(block_shape, *w.shape, CheckpointError)
         blocks = _blocks(w, R, C)  # (N/R, K/C, R, C)
@@ -252,7 +257,7 @@ class BSRLinear(_SparseLinear):
         np.cumsum(np.bincount(brow, minlength=w.shape[0] // R), out=indptr[1:])
         data = np.ascontiguousarray(blocks[brow, bcol])
         return cls(data, bcol.astype(index_dtype(w.shape[1] // C)), indptr, w.shape,
-                   np.ascontiguousarray(bias, dtype=np.float32))
+                   np.ascontiguousarray(bias, dtype=np.float32), chunk_cols)
 
     @classmethod
     def from_arrays(cls, data, indices, indptr, shape, bias) -> "BSRLinear":
@@ -297,11 +302,26 @@ def block_fill(weight: np.ndarray, block_shape) -> float:
 
 def fitting_block_shapes(weight: np.ndarray) -> list:
     """Block shapes whose aligned blocks hold every nonzero with no stored zero (fill == 1)."""
-    N, K = np.shape(weight)
-    return [
-        (R, C) for R, C in BLOCK_SHAPES
-        if N % R == 0 and K % C == 0 and block_fill(weight, (R, C)) == 1.0
-    ]
+    return fitting_block_shapes_of_mask(np.asarray(weight) != 0)
+
+
+def fitting_block_shapes_of_mask(mask: np.ndarray) -> list:
+    """`fitting_block_shapes` of a weight given its nonzero mask (weight != 0)."""
+    N, K = mask.shape
+    if not mask.any():
+        return []
+    return [(R, C) for R, C in BLOCK_SHAPES if N % R == 0 and K % C == 0 and _blocks_full(mask, R, C)]
+
+
+def _blocks_full(mask: np.ndarray, R: int, C: int) -> bool:
+    # Every aligned block with a nonzero is all nonzero. The first rows reject unstructured
+    # weights at once: this runs for every linear at load, where block_fill took ~80 ms each.
+    K = mask.shape[1]
+    for m in (mask[: 16 * R], mask):
+        b = m.reshape(m.shape[0] // R, R, K // C, C)
+        if not np.array_equal(b.any(axis=(1, 3)), b.all(axis=(1, 3))):
+            return False
+    return True
 
 
 def predicted_cost(weight: np.ndarray, fmt) -> float:
@@ -331,17 +351,33 @@ def choose_format(weight: np.ndarray) -> str:
 def make_linear(weight: np.ndarray, bias: np.ndarray, format: str = "auto"):
     """Build the Linear for one (N, K) weight and (N,) bias in the requested format.
 
-    "auto": cheapest by the cost model; "bsr": the cheapest block shape that fits the nonzeros
-    exactly (ValueError if none does); "bsrRxC": that block shape, storing any zeros inside kept
-    blocks; "dense", "csr" as named."""
+    "auto": the format and K-chunk width measured fastest on this machine (`sparsebert.tuning`,
+    cached); "bsr": the cheapest block shape by the cost model that fits the nonzeros exactly
+    (ValueError if none does); "bsrRxC": that block shape, storing any zeros inside kept blocks;
+    "dense", "csr" as named. The Linear's `choice` says how its format was chosen."""
     if format not in FORMATS:
         raise ValueError(f"unknown linear format {format!r}; expected one of {FORMATS}")
     if format == "auto":
-        format = choose_format(_check_dense(weight, bias))
+        from . import tuning
+
+        return tuning.choose(_check_dense(weight, bias), bias)
+    lin = build_linear(weight, bias, format)
+    lin.choice = {"by": "forced", "requested": format}
+    return lin
+
+
+def build_linear(weight: np.ndarray, bias: np.ndarray, format: str, chunk_cols=None):
+    """make_linear without "auto": "dense", "csr", "bsr" or "bsrRxC", with K-chunks of
+    `chunk_cols` (block) columns for the sparse formats (default: `spmm.k_chunk_columns`)."""
+    if format not in FORMATS or format == "auto":
+        raise ValueError(f"unknown linear format {format!r}; expected one of {FORMATS[1:]}")
+    if chunk_cols is not None and (isinstance(chunk_cols, bool) or not isinstance(chunk_cols, int)
+                                   or chunk_cols < 1):
+        raise ValueError(f"chunk_cols must be a positive integer or None, got {chunk_cols!r}")
     if format == "dense":
         return DenseLinear(weight, bias)
     if format == "csr":
-        return CSRLinear.from_dense(weight, bias)
+        return CSRLinear.from_dense(weight, bias, chunk_cols)
     if format == "bsr":
         shapes = fitting_block_shapes(_check_dense(weight, bias))
         if not shapes:
@@ -353,7 +389,7 @@ def make_linear(weight: np.ndarray, bias: np.ndarray, format: str = "auto"):
         block = min(shapes, key=lambda s: predicted_cost(weight, s))
     else:
         block = tuple(int(v) for v in format[3:].split("x"))
-    return BSRLinear.from_dense(weight, bias, block)
+    return BSRLinear.from_dense(weight, bias, block, chunk_cols)
 
 
 def _describe(lin) -> dict:
@@ -370,6 +406,7 @@ def _describe(lin) -> dict:
         "flops_per_token": 2 * lin.stored_macs,
         "flops_skipped_per_token": 2 * (N * K - lin.stored_macs),
         "k_chunks": getattr(lin, "k_chunks", 1),
+        "choice": getattr(lin, "choice", None),
     }
 
 

@@ -34,3 +34,16 @@ def assert_close_on_mask(actual, expected, mask, tol, what="last_hidden_state"):
     assert diff <= tol, f"{what}: max abs diff {diff:.3g} > {tol}"
     return diff
 # --- end reference-model block ----------------------------------------------------------------
+
+# --- tuning block (perf engineer): loads with formats="auto" time formats and cache the choice
+# (sparsebert.tuning); the suite keeps that cache in a temporary folder, never the user's.
+@pytest.fixture(scope="session", autouse=True)
+def _private_tuning_cache(tmp_path_factory):
+    old = os.environ.get("SPARSEBERT_CACHE_DIR")
+    os.environ["SPARSEBERT_CACHE_DIR"] = str(tmp_path_factory.mktemp("sparsebert-cache"))
+    yield
+    if old is None:
+        os.environ.pop("SPARSEBERT_CACHE_DIR", None)
+    else:
+        os.environ["SPARSEBERT_CACHE_DIR"] = old
+# --- end tuning block ---------------------------------------------------------------------------

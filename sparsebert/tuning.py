@@ -1,0 +1,324 @@
+"""Weight format and K-chunk width chosen by timing them on this machine, cached on disk.
+
+`make_linear(format="auto")` calls `choose(weight, bias)`. For each distinct (shape, sparsity,
+block structure) a model has, it times the candidate formats (dense BLAS, CSR, and every block
+shape whose aligned blocks hold all the nonzeros) on a (8, K, 128) activation, then two other
+K-chunk widths for the fastest sparse format, and keeps the fastest. The hand-calibrated cost
+model in `sparsebert.linear` only prunes hopeless candidates (predicted > 1.5x the best), so the
+dense BLAS path and CSR are always timed against each other when they are close.
+
+Results go to a JSON file (`cache_path()`; never pickle) under a key made of the CPU model, the
+ISA features LLVM compiles for, the Numba thread count and a hash of the kernel sources: a model
+loaded on another CPU, with another thread count or after a kernel change finds no entry and
+re-tunes; it never reuses another machine's choice. A corrupt or unreadable cache file is ignored
+with a warning and rewritten; an unwritable one only costs re-tuning. Each Linear records how its
+format was chosen (`choice` in `describe()` and the sparsity report): "measured" with the timings,
+"cache" with the timings measured earlier, or "forced" (`formats=`).
+
+`tune(path)` (the `sparsebert tune PATH` command) loads a model, which fills the cache, and runs
+one small forward pass so Numba's on-disk cache holds every kernel the model uses.
+
+Left out: re-tuning per batch size (one representative shape is timed; batch 1 takes the same
+choice), generating register-tile widths per machine (the widths are compiled in; only the
+K-chunk width is tuned), sharing a cache between machines.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import os
+import platform
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+CACHE_VERSION = 1
+_TUNE_BATCH, _TUNE_SEQ = 8, 128  # B=8 x 128 takes the same kernel paths as B=32 x 128
+_REPEATS = 3
+_PRUNE_FACTOR = 1.5  # candidates the cost model predicts this much slower than its best are skipped
+_DENSE_ABOVE = 0.8  # density above which only the dense format is considered
+_KERNEL_DIR = Path(__file__).resolve().parent.parent / "kernels"
+
+
+@functools.lru_cache(maxsize=1)
+def kernel_version() -> str:
+    """Hash of the kernel sources: a kernel change invalidates every cached choice."""
+    h = hashlib.sha256()
+    here = Path(__file__).resolve().parent
+    files = sorted(_KERNEL_DIR.glob("*.py")) if _KERNEL_DIR.is_dir() else sorted(
+        (here / "kernels").glob("*.py"))
+    for f in files + [here / "linear.py", Path(__file__).resolve()]:
+        h.update(f.name.encode())
+        h.update(f.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+@functools.lru_cache(maxsize=1)
+def _host() -> tuple:
+    from llvmlite import binding
+
+    features = binding.get_host_cpu_features()
+    return _cpu_model(), binding.get_host_cpu_name(), tuple(sorted(f for f, on in features.items() if on))
+
+
+def machine() -> dict:
+    """What a cached choice is valid for: CPU model, LLVM's host CPU and features (what Numba
+    compiles for), Numba thread count, kernel version."""
+    import numba
+
+    cpu, llvm_cpu, isa = _host()
+    return {"cpu": cpu, "llvm_cpu": llvm_cpu, "isa": list(isa),
+            "threads": int(numba.get_num_threads()), "kernels": kernel_version()}
+
+
+def machine_key(m: dict | None = None) -> str:
+    m = machine() if m is None else m
+    return hashlib.sha256(json.dumps(m, sort_keys=True).encode()).hexdigest()[:20]
+
+
+def cache_path() -> Path:
+    """$SPARSEBERT_CACHE_DIR/tuning.json, else $XDG_CACHE_HOME/sparsebert/, else ~/.cache/sparsebert/."""
+    base = os.environ.get("SPARSEBERT_CACHE_DIR")
+    if not base:
+        base = os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"),
+                            "sparsebert")
+    return Path(base) / "tuning.json"
+
+
+class TuningCache:
+    """The entries of one machine key in one JSON file; other keys in the file are kept as read."""
+
+    def __init__(self, path=None, machine_info: dict | None = None):
+        self.path = Path(path) if path is not None else cache_path()
+        self.machine = machine_info if machine_info is not None else machine()
+        self.key = machine_key(self.machine)
+        self.entries = self._read().get(self.key, {}).get("entries", {})
+
+    def _read(self) -> dict:
+        """All machines' sections, or {} when the file is missing, unreadable or corrupt."""
+        try:
+            raw = self.path.read_bytes()
+        except FileNotFoundError:
+            return {}
+        except OSError as exc:
+            warnings.warn(f"cannot read the tuning cache {self.path}: {exc}; re-tuning", stacklevel=3)
+            return {}
+        try:
+            data = json.loads(raw.decode("utf-8"))  # UnicodeDecodeError is a ValueError
+            if not (isinstance(data, dict) and data.get("version") == CACHE_VERSION
+                    and isinstance(data.get("machines"), dict)
+                    and all(isinstance(v, dict) and isinstance(v.get("entries"), dict)
+                            for v in data["machines"].values())):
+                raise ValueError(f"not a version-{CACHE_VERSION} sparsebert tuning cache")
+            return data["machines"]
+        except ValueError as exc:
+            warnings.warn(f"ignoring the corrupt tuning cache {self.path} ({exc}); it will be "
+                          "rewritten", stacklevel=3)
+            return {}
+
+    def get(self, signature: str):
+        entry = self.entries.get(signature)
+        valid = (isinstance(entry, dict) and isinstance(entry.get("format"), str)
+                 and (entry.get("chunk_cols") is None or isinstance(entry["chunk_cols"], int)))
+        return entry if valid else None
+
+    def put(self, signature: str, entry: dict) -> None:
+        """Record an entry and write the file (merged with what other processes wrote meanwhile),
+        atomically; a failed write only warns."""
+        self.entries[signature] = entry
+        machines = self._read()
+        section = machines.setdefault(self.key, {"machine": self.machine, "entries": {}})
+        section["machine"] = self.machine
+        section["entries"].update(self.entries)
+        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            tmp.write_text(json.dumps({"version": CACHE_VERSION, "machines": machines}, indent=1),
+                           encoding="utf-8")
+            os.replace(tmp, self.path)
+        except OSError as exc:
+            warnings.warn(f"cannot write the tuning cache {self.path}: {exc}; choices will be "
+                          "re-measured next time", stacklevel=3)
+            try:
+                tmp.unlink(missing_ok=True)
+            except OSError:
+                pass
+
+
+_default_cache: TuningCache | None = None
+
+
+def default_cache() -> TuningCache:
+    """The process-wide cache for `cache_path()`, re-read when the machine key changes (e.g.
+    after numba.set_num_threads)."""
+    global _default_cache
+    m = machine()
+    if _default_cache is None or _default_cache.machine != m or _default_cache.path != cache_path():
+        _default_cache = TuningCache(cache_path(), m)
+    return _default_cache
+
+
+def signature(mask: np.ndarray, fitting: list) -> str:
+    """What the choice depends on: shape, sparsity (to 1%) and the block shapes that fit, from
+    the weight's nonzero mask."""
+    N, K = mask.shape
+    density = np.count_nonzero(mask) / max(1, N * K)
+    blocks = "+".join(f"{r}x{c}" for r, c in fitting) or "none"
+    return f"{N}x{K} d{density:.2f} blocks {blocks}"
+
+
+def _time_call(lin, x) -> float:
+    lin(x)  # first call: compiles or loads the kernel, touches the output pages
+    best = float("inf")
+    for _ in range(_REPEATS):
+        t0 = time.perf_counter()
+        lin(x)
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def measure(weight: np.ndarray, bias: np.ndarray, fitting: list) -> tuple:
+    """Time the candidates on one weight; returns (entry, fastest linear)."""
+    from . import linear
+    from .kernels import spmm
+
+    N, K = weight.shape
+    predicted = {"dense": 1.0, "csr": linear.predicted_cost(weight, "csr")}
+    for shape in fitting:
+        predicted[f"bsr{shape[0]}x{shape[1]}"] = linear.predicted_cost(weight, shape)
+    floor = min(predicted.values())
+    candidates = [f for f, c in predicted.items() if c <= _PRUNE_FACTOR * floor]
+    if np.count_nonzero(weight) > _DENSE_ABOVE * N * K:
+        candidates = ["dense"]  # no sparse kernel stores 80% of the MACs faster than BLAS runs all
+    x = np.random.default_rng(0).standard_normal((_TUNE_BATCH, K, _TUNE_SEQ)).astype(np.float32)
+    timings, built = {}, {}
+    if candidates == ["dense"]:
+        lin = linear.build_linear(weight, bias, "dense")
+        return _entry(lin, {}), lin
+    for fmt in candidates:
+        lin = linear.build_linear(weight, bias, fmt)
+        timings[_label(lin)] = _time_call(lin, x)
+        built[_label(lin)] = lin
+    sparse = [k for k in timings if k != "dense"]
+    if sparse:
+        best_sparse = min(sparse, key=timings.get)
+        lin = built[best_sparse]
+        block = lin.block_shape or (1, 1)
+        n_cols = K // block[1]
+        for cols in (lin.chunk_cols // 2, lin.chunk_cols * 2):
+            if cols < 1 or cols > n_cols or (cols == lin.chunk_cols * 2 and lin.chunk_cols >= n_cols):
+                continue
+            if cols * block[1] * 4 * spmm.tile_width(block) < 8 << 10:
+                continue  # panels under 8 KiB: loop overhead only, never faster here
+            alt = linear.build_linear(weight, bias, lin.format if block == (1, 1)
+                                      else f"bsr{block[0]}x{block[1]}", chunk_cols=cols)
+            timings[_label(alt)] = _time_call(alt, x)
+            built[_label(alt)] = alt
+    lin = built[min(timings, key=timings.get)]
+    return _entry(lin, timings), lin
+
+
+def _entry(lin, timings: dict) -> dict:
+    return {"format": _format_name(lin), "chunk_cols": getattr(lin, "chunk_cols", None),
+            "timings_ms": {k: round(v * 1e3, 3) for k, v in timings.items()},
+            "tokens": _TUNE_BATCH * _TUNE_SEQ,
+            "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+
+
+def _format_name(lin) -> str:
+    return lin.format if lin.block_shape is None else f"bsr{lin.block_shape[0]}x{lin.block_shape[1]}"
+
+
+def _label(lin) -> str:
+    name = _format_name(lin)
+    return name if name == "dense" else f"{name}/{lin.chunk_cols}"
+
+
+def choose(weight: np.ndarray, bias: np.ndarray, cache: TuningCache | None = None):
+    """The fastest Linear for this weight on this machine: from the cache, else measured (and
+    cached). The Linear's `choice` says which, with the timings."""
+    from . import linear
+
+    t0 = time.perf_counter()
+    cache = default_cache() if cache is None else cache
+    mask = weight != 0
+    fitting = linear.fitting_block_shapes_of_mask(mask)
+    sig = signature(mask, fitting)
+    entry = cache.get(sig)
+    if entry is not None:
+        lookup_s = time.perf_counter() - t0
+        try:
+            lin = linear.build_linear(weight, bias, entry["format"], chunk_cols=entry["chunk_cols"])
+            # seconds: what choosing cost beyond building the Linear anyway
+            lin.choice = {"by": "cache", "signature": sig, **entry, "seconds": lookup_s}
+            return lin
+        except ValueError:
+            pass  # an entry this weight cannot take (hand-edited file): measure again
+    entry, lin = measure(weight, bias, fitting)
+    cache.put(sig, entry)
+    lin.choice = {"by": "measured", "signature": sig, **entry, "seconds": time.perf_counter() - t0}
+    return lin
+
+
+def tune(path, *, layers=None, retune: bool = False) -> dict:
+    """Load the model at `path` with measured formats (filling the tuning cache) and run one
+    small forward pass (filling Numba's kernel cache); report what was measured or reused."""
+    from .api import load
+
+    cache = default_cache()
+    if retune:
+        cache.entries.clear()
+    t0 = time.perf_counter()
+    model = load(path, layers=layers, formats="auto")
+    load_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    ids = np.full((1, 8), 1000 % model.config.vocab_size, dtype=np.int64)
+    model(ids)
+    warm_s = time.perf_counter() - t0
+    choices = {}
+    rows = model.sparsity_report()["linears"]
+    choosing_s = sum((r.get("choice") or {}).get("seconds", 0.0) for r in rows)
+    for row in rows:
+        c = row.get("choice") or {}
+        if c.get("signature"):
+            choices.setdefault(c["signature"], {"format": row["format"], "chunk_cols": c.get(
+                "chunk_cols"), "by": c["by"], "timings_ms": c.get("timings_ms")})
+    return {"path": str(path), "cache": str(cache.path), "machine": cache.machine,
+            "machine_key": cache.key, "load_s": round(load_s, 3), "choosing_s": round(choosing_s, 3),
+            "first_call_s": round(warm_s, 3),
+            "measured": sum(c["by"] == "measured" for c in choices.values()),
+            "from_cache": sum(c["by"] == "cache" for c in choices.values()), "choices": choices}
+
+
+def add_commands(sub) -> None:
+    p = sub.add_parser("tune", help="time weight formats on this machine and cache the choice",
+                       description="Load a model with formats chosen by timing them on this CPU, "
+                                   "store the choices in the tuning cache (" + str(cache_path())
+                                   + ") and compile its kernels into Numba's cache, so later "
+                                   "loads and first calls are fast.")
+    p.add_argument("path", help="model: Hugging Face folder, .onnx file or deployment folder")
+    p.add_argument("--retune", action="store_true", help="measure again even if cached")
+    p.add_argument("--json", default=None, help="also write the result here")
+    p.set_defaults(func=_cmd_tune)
+
+
+def _cmd_tune(args) -> dict:
+    result = tune(args.path, retune=args.retune)
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    return result
