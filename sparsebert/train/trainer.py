@@ -1,0 +1,298 @@
+"""The training loop behind `sparsebert sparsify` and `sparsebert finetune`.
+
+One step: take batch `step` of a seeded per-epoch permutation of the data, tokenize it (padded to its
+own longest text, truncated at max_length), run the teacher (no grad) and the student, compute the
+recipe's loss, take an AdamW step at the learning rate of `lr_at(step)`, re-apply the masks, and at the
+schedule's update steps recompute the masks by magnitude. Everything a step depends on (weights,
+masks, optimiser moments, the step number; data order and dropout come from seed and step) is in the
+checkpoint, written atomically every `checkpoint_minutes` and on Ctrl-C / SIGTERM as safetensors +
+JSON (never pickle), so a resumed run ends bitwise where an uninterrupted one would (same thread
+count).
+
+Output folder: config.json (kept layer count, task head), model.safetensors (exact zeros), the
+teacher's tokenizer and sentence-transformers files, recipe.toml, train.json (loss curve, wall time);
+`checkpoint/` is removed when the run completes.
+
+Left out: gradient accumulation, mixed precision, multi-process data parallelism.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import ConfigError, InputError, require
+from ..prune import _copy_tokenizer_files
+from ..tokenizer import Tokenizer
+from . import distill
+from .gmp import MaskSet, cubic_sparsity, is_update_step, lr_at
+from .recipe import Recipe, check_layers
+
+
+class BatchOrder:
+    """Rows of batch `step`: each epoch, a seeded permutation of the data cut into chunks of 64
+    batches; each chunk sorted by text length (so a batch pads little) and cut into batches, and the
+    epoch's batches shuffled. A function of (seed, step) only, so a resumed run sees the same data."""
+
+    def __init__(self, lengths, batch_size: int, seed: int):
+        self.lengths = np.asarray(lengths)
+        self.batch_size = batch_size
+        self.seed = seed
+        self.per_epoch = -(-len(self.lengths) // batch_size)
+        self._epoch, self._batches = None, None
+
+    def __call__(self, step: int) -> np.ndarray:
+        epoch, k = divmod(step, self.per_epoch)
+        if epoch != self._epoch:
+            rng = np.random.default_rng([self.seed, epoch])
+            perm = rng.permutation(len(self.lengths))
+            chunk = 64 * self.batch_size
+            batches = []
+            for at in range(0, len(perm), chunk):
+                part = perm[at:at + chunk]
+                part = part[np.argsort(self.lengths[part], kind="stable")]
+                batches += [part[i:i + self.batch_size] for i in range(0, len(part), self.batch_size)]
+            self._batches = [batches[i] for i in rng.permutation(len(batches))]
+            self._epoch = epoch
+        return self._batches[k]
+
+
+class _Stop(Exception):
+    pass
+
+
+def train(recipe: Recipe, *, init: str | Path, output: str | Path, texts: list[str],
+          labels: np.ndarray | None = None, teacher: str | Path | None = None,
+          progress: bool = True, max_steps: int | None = None,
+          stop_after_minutes: float | None = None) -> dict:
+    """Run `recipe` and write the model to `output`; returns the training summary.
+
+    init: the folder the student starts from (the teacher itself for sparsify, a backbone for
+    finetune). teacher: the distillation teacher folder (None: labels only). max_steps: stop after
+    this many steps, keeping the checkpoint (for tests of resume); the run continues when called again.
+    stop_after_minutes: the same, after this much wall time in this call. A stopped run still writes
+    the output folder as it stands (train.json says "finished": false), so it can be evaluated.
+    """
+    torch = require("torch", "'sparsebert[train]'", "training")
+    output = Path(output)
+    kind = recipe.task.kind
+    if not texts:
+        raise InputError("training data is empty; give at least one text")
+    if kind == "classification":
+        if labels is None or len(labels) != len(texts):
+            raise InputError("classification training needs one label per text")
+        if int(labels.max()) >= len(recipe.task.labels):
+            raise InputError(f"label {int(labels.max())} found in the data, but the recipe names only "
+                             f"{len(recipe.task.labels)} labels {list(recipe.task.labels)}")
+    torch.set_num_threads(recipe.training.threads)
+    torch.manual_seed(recipe.training.seed)
+
+    teacher_model = None
+    if teacher is not None:
+        teacher_model = distill.load_teacher(teacher, kind)
+        kept = check_layers(recipe, teacher_model.config.num_hidden_layers)
+        student = distill.make_student(teacher_model, kept, recipe.student.dropout)
+        if kind == "classification" and teacher_model.config.num_labels != len(recipe.task.labels):
+            raise ConfigError(f"[task] labels = {list(recipe.task.labels)} but the teacher has "
+                              f"{teacher_model.config.num_labels} labels")
+    elif kind == "classification":
+        student = distill.head_from_backbone(init, recipe.task.labels, recipe.student.dropout)
+        kept = check_layers(recipe, student.config.num_hidden_layers)
+        if kept != tuple(range(student.config.num_hidden_layers)):
+            student = distill.make_student(student, kept, recipe.student.dropout)
+    else:
+        raise ConfigError("an embeddings run needs a teacher to distil from (--teacher)")
+    if recipe.distillation is not None and teacher_model is None:
+        raise ConfigError("the recipe has a [distillation] section but no teacher was given (--teacher)")
+
+    tokenizer = Tokenizer(Path(init), recipe.training.max_length)
+    n = len(texts)
+    total = recipe.total_steps(n)
+    p = recipe.pruning
+    if p is not None:
+        start, end = recipe.pruning_window(n)
+        masks = MaskSet(distill.encoder_linears(student, p.linears), p.block_shape, p.scope)
+    else:
+        start = end = 0
+        masks = None
+    t = recipe.training
+    optim = torch.optim.AdamW(student.parameters(), lr=t.lr, weight_decay=t.weight_decay)
+
+    ckpt_dir = output / "checkpoint"
+    step, history, elapsed = 0, [], 0.0
+    if (ckpt_dir / "state.json").is_file():
+        step, history, elapsed = _load_checkpoint(ckpt_dir, recipe, student, optim, masks)
+    elif output.is_dir() and any(output.iterdir()):
+        raise ConfigError(f"output folder {str(output)!r} is not empty and holds no checkpoint to "
+                          f"resume; choose a new folder")
+    output.mkdir(parents=True, exist_ok=True)
+
+    order = BatchOrder([len(x) for x in texts], t.batch_size, t.seed)
+    d = recipe.distillation
+    want_hidden = d is not None and d.hidden_weight > 0
+    stop_at = total if max_steps is None else min(total, step + max_steps)
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=total, initial=step, unit="step", dynamic_ncols=True, smoothing=0.05)
+
+    def on_term(signum, frame):
+        raise _Stop()
+
+    old_handler = signal.signal(signal.SIGTERM, on_term) if _main_thread() else None
+    started = time.perf_counter()
+    t0 = started - elapsed
+    last_save = time.perf_counter()
+    student.train()
+    try:
+        while step < stop_at and (stop_after_minutes is None
+                                  or time.perf_counter() - started < 60 * stop_after_minutes):
+            if masks is not None and is_update_step(step, start, end, p.update_every):
+                masks.update(cubic_sparsity(step, p.initial_sparsity, p.final_sparsity, start, end,
+                                            p.update_every))
+            torch.manual_seed(t.seed * 1_000_003 + step)  # dropout noise: a function of the step
+            rows = order(step)
+            batch = tokenizer([texts[i] for i in rows])
+            ids = torch.from_numpy(batch.input_ids)
+            mask = torch.from_numpy(batch.attention_mask)
+            types = torch.from_numpy(batch.token_type_ids)
+            inputs = dict(input_ids=ids, attention_mask=mask, token_type_ids=types)
+            with torch.no_grad():
+                t_out = teacher_model(**inputs, output_hidden_states=want_hidden) if teacher_model else None
+            s_out = student(**inputs, output_hidden_states=want_hidden)
+            if kind == "embeddings":
+                loss = d.pooled_weight * _pooled(d.pooled_loss, distill.mean_pool(s_out.last_hidden_state, mask),
+                                                 distill.mean_pool(t_out.last_hidden_state, mask))
+                if want_hidden:
+                    loss = loss + d.hidden_weight * distill.hidden_mse(s_out.hidden_states,
+                                                                       t_out.hidden_states, mask)
+            else:
+                y = torch.from_numpy(labels[rows])
+                if t_out is None or d is None:
+                    loss = torch.nn.functional.cross_entropy(s_out.logits, y)
+                else:
+                    loss = distill.kd_loss(s_out.logits, t_out.logits, y, d.temperature, d.hardness)
+                    if want_hidden:
+                        loss = loss + d.hidden_weight * distill.hidden_mse(s_out.hidden_states,
+                                                                           t_out.hidden_states, mask)
+            for group in optim.param_groups:
+                group["lr"] = lr_at(step, t.lr, t.warmup_steps, t.lr_schedule, total, end)
+            optim.zero_grad(set_to_none=True)
+            loss.backward()
+            optim.step()
+            if masks is not None:
+                masks.apply()
+            step += 1
+            loss_value = float(loss.detach())
+            history.append([step, loss_value])
+            if bar is not None:
+                bar.update(1)
+                post = {"loss": f"{loss_value:.4f}"}
+                if masks is not None:
+                    post["sparsity"] = f"{cubic_sparsity(step - 1, p.initial_sparsity, p.final_sparsity, start, end, p.update_every):.3f}"
+                bar.set_postfix(post, refresh=False)
+            if time.perf_counter() - last_save >= 60 * t.checkpoint_minutes and step < total:
+                _save_checkpoint(ckpt_dir, recipe, student, optim, masks, step, history,
+                                 time.perf_counter() - t0)
+                last_save = time.perf_counter()
+    except (KeyboardInterrupt, _Stop):
+        _save_checkpoint(ckpt_dir, recipe, student, optim, masks, step, history, time.perf_counter() - t0)
+        raise KeyboardInterrupt(f"interrupted at step {step}/{total}; checkpoint saved in "
+                                f"{str(ckpt_dir)!r}: run the same command again to resume") from None
+    finally:
+        if bar is not None:
+            bar.close()
+        if old_handler is not None:
+            signal.signal(signal.SIGTERM, old_handler)
+    wall = time.perf_counter() - t0
+    finished = step >= total
+    if not finished:
+        _save_checkpoint(ckpt_dir, recipe, student, optim, masks, step, history, wall)
+    summary = {
+        "task": kind, "finished": finished, "step": step, "total_steps": total, "train_examples": n,
+        "layers_kept": list(kept), "wall_seconds": round(wall, 1),
+        "encoder_linear_sparsity": masks.sparsity() if masks is not None else 0.0,
+        "loss_first_50": float(np.mean([h[1] for h in history[:50]])) if history else None,
+        "loss_last_50": float(np.mean([h[1] for h in history[-50:]])) if history else None,
+        "loss_curve": history[:: max(1, len(history) // 200)],
+        "torch_threads": t.threads,
+    }
+    _write_output(output, student, init, recipe, summary)
+    if finished:
+        shutil.rmtree(ckpt_dir, ignore_errors=True)
+    return summary
+
+
+def _pooled(kind, s, t):
+    return distill.pooled_cosine(s, t) if kind == "cosine" else distill.pooled_mse(s, t)
+
+
+def _main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
+def _write_output(output: Path, student, init, recipe: Recipe, summary: dict) -> None:
+    student.eval()
+    student.save_pretrained(str(output), safe_serialization=True)
+    _copy_tokenizer_files(Path(init), output)
+    (output / "recipe.toml").write_text(recipe.text, encoding="utf-8")
+    (output / "train.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+
+
+# --- checkpoints: safetensors for tensors, JSON for the rest; written to a temp dir then renamed --
+
+
+def _save_checkpoint(ckpt_dir: Path, recipe, student, optim, masks, step, history, elapsed) -> None:
+    import torch
+    from safetensors.torch import save_file
+
+    tensors = {f"model.{k}": v.detach().contiguous() for k, v in student.state_dict().items()}
+    if masks is not None:
+        tensors.update({f"mask.{k}": m.to(dtype=torch.uint8) for k, m in masks.masks.items()})
+    opt = optim.state_dict()
+    for idx, state in opt["state"].items():
+        for key, value in state.items():
+            tensors[f"optim.{idx}.{key}"] = value.detach().contiguous()
+    meta = {"step": step, "recipe": recipe.text, "param_groups": opt["param_groups"],
+            "history": history, "elapsed": elapsed}
+    tmp = ckpt_dir.with_name(ckpt_dir.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_file(tensors, str(tmp / "state.safetensors"))
+    (tmp / "state.json").write_text(json.dumps(meta), encoding="utf-8")
+    old = ckpt_dir.with_name(ckpt_dir.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if ckpt_dir.exists():
+        os.replace(ckpt_dir, old)
+    os.replace(tmp, ckpt_dir)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _load_checkpoint(ckpt_dir: Path, recipe, student, optim, masks):
+    import torch
+    from safetensors.torch import load_file
+
+    meta = json.loads((ckpt_dir / "state.json").read_text(encoding="utf-8"))
+    if meta["recipe"] != recipe.text:
+        raise ConfigError(f"{str(ckpt_dir)!r} is a checkpoint of a different recipe; resume with the "
+                          f"same recipe, or write to a new --output folder")
+    tensors = load_file(str(ckpt_dir / "state.safetensors"))
+    student.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+    if masks is not None:
+        masks.masks = {k[5:]: v.to(torch.bool) for k, v in tensors.items() if k.startswith("mask.")}
+    state = {}
+    for k, v in tensors.items():
+        if k.startswith("optim."):
+            _, idx, key = k.split(".", 2)
+            state.setdefault(int(idx), {})[key] = v
+    optim.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    return meta["step"], meta["history"], meta["elapsed"]
