@@ -47,6 +47,29 @@ _ZERO = np.float32(0.0)
 _ONE = np.float32(1.0)
 
 
+@helper
+def token_scales(xf, b, K, S, inv_smooth, x_scale):
+    # Per-token scales of sequence b of flat X (B, K, S): x_scale[b, s] = max_k |X * inv_smooth[k]|
+    # / 127; returns the reciprocals used for the codes (0 for an all-zero token). Codes are
+    # x * (1 / scale), one explicit reciprocal per token: fastmath's `arcp` would otherwise divide
+    # in one loop and multiply by a hoisted reciprocal in another, and two layouts' codes could
+    # differ in the last place before rounding.
+    uk, us = np.uint64(K), np.uint64(S)
+    amax = np.zeros(S, dtype=np.float32)
+    base = np.uint64(b) * uk * us
+    for k in range(uk):
+        o = base + k * us
+        m = inv_smooth[k]
+        for s in range(us):
+            amax[s] = max(amax[s], abs(xf[o + s] * m))
+    inv = np.empty(S, dtype=np.float32)
+    for s in range(us):
+        sc = amax[s] / _QMAX
+        x_scale[b, s] = sc
+        inv[s] = _ONE / sc if sc > _ZERO else _ZERO
+    return inv
+
+
 @parallel_kernel
 def quantize_tokens(X, smooth, Q, QT, x_scale, token_major):
     # X (B, K, S) float32, smooth (K,) float32 > 0 -> Z = X[b, k, s] / smooth[k] (as the product
@@ -60,21 +83,8 @@ def quantize_tokens(X, smooth, Q, QT, x_scale, token_major):
     for k in range(K):
         inv_smooth[k] = _ONE / smooth[k]
     for b in prange(B):
-        amax = np.zeros(S, dtype=np.float32)
+        inv = token_scales(xf, b, K, S, inv_smooth, x_scale)
         base = np.uint64(b) * uk * us
-        for k in range(uk):
-            o = base + k * us
-            m = inv_smooth[k]
-            for s in range(us):
-                amax[s] = max(amax[s], abs(xf[o + s] * m))
-        # Codes are x * (1 / scale), one explicit reciprocal per token: fastmath's `arcp` would
-        # otherwise divide in one loop and multiply by a hoisted reciprocal in another, and the
-        # two layouts' codes could differ in the last place before rounding.
-        inv = np.empty(S, dtype=np.float32)
-        for s in range(us):
-            sc = amax[s] / _QMAX
-            x_scale[b, s] = sc
-            inv[s] = _ONE / sc if sc > _ZERO else _ZERO
         if token_major:
             qf = QT.reshape(QT.size)
             for s in range(us):

@@ -17,6 +17,7 @@ import pytest
 from sparsebert.errors import CheckpointError, InputError
 from sparsebert.kernels import int8 as k8
 from sparsebert.quant import Int8Linear, quantize_weight
+from sparsebert.quant.linear import host_has_vnni
 
 _erf = np.vectorize(math.erf)
 NO_CODES = np.zeros((1, 1, 1), np.int8)
@@ -56,6 +57,32 @@ def test_integer_sums_bit_exact(N, K, B, S, sparsity):
     assert dense.dtype == sparse.dtype == np.int32
     np.testing.assert_array_equal(dense, want)
     np.testing.assert_array_equal(sparse, want)
+
+
+@pytest.mark.skipif(not host_has_vnni(), reason="the vnni kernels need a CPU with AVX512-VNNI")
+@pytest.mark.parametrize("N,K,B,S,sparsity", CASES + [(5, 130, 2, 129, 0.9), (8, 3072, 1, 64, 0.0)])
+def test_vnni_sums_and_codes_bit_exact(N, K, B, S, sparsity):
+    from sparsebert.kernels import int8_vnni as kv
+
+    rng = np.random.default_rng(N * 1000 + K + 1)
+    codes = codes_for(rng, N, K, sparsity)
+    if K == 3072:  # the int32 extreme: every product 127 * 127
+        codes[:] = 127
+    x = rng.standard_normal((B, K, S)).astype(np.float32)
+    smooth = rng.uniform(0.5, 2, K).astype(np.float32)
+    q = np.empty((B, K, S), np.int8)
+    scale = np.empty((B, S), np.float32)
+    k8.quantize_tokens(x, smooth, q, NO_CODES, scale, False)
+    xp = np.empty((B, -(-K // 4), -(-S // kv.TILE) * kv.TILE, 4), np.uint8)
+    packed_scale = np.empty((B, S), np.float32)
+    kv.quantize_pack(x, smooth, xp, packed_scale)
+    np.testing.assert_array_equal(packed_scale, scale)
+    unpacked = (xp.astype(np.int16) - 128).transpose(0, 1, 3, 2).reshape(B, -1, xp.shape[2])
+    np.testing.assert_array_equal(unpacked[:, :K, :S], q)
+    assert (xp.reshape(B, -1, xp.shape[2], 4)[:, :, S:] == 128).all()  # padding tokens: code 0
+    got = np.full((B, N, S), -1, np.int32)
+    kv.spmm_int8_vnni_acc(*kv.pack_weight(codes), xp, S, got)
+    np.testing.assert_array_equal(got, reference_sums(codes, q))
 
 
 def test_extreme_codes_do_not_overflow():
@@ -106,7 +133,11 @@ def reference_linear(lin, x, act, residual):
     return y if residual is None else y + residual
 
 
-@pytest.mark.parametrize("fmt", ["dense", "csr"])
+FORMATS = ["dense", "csr", pytest.param("vnni", marks=pytest.mark.skipif(
+    not host_has_vnni(), reason="needs AVX512-VNNI"))]
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
 @pytest.mark.parametrize("act", [None, "gelu", "gelu_tanh", "relu"])
 @pytest.mark.parametrize("smooth", [False, True])
 def test_int8_linear_fused_epilogue(fmt, act, smooth):
@@ -137,9 +168,10 @@ def test_quantize_weight_keeps_zeros_and_range():
     assert not codes[w == 0].any()
     assert np.abs(codes).max(axis=1)[scale > 0].min() == 127
     np.testing.assert_allclose(codes * scale[:, None], w, atol=scale.max() / 2 + 1e-7)
-    lin = Int8Linear(codes, scale, np.zeros(30, np.float32))
-    assert lin.format == "int8-csr" and lin.nnz == np.count_nonzero(codes)
-    np.testing.assert_array_equal(lin.to_codes(), codes)
+    for fmt in ["dense", "csr"] + (["vnni"] if host_has_vnni() else []):
+        lin = Int8Linear(codes, scale, np.zeros(30, np.float32), fmt)
+        assert lin.format == f"int8-{fmt}" and lin.nnz == np.count_nonzero(codes)
+        np.testing.assert_array_equal(lin.to_codes(), codes)
 
 
 def test_bad_arguments_are_typed_errors():
@@ -154,6 +186,9 @@ def test_bad_arguments_are_typed_errors():
         Int8Linear(codes, np.ones(4, np.float32), np.zeros(4, np.float32), smooth=np.zeros(6, np.float32))
     with pytest.raises(ValueError, match="format"):
         Int8Linear(codes, np.ones(4, np.float32), np.zeros(4, np.float32), "bsr")
+    if not host_has_vnni():
+        with pytest.raises(ValueError, match="AVX512-VNNI"):
+            Int8Linear(codes, np.ones(4, np.float32), np.zeros(4, np.float32), "vnni")
     lin = Int8Linear(codes, np.ones(4, np.float32), np.zeros(4, np.float32))
     with pytest.raises(InputError, match="expects x"):
         lin(np.zeros((1, 5, 2), np.float32))
@@ -171,13 +206,35 @@ def _host_has_vnni() -> bool:
         return False
 
 
+@pytest.mark.skipif(not host_has_vnni(), reason="needs a CPU with AVX512-VNNI")
+def test_vnni_kernel_compiles_to_vpdpbusd():
+    # The vnni path must run vpdpbusd on zmm registers: a fresh compile with the project's
+    # settings (a kernel loaded from Numba's cache has no asm to inspect).
+    import numba
+
+    from sparsebert.kernels import int8_vnni as kv
+    from sparsebert.kernels.jit import FASTMATH
+
+    kern = numba.njit(fastmath=FASTMATH, nogil=True)(kv._row_tile.py_func)
+    xp = np.full((1, 2, kv.TILE, 4), 128, np.uint8)
+    wq, g, ip, _ = kv.pack_weight(np.ones((1, 8), np.int8))
+    kern(xp, 0, 0, wq, g, 0, 2, np.empty(kv.TILE, np.int32))
+    asm = "\n".join(kern.inspect_asm().values())
+    assert re.search(r"vpdpbusd\s+[^\n]*%zmm", asm), "vpdpbusd on zmm missing from the vnni tile"
+
+
 @pytest.mark.skipif(sys.platform != "linux" or not _host_has_vnni(),
                     reason="needs a CPU with AVX512-VNNI or AVX-VNNI to inspect VNNI code")
 def test_integer_dot_compiles_to_simd_multiply_add():
     # The K loop of the dense kernels must stay a SIMD integer multiply-add (VNNI vpdpwssd /
     # vpdpbusd, or vpmaddwd), never a scalar or widening vpmulld loop: a silent fall back costs 2-4x.
-    codes = np.ones((4, 64), np.int8)
-    k8.gemm_int8_acc(codes, np.ones((1, 3, 64), np.int8), np.empty((1, 4, 3), np.int32))
-    asm = "\n".join(k8.gemm_int8_acc.inspect_asm().values())
+    # A fresh compile with the project's settings: a kernel loaded from Numba's cache has no asm.
+
+    import numba
+    from sparsebert.kernels.jit import FASTMATH
+
+    kern = numba.njit(fastmath=FASTMATH, nogil=True, parallel=True)(k8.gemm_int8_acc.py_func)
+    kern(np.ones((4, 64), np.int8), np.ones((1, 3, 64), np.int8), np.empty((1, 4, 3), np.int32))
+    asm = "\n".join(kern.inspect_asm().values())
     found = set(re.findall(r"\b(vpdpwssd|vpdpbusd|vpmaddwd)\b", asm))
     assert found, "no SIMD integer dot-product instruction in gemm_int8_acc"

@@ -84,7 +84,8 @@ def test_round_trip_stores_exact_codes(fp32, quantized):
     sub = "encoder.layer.0.attention.self.key"
     np.testing.assert_array_equal(q.codes[sub], model.encoder.layers[0].qkv.to_codes()[384:768])
     report = model.sparsity_report()["total"]
-    assert report["nbytes"] < 0.3 * report["dense_nbytes"]
+    # int8 codes (0.25 of float32) plus at most a 2-byte index per 4 codes (vnni layout).
+    assert report["nbytes"] < 0.4 * report["dense_nbytes"]
 
 
 def test_in_memory_matches_loaded_without_calibration(fp32, minilm, tmp_path):
@@ -110,7 +111,7 @@ def test_sparse_int8_accuracy(minilm, tmp_path):
     sparse = sparsebert.load(tmp_path / "p90")
     sparse_int8 = sparsebert.load(tmp_path / "q90")
     formats = {r["format"] for r in sparse_int8.sparsity_report()["linears"]}
-    assert formats == {"int8-csr"}
+    assert formats in ({"int8-csr"}, {"int8-vnni"})
     cos = (sparse_int8.encode(HELD_OUT) * sparse.encode(HELD_OUT)).sum(axis=1)
     assert cos.min() >= 0.998, (cos.mean(), cos.min())
 

@@ -24,10 +24,20 @@ from ..errors import CheckpointError, InputError
 from ..kernels import int8 as k8
 from ..linear import _act_code, _check_out, index_dtype
 
-FORMATS = ("auto", "dense", "csr")
-# CSR from this sparsity on; below, the dense int8 kernel (kernels/int8.py) does less work per
-# stored value than the CSR row loop (measured on bench_int8 shapes, see the module docstring there).
+FORMATS = ("auto", "dense", "csr", "vnni")
+# Portable kernels (no AVX512-VNNI): CSR from this sparsity on; below, the dense int8 kernel does
+# less work per stored value than the CSR row loop.
 CSR_FROM_SPARSITY = 0.5
+
+
+def host_has_vnni() -> bool:
+    """True when this CPU runs AVX512-VNNI, which the "vnni" format's kernels need."""
+    import llvmlite.binding as ll
+
+    try:
+        return bool(ll.get_host_cpu_features().get("avx512vnni"))
+    except RuntimeError:
+        return False
 _NO_RESIDUAL = np.zeros((1, 1, 1), dtype=np.float32)
 _NO_CODES = np.zeros((1, 1, 1), dtype=np.int8)
 
@@ -74,6 +84,9 @@ class Int8Linear:
     """Y[b] (N, S) = act(W (N, K) @ X[b] (K, S) + bias) (+ residual) with W int8 codes x per-row
     scale and X quantized per token on the fly. Build with `from_float` or from stored codes.
 
+    Formats: "vnni" (AVX512-VNNI `vpdpbusd` over K-quads, dense or sparse alike; chosen by "auto"
+    where the CPU has it), else "dense" (token-major codes) or "csr" (chosen from 50% sparsity).
+
     smooth (K,) (SmoothQuant, Xiao et al. 2023): the codes stand for W * smooth[None, :] and the
     activations are quantized as X / smooth[:, None]; the product is the same, but outlier input
     channels (large smooth) lose less precision in the activations' shared per-token scale."""
@@ -111,12 +124,22 @@ class Int8Linear:
         self.bias = np.ascontiguousarray(bias, dtype=np.float32)
         nnz = int(np.count_nonzero(codes))
         if format == "auto":
-            format = "csr" if 1.0 - nnz / (N * K) >= CSR_FROM_SPARSITY else "dense"
+            if host_has_vnni():
+                format = "vnni"
+            else:
+                format = "csr" if 1.0 - nnz / (N * K) >= CSR_FROM_SPARSITY else "dense"
+        elif format == "vnni" and not host_has_vnni():
+            raise ValueError("format 'vnni' needs a CPU with AVX512-VNNI; use 'auto', 'dense' or 'csr'")
         self.format = f"int8-{format}"
         self._nnz = nnz
         if format == "dense":
             self.codes = np.ascontiguousarray(codes)
             arrays = (self.codes,)
+        elif format == "vnni":
+            from ..kernels import int8_vnni
+
+            self.quads, self.quad_index, self.indptr, self.rowsum = int8_vnni.pack_weight(codes)
+            arrays = (self.quads, self.quad_index, self.indptr, self.rowsum)
         else:
             rows, cols = np.nonzero(codes)
             self.indptr = np.zeros(N + 1, dtype=np.int64)
@@ -132,10 +155,17 @@ class Int8Linear:
         codes, scale = quantize_weight(weight, smooth)
         return cls(codes, scale, bias, format, smooth)
 
+    def _arrays(self):
+        if self.format == "int8-dense":
+            return (self.codes,)
+        if self.format == "int8-vnni":
+            return (self.quads, self.quad_index, self.indptr, self.rowsum)
+        return (self.data, self.indices, self.indptr)
+
     @property
     def nbytes(self) -> int:
-        parts = (self.codes,) if self.format == "int8-dense" else (self.data, self.indices, self.indptr)
-        return sum(a.nbytes for a in parts) + self.scale.nbytes + self.bias.nbytes + self.smooth.nbytes
+        return sum(a.nbytes for a in self._arrays()) + sum(
+            a.nbytes for a in (self.scale, self.bias, self.smooth))
 
     @property
     def nnz(self) -> int:
@@ -143,12 +173,20 @@ class Int8Linear:
 
     @property
     def stored_macs(self) -> int:
-        return self.out_features * self.in_features if self.format == "int8-dense" else int(self.data.size)
+        if self.format == "int8-dense":
+            return self.out_features * self.in_features
+        return int(self.quads.size * 4) if self.format == "int8-vnni" else int(self.data.size)
 
     def to_codes(self) -> np.ndarray:
         """The (N, K) int8 codes, dense."""
         if self.format == "int8-dense":
             return self.codes.copy()
+        if self.format == "int8-vnni":
+            KQ = -(-self.in_features // 4)
+            w = np.zeros((self.out_features, KQ, 4), dtype=np.int8)
+            rows = np.repeat(np.arange(self.out_features), np.diff(self.indptr))
+            w[rows, self.quad_index] = self.quads.view(np.int8).reshape(-1, 4)
+            return w.reshape(self.out_features, -1)[:, : self.in_features].copy()
         w = np.zeros((self.out_features, self.in_features), dtype=np.int8)
         rows = np.repeat(np.arange(self.out_features), np.diff(self.indptr))
         w[rows, self.indices] = self.data
@@ -192,7 +230,14 @@ class Int8Linear:
         x_scale = _SCRATCH.get("x_scale", (B, S), np.float32)
         # Enough row chunks that every thread gets several tasks, even at batch size 1.
         rows = max(4, -(-self.out_features // -(-8 * numba.config.NUMBA_NUM_THREADS // B)))
-        if self.format == "int8-dense":
+        if self.format == "int8-vnni":
+            from ..kernels import int8_vnni as kv
+
+            xp = _SCRATCH.get("packed", (B, -(-K // 4), -(-S // kv.TILE) * kv.TILE, 4), np.uint8)
+            kv.quantize_pack(x, self.smooth, xp, x_scale)
+            kv.spmm_int8_vnni(self.quads, self.quad_index, self.indptr, self.rowsum, xp, S, self.scale,
+                              x_scale, self.bias, act, res, has_res, rows, y)
+        elif self.format == "int8-dense":
             qt = _SCRATCH.get("codes", (B, S, K), np.int8)
             k8.quantize_tokens(x, self.smooth, _NO_CODES, qt, x_scale, True)
             k8.gemm_int8(self.codes, self.scale, qt, x_scale, self.bias, act, res, has_res, rows, y)

@@ -1,0 +1,180 @@
+"""INT8 matmul on AVX512-VNNI: `vpdpbusd` over K-quads, for dense and sparse weights alike.
+
+Same contract and arithmetic as `kernels/int8.py` (per-token activation codes, per-row weight
+scales, int32 sums, fused float epilogue), on layouts that feed `vpdpbusd`, which adds to each
+int32 lane the dot product of 4 unsigned bytes with 4 signed bytes:
+
+- activations XP (B, KQ, SP, 4) uint8: code + 128 (VNNI multiplies unsigned x signed), the 4
+  consecutive features 4q .. 4q + 3 of a token side by side; KQ = ceil(K / 4), SP = S rounded up
+  to the 64-token tile; padding holds code 0 (byte 128). Made by `quantize_pack`.
+- weights grouped by K-quad, CSR over quads: row n holds the quads q with any nonzero code,
+  `wq[p]` the 4 codes of quad `gidx[p]` packed little-endian in an int32, `indptr` (N + 1,).
+  Dense weights are the case where every quad is stored; unstructured 90% sparsity stores ~34%
+  of the quads (1 - 0.9^4), so each stored quad carries ~1.2 nonzeros.
+- sum_k (x + 128) w = sum_k x w + 128 * rowsum[n]: `rowsum` (N,) int32, the codes' row sums, is
+  subtracted before dequantizing, so the sums equal numpy's int32 matmul bit for bit.
+
+The inner loop is one LLVM intrinsic (`_tile64`, written with llvmlite): 64 tokens x one row kept
+in four zmm accumulators while it walks the row's quads, one broadcast of the 4 weight bytes and
+four `vpdpbusd` per quad (LLVM's auto-vectoriser only reaches `vpmaddwd` / `vpdpwssd` from Numba
+loops, at a quarter of the bytes per instruction; see kernels/int8.py).
+
+Contract (validated by `sparsebert.quant.linear`): the CPU has AVX512-VNNI (the caller checks;
+on other CPUs these kernels must not be compiled); arrays C-contiguous; indptr int64
+non-decreasing from 0; wq int32; gidx uint16 or int32 in [0, KQ); rowsum int32 (N,); XP from
+`quantize_pack` for the same K; w_scale, bias float32 (N,); x_scale float32 (B, S); R float32
+(B, N, S) when has_residual; Y float32 (B, N, S). The intrinsic reads through raw pointers, out
+of NUMBA_BOUNDSCHECK's sight: `pack_weight` and `quantize_pack` are what keep it in bounds.
+
+Left out: AVX-VNNI (256-bit) and AMX-INT8 variants, K-chunked panels, multi-row register tiles.
+References: Intel Intrinsics Guide, `_mm512_dpbusd_epi32`; LLVM `llvm.x86.avx512.vpdpbusd.512`.
+"""
+
+import numpy as np
+from llvmlite import ir
+from numba import prange, types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+from .int8 import token_scales
+from .jit import kernel, parallel_kernel
+from .spmm_epilogue import epilogue_inplace
+
+TILE = 64  # tokens per register tile: 4 zmm of 16 int32 lanes
+_I32X16 = ir.VectorType(ir.IntType(32), 16)
+_I64 = ir.IntType(64)
+_OFFSET = np.int32(128)
+
+
+@intrinsic
+def _tile64(typingctx, xp, x_off, x_stride, wq, gidx, start, end, acc):
+    # acc[0:64] = sum over p in [start, end) of dpbusd(xp[x_off + gidx[p] * x_stride : + 256],
+    # broadcast(wq[p])): 64 tokens x one weight row, four zmm accumulators (allocas that LLVM
+    # promotes to registers), unaligned loads.
+    sig = types.void(xp, x_off, x_stride, wq, gidx, start, end, acc)
+
+    def codegen(context, builder, signature, args):
+        at = signature.args
+        xp_ptr = context.make_array(at[0])(context, builder, args[0]).data
+        wq_ptr = context.make_array(at[3])(context, builder, args[3]).data
+        g_ptr = context.make_array(at[4])(context, builder, args[4]).data
+        acc_ptr = context.make_array(at[7])(context, builder, args[7]).data
+        x_off = context.cast(builder, args[1], at[1], types.int64)
+        x_stride = context.cast(builder, args[2], at[2], types.int64)
+        start = context.cast(builder, args[5], at[5], types.int64)
+        end = context.cast(builder, args[6], at[6], types.int64)
+        fn = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(_I32X16, [_I32X16] * 3), "llvm.x86.avx512.vpdpbusd.512")
+        accs = [cgutils.alloca_once_value(builder, ir.Constant(_I32X16, None)) for _ in range(4)]
+        lanes = ir.Constant(ir.VectorType(ir.IntType(32), 16), [0] * 16)
+        with cgutils.for_range_slice(builder, start, end, ir.Constant(_I64, 1), inc=True) as (p, _):
+            w = builder.load(builder.gep(wq_ptr, [p]))
+            wv = builder.insert_element(ir.Constant(_I32X16, ir.Undefined), w, ir.Constant(ir.IntType(32), 0))
+            wb = builder.shuffle_vector(wv, ir.Constant(_I32X16, ir.Undefined), lanes)
+            g = builder.load(builder.gep(g_ptr, [p]))
+            g = builder.zext(g, _I64) if g.type.width < 64 else g  # indices are >= 0
+            base = builder.gep(xp_ptr, [builder.add(x_off, builder.mul(g, x_stride))])
+            for t in range(4):
+                vp = builder.bitcast(builder.gep(base, [ir.Constant(_I64, 64 * t)]), _I32X16.as_pointer())
+                xv = builder.load(vp, align=1)
+                builder.store(builder.call(fn, [builder.load(accs[t]), xv, wb]), accs[t])
+        for t in range(4):
+            op = builder.bitcast(builder.gep(acc_ptr, [ir.Constant(_I64, 16 * t)]), _I32X16.as_pointer())
+            builder.store(builder.load(accs[t]), op, align=4)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@parallel_kernel
+def quantize_pack(X, smooth, XP, x_scale):
+    # X (B, K, S) float32 -> XP (B, KQ, SP, 4) uint8 = code + 128 (codes as kernels/int8.py's
+    # quantize_tokens), padding 128; x_scale (B, S).
+    B, K, S = X.shape
+    KQ, SP = XP.shape[1], XP.shape[2]
+    xf = X.reshape(X.size)
+    pf = XP.reshape(XP.size)
+    inv_smooth = np.empty(K, dtype=np.float32)
+    for k in range(K):
+        inv_smooth[k] = np.float32(1.0) / smooth[k]
+    us, usp = np.uint64(S), np.uint64(SP)
+    for b in prange(B):
+        inv = token_scales(xf, b, K, S, inv_smooth, x_scale)
+        pbase = np.uint64(b) * np.uint64(KQ) * usp * np.uint64(4)
+        for i in range(np.uint64(KQ) * usp * np.uint64(4)):
+            pf[pbase + i] = np.uint8(128)
+        for k in range(K):
+            m = inv_smooth[k]
+            o = (np.uint64(b) * np.uint64(K) + np.uint64(k)) * us
+            d = pbase + np.uint64(k // 4) * usp * np.uint64(4) + np.uint64(k % 4)
+            for s in range(us):
+                v = np.rint((xf[o + s] * m) * inv[s])
+                c = min(max(v, np.float32(-127.0)), np.float32(127.0))
+                pf[d + s * np.uint64(4)] = np.uint8(np.int32(c) + _OFFSET)
+
+
+@kernel
+def _row_tile(XP, b, t, wq, gidx, start, end, acc):
+    KQ, SP = XP.shape[1], XP.shape[2]
+    xf = XP.reshape(XP.size)
+    stride = SP * 4
+    _tile64(xf, (b * KQ * SP + t * TILE) * 4, stride, wq, gidx, start, end, acc)
+
+
+@parallel_kernel
+def spmm_int8_vnni(wq, gidx, indptr, rowsum, XP, S, w_scale, x_scale, bias, act, R, has_residual,
+                   rows, Y):
+    B, SP = XP.shape[0], XP.shape[2]
+    N = indptr.shape[0] - 1
+    chunks = (N + rows - 1) // rows
+    tiles = SP // TILE
+    yf, rf = Y.reshape(Y.size), R.reshape(R.size)
+    for i in prange(B * chunks):
+        b = i // chunks
+        n0 = (i - b * chunks) * rows
+        n1 = min(N, n0 + rows)
+        acc = np.empty(TILE, dtype=np.int32)
+        for t in range(tiles):
+            s0 = t * TILE
+            width = min(TILE, S - s0)
+            for n in range(n0, n1):
+                _row_tile(XP, b, t, wq, gidx, indptr[n], indptr[n + 1], acc)
+                off = np.uint64((b * N + n) * S + s0)
+                ws = w_scale[n]
+                comp = rowsum[n] * _OFFSET
+                for s in range(width):
+                    yf[off + np.uint64(s)] = np.float32(acc[s] - comp) * (ws * x_scale[b, s0 + s])
+                epilogue_inplace(yf, off, np.uint64(width), bias[n], act, rf, off, has_residual)
+
+
+@parallel_kernel
+def spmm_int8_vnni_acc(wq, gidx, indptr, rowsum, XP, S, A):
+    # A (B, N, S) int32: the integer sums of `spmm_int8_vnni`.
+    B, SP = XP.shape[0], XP.shape[2]
+    N = indptr.shape[0] - 1
+    tiles = SP // TILE
+    for i in prange(B * N):
+        b = i // N
+        n = i - b * N
+        acc = np.empty(TILE, dtype=np.int32)
+        for t in range(tiles):
+            _row_tile(XP, b, t, wq, gidx, indptr[n], indptr[n + 1], acc)
+            for s in range(min(TILE, S - t * TILE)):
+                A[b, n, t * TILE + s] = acc[s] - rowsum[n] * _OFFSET
+
+
+def pack_weight(codes: np.ndarray):
+    """(N, K) int8 codes -> (wq int32, gidx uint16 (int32 past 65,536 quads), indptr int64
+    (N + 1,), rowsum int32 (N,)): the quads of each row holding a nonzero code, in order."""
+    N, K = codes.shape
+    KQ = -(-K // 4)
+    padded = np.zeros((N, KQ * 4), dtype=np.int8)
+    padded[:, :K] = codes
+    quads = padded.reshape(N, KQ, 4)
+    keep = quads.any(axis=2)
+    rows, cols = np.nonzero(keep)
+    indptr = np.zeros(N + 1, dtype=np.int64)
+    np.cumsum(keep.sum(axis=1), out=indptr[1:])
+    wq = np.ascontiguousarray(quads[rows, cols]).view("<i4").reshape(-1).astype(np.int32)
+    rowsum = codes.astype(np.int32).sum(axis=1).astype(np.int32)
+    return wq, cols.astype(np.uint16 if KQ <= 1 << 16 else np.int32), indptr, rowsum
