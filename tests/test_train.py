@@ -433,3 +433,21 @@ def test_cli_reports_recipe_errors(tiny_teacher, tmp_path, capsys):
     assert code == 0
     metrics = json.loads((tmp_path / "o" / "metrics.json").read_text())
     assert -1.0 <= metrics["cosine_to_teacher"] <= 1.0 and math.isfinite(metrics["top10_overlap"])
+
+
+def test_cli_onnx_export_matches_the_folder(tiny_teacher, tmp_path):
+    import sparsebert
+    from sparsebert.cli import main
+
+    pytest.importorskip("onnx")
+    recipe = tmp_path / "r.toml"
+    recipe.write_text(EMB_RECIPE.replace("steps = 24", "steps = 12"))
+    data = tmp_path / "d.txt"
+    data.write_text("\n".join(_texts(20)))
+    code = main(["sparsify", str(recipe), "--teacher", str(tiny_teacher), "--data", str(data),
+                 "--output", str(tmp_path / "o"), "--no-progress", "--onnx", str(tmp_path / "onnx")])
+    assert code == 0
+    texts = _texts(4, seed=5)
+    a = sparsebert.load(tmp_path / "o").encode(texts)
+    b = sparsebert.load(tmp_path / "onnx").encode(texts)
+    assert a.shape == b.shape and np.abs(a - b).max() <= 1e-5

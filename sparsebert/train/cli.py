@@ -32,6 +32,8 @@ def _run(args, init, teacher) -> dict:
                         stop_after_minutes=args.stop_after_minutes)
     except KeyboardInterrupt as exc:  # Ctrl-C / SIGTERM: the checkpoint is saved, say how to resume
         raise SystemExit(f"sparsebert {args.command}: {exc or 'interrupted'}") from None
+    if args.onnx:
+        summary["onnx"] = _export_onnx(recipe.task.kind, args.output, args.onnx)
     if args.eval_data or args.lee:
         metrics = evaluate_model(args.output, teacher=teacher or init, kind=recipe.task.kind,
                                  eval_data=args.eval_data, lee=args.lee)
@@ -39,6 +41,21 @@ def _run(args, init, teacher) -> dict:
         Path(args.output, "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
         summary = {**{k: v for k, v in summary.items() if k != "loss_curve"}, "metrics": metrics}
     return {k: v for k, v in summary.items() if k != "loss_curve"}
+
+
+def _export_onnx(kind: str, folder, out_dir) -> str:
+    """ONNX deployment folder (model.onnx + config + tokenizer) of a trained output folder."""
+    from ..export import export_bert_onnx, export_task_onnx
+    from ..prune import _copy_tokenizer_files
+
+    out_dir = Path(out_dir)
+    if kind == "classification":
+        return export_task_onnx(folder, out_dir, "legacy17")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = export_bert_onnx(folder, out_dir / "model.onnx", "legacy17")
+    (out_dir / "config.json").write_bytes((Path(folder) / "config.json").read_bytes())
+    _copy_tokenizer_files(Path(folder), out_dir)
+    return str(path)
 
 
 def cmd_sparsify(args) -> dict:
@@ -77,6 +94,8 @@ def _common(p) -> None:
     p.add_argument("--lee", default=None, help="folder with lee.cor + similarities0-1.txt (embeddings)")
     p.add_argument("--stop-after-minutes", type=float, default=None,
                    help="stop (checkpoint kept, output written as it stands) after this wall time")
+    p.add_argument("--onnx", default=None, metavar="DIR",
+                   help="also export the result to an ONNX deployment folder (legacy exporter, opset 17)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 

@@ -36,6 +36,16 @@ def top_k_overlap(a: np.ndarray, b: np.ndarray, k: int = 10) -> float:
     return float(np.mean([len(set(x) & set(y)) / k for x, y in zip(na, nb)]))
 
 
+_TEACHER_CACHE: dict = {}
+
+
+def _teacher_value(key, compute):
+    """The teacher's embeddings / score, computed once per process (points.py evaluates many students)."""
+    if key not in _TEACHER_CACHE:
+        _TEACHER_CACHE[key] = compute()
+    return _TEACHER_CACHE[key]
+
+
 def lee_spearman(model_path, lee_folder, layers=None) -> float:
     import sparsebert
     from scipy.stats import spearmanr
@@ -56,14 +66,16 @@ def evaluate_model(path, *, teacher=None, kind: str, eval_data=None, lee=None, l
                 raise ConfigError("held-out embedding metrics compare with the teacher: give --teacher")
             texts = read_texts(eval_data)[:HELDOUT_LIMIT]
             student = sparsebert.load(path, layers=layers).encode(texts)
-            ref = sparsebert.load(teacher).encode(texts)
+            ref = _teacher_value(("heldout", str(teacher), str(eval_data)),
+                                 lambda: sparsebert.load(teacher).encode(texts))
             out["heldout_sentences"] = len(texts)
             out["cosine_to_teacher"] = float(np.mean(np.sum(student * ref, axis=1)))
             out["top10_overlap"] = top_k_overlap(student, ref)
         if lee is not None:
             out["lee_spearman"] = lee_spearman(path, lee, layers)
             if teacher is not None:
-                out["teacher_lee_spearman"] = lee_spearman(teacher, lee)
+                out["teacher_lee_spearman"] = _teacher_value(("lee", str(teacher), str(lee)),
+                                                             lambda: lee_spearman(teacher, lee))
     elif kind == "classification":
         if eval_data is None:
             raise ConfigError("classification metrics need labelled --eval-data (JSON lines)")
