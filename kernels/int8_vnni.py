@@ -8,7 +8,9 @@ int32 lane the dot product of 4 unsigned bytes with 4 signed bytes:
   consecutive features 4q .. 4q + 3 of a token side by side; KQ = ceil(K / 4), SP = S rounded up
   to the 64-token tile; padding holds code 0 (byte 128). Made by `quantize_pack`.
 - weights grouped by K-quad, CSR over quads: row n holds the quads q with any nonzero code,
-  `wq[p]` the 4 codes of quad `gidx[p]` packed little-endian in an int32, `indptr` (N + 1,).
+  `wq[p]` the 4 codes of quad `gidx[p]` packed little-endian in an int32; entries are grouped
+  by K-chunk of `chunk_quads` quads (as the FP32 spmm's, `spmm.chunk_entries`), `ptr`
+  (n_chunks, N + 1) bounding each (chunk, row) run, gidx counted from the chunk's first quad.
   Dense weights are the case where every quad is stored; unstructured 90% sparsity stores ~34%
   of the quads (1 - 0.9^4), so each stored quad carries ~1.2 nonzeros.
 - sum_k (x + 128) w = sum_k x w + 128 * rowsum[n]: `rowsum` (N,) int32, the codes' row sums, is
@@ -20,13 +22,13 @@ four `vpdpbusd` per quad (LLVM's auto-vectoriser only reaches `vpmaddwd` / `vpdp
 loops, at a quarter of the bytes per instruction; see kernels/int8.py).
 
 Contract (validated by `sparsebert.quant.linear`): the CPU has AVX512-VNNI (the caller checks;
-on other CPUs these kernels must not be compiled); arrays C-contiguous; indptr int64
-non-decreasing from 0; wq int32; gidx uint16 or int32 in [0, KQ); rowsum int32 (N,); XP from
+on other CPUs these kernels must not be compiled); arrays C-contiguous; ptr int64 rows
+non-decreasing from 0; wq int32; gidx uint16 in [0, chunk_quads); rowsum int32 (N,); XP from
 `quantize_pack` for the same K; w_scale, bias float32 (N,); x_scale float32 (B, S); R float32
 (B, N, S) when has_residual; Y float32 (B, N, S). The intrinsic reads through raw pointers, out
 of NUMBA_BOUNDSCHECK's sight: `pack_weight` and `quantize_pack` are what keep it in bounds.
 
-Left out: AVX-VNNI (256-bit) and AMX-INT8 variants, K-chunked panels, multi-row register tiles.
+Left out: AVX-VNNI (256-bit) and AMX-INT8 variants, multi-row register tiles.
 References: Intel Intrinsics Guide, `_mm512_dpbusd_epi32`; LLVM `llvm.x86.avx512.vpdpbusd.512`.
 """
 
@@ -38,20 +40,25 @@ from numba.extending import intrinsic
 
 from .int8 import token_scales
 from .jit import kernel, parallel_kernel
+from .spmm import chunk_entries
 from .spmm_epilogue import epilogue_inplace
 
 TILE = 64  # tokens per register tile: 4 zmm of 16 int32 lanes
+# Quads per K-chunk: a chunk's slice of one token tile is 128 x 256 B = 32 KiB, in L1 (48 KiB
+# on Sapphire Rapids) while a task's rows sweep it.
+CHUNK_QUADS = 128
 _I32X16 = ir.VectorType(ir.IntType(32), 16)
 _I64 = ir.IntType(64)
 _OFFSET = np.int32(128)
 
 
 @intrinsic
-def _tile64(typingctx, xp, x_off, x_stride, wq, gidx, start, end, acc):
-    # acc[0:64] = sum over p in [start, end) of dpbusd(xp[x_off + gidx[p] * x_stride : + 256],
-    # broadcast(wq[p])): 64 tokens x one weight row, four zmm accumulators (allocas that LLVM
-    # promotes to registers), unaligned loads.
-    sig = types.void(xp, x_off, x_stride, wq, gidx, start, end, acc)
+def _tile64(typingctx, xp, x_off, x_stride, wq, gidx, start, end, acc, acc_off):
+    # acc[acc_off : + 64] += sum over p in [start, end) of dpbusd(xp[x_off + gidx[p] * x_stride :
+    # + 256], broadcast(wq[p])): 64 tokens x one weight row, four zmm accumulators (allocas that
+    # LLVM promotes to registers), unaligned loads. Always accumulating (the caller zeroes acc)
+    # keeps one straight-line entry, as in the FP32 spmm tiles.
+    sig = types.void(xp, x_off, x_stride, wq, gidx, start, end, acc, acc_off)
 
     def codegen(context, builder, signature, args):
         at = signature.args
@@ -65,7 +72,10 @@ def _tile64(typingctx, xp, x_off, x_stride, wq, gidx, start, end, acc):
         end = context.cast(builder, args[6], at[6], types.int64)
         fn = cgutils.get_or_insert_function(
             builder.module, ir.FunctionType(_I32X16, [_I32X16] * 3), "llvm.x86.avx512.vpdpbusd.512")
-        accs = [cgutils.alloca_once_value(builder, ir.Constant(_I32X16, None)) for _ in range(4)]
+        acc_off = context.cast(builder, args[8], at[8], types.int64)
+        acc_vp = [builder.bitcast(builder.gep(acc_ptr, [builder.add(acc_off, ir.Constant(_I64, 16 * t))]),
+                                  _I32X16.as_pointer()) for t in range(4)]
+        accs = [cgutils.alloca_once_value(builder, builder.load(vp, align=4)) for vp in acc_vp]
         lanes = ir.Constant(ir.VectorType(ir.IntType(32), 16), [0] * 16)
         with cgutils.for_range_slice(builder, start, end, ir.Constant(_I64, 1), inc=True) as (p, _):
             w = builder.load(builder.gep(wq_ptr, [p]))
@@ -79,8 +89,7 @@ def _tile64(typingctx, xp, x_off, x_stride, wq, gidx, start, end, acc):
                 xv = builder.load(vp, align=1)
                 builder.store(builder.call(fn, [builder.load(accs[t]), xv, wb]), accs[t])
         for t in range(4):
-            op = builder.bitcast(builder.gep(acc_ptr, [ir.Constant(_I64, 16 * t)]), _I32X16.as_pointer())
-            builder.store(builder.load(accs[t]), op, align=4)
+            builder.store(builder.load(accs[t]), acc_vp[t], align=4)
         return context.get_dummy_value()
 
     return sig, codegen
@@ -114,18 +123,33 @@ def quantize_pack(X, smooth, XP, x_scale):
 
 
 @kernel
-def _row_tile(XP, b, t, wq, gidx, start, end, acc):
+def _row_tile(XP, b, t, c, chunk_quads, wq, gidx, start, end, acc, acc_off):
+    # acc[acc_off : + 64] += row sums over quads [start, end) of K-chunk c, token tile t of b.
     KQ, SP = XP.shape[1], XP.shape[2]
     xf = XP.reshape(XP.size)
-    stride = SP * 4
-    _tile64(xf, (b * KQ * SP + t * TILE) * 4, stride, wq, gidx, start, end, acc)
+    _tile64(xf, ((b * KQ + c * chunk_quads) * SP + t * TILE) * 4, SP * 4, wq, gidx, start, end,
+            acc, acc_off)
+
+
+@kernel
+def _task_sums(XP, b, t, n0, n1, chunk_quads, wq, gidx, ptr, acc):
+    # acc[(n - n0) * 64 : + 64] = int32 sums of rows n0 .. n1 - 1 for token tile t of sequence b,
+    # K-chunk by K-chunk: one chunk's slice of the tile (chunk_quads x 256 bytes) stays in L1
+    # while every row of the task sweeps it; the rows' partial sums wait in acc (L2).
+    for i in range((n1 - n0) * TILE):
+        acc[i] = 0
+    for c in range(ptr.shape[0]):
+        for n in range(n0, n1):
+            s, e = ptr[c, n], ptr[c, n + 1]
+            if e > s:
+                _row_tile(XP, b, t, c, chunk_quads, wq, gidx, s, e, acc, (n - n0) * TILE)
 
 
 @parallel_kernel
-def spmm_int8_vnni(wq, gidx, indptr, rowsum, XP, S, w_scale, x_scale, bias, act, R, has_residual,
-                   rows, Y):
+def spmm_int8_vnni(wq, gidx, ptr, chunk_quads, rowsum, XP, S, w_scale, x_scale, bias, act, R,
+                   has_residual, rows, Y):
     B, SP = XP.shape[0], XP.shape[2]
-    N = indptr.shape[0] - 1
+    N = ptr.shape[1] - 1
     chunks = (N + rows - 1) // rows
     tiles = SP // TILE
     yf, rf = Y.reshape(Y.size), R.reshape(R.size)
@@ -133,39 +157,41 @@ def spmm_int8_vnni(wq, gidx, indptr, rowsum, XP, S, w_scale, x_scale, bias, act,
         b = i // chunks
         n0 = (i - b * chunks) * rows
         n1 = min(N, n0 + rows)
-        acc = np.empty(TILE, dtype=np.int32)
+        acc = np.empty((n1 - n0) * TILE, dtype=np.int32)
         for t in range(tiles):
             s0 = t * TILE
             width = min(TILE, S - s0)
+            _task_sums(XP, b, t, n0, n1, chunk_quads, wq, gidx, ptr, acc)
             for n in range(n0, n1):
-                _row_tile(XP, b, t, wq, gidx, indptr[n], indptr[n + 1], acc)
                 off = np.uint64((b * N + n) * S + s0)
+                a0 = (n - n0) * TILE
                 ws = w_scale[n]
                 comp = rowsum[n] * _OFFSET
                 for s in range(width):
-                    yf[off + np.uint64(s)] = np.float32(acc[s] - comp) * (ws * x_scale[b, s0 + s])
+                    yf[off + np.uint64(s)] = np.float32(acc[a0 + s] - comp) * (ws * x_scale[b, s0 + s])
                 epilogue_inplace(yf, off, np.uint64(width), bias[n], act, rf, off, has_residual)
 
 
 @parallel_kernel
-def spmm_int8_vnni_acc(wq, gidx, indptr, rowsum, XP, S, A):
+def spmm_int8_vnni_acc(wq, gidx, ptr, chunk_quads, rowsum, XP, S, A):
     # A (B, N, S) int32: the integer sums of `spmm_int8_vnni`.
     B, SP = XP.shape[0], XP.shape[2]
-    N = indptr.shape[0] - 1
+    N = ptr.shape[1] - 1
     tiles = SP // TILE
     for i in prange(B * N):
         b = i // N
         n = i - b * N
         acc = np.empty(TILE, dtype=np.int32)
         for t in range(tiles):
-            _row_tile(XP, b, t, wq, gidx, indptr[n], indptr[n + 1], acc)
+            _task_sums(XP, b, t, n, n + 1, chunk_quads, wq, gidx, ptr, acc)
             for s in range(min(TILE, S - t * TILE)):
                 A[b, n, t * TILE + s] = acc[s] - rowsum[n] * _OFFSET
 
 
-def pack_weight(codes: np.ndarray):
-    """(N, K) int8 codes -> (wq int32, gidx uint16 (int32 past 65,536 quads), indptr int64
-    (N + 1,), rowsum int32 (N,)): the quads of each row holding a nonzero code, in order."""
+def pack_weight(codes: np.ndarray, chunk_quads: int = CHUNK_QUADS):
+    """(N, K) int8 codes -> (wq int32, gidx, ptr (n_chunks, N + 1), chunk_quads, rowsum int32
+    (N,)): the quads holding a nonzero code, grouped by K-chunk of `chunk_quads` quads, then row
+    (`spmm.chunk_entries`); gidx uint16 counts quads from the chunk's start."""
     N, K = codes.shape
     KQ = -(-K // 4)
     padded = np.zeros((N, KQ * 4), dtype=np.int8)
@@ -177,4 +203,7 @@ def pack_weight(codes: np.ndarray):
     np.cumsum(keep.sum(axis=1), out=indptr[1:])
     wq = np.ascontiguousarray(quads[rows, cols]).view("<i4").reshape(-1).astype(np.int32)
     rowsum = codes.astype(np.int32).sum(axis=1).astype(np.int32)
-    return wq, cols.astype(np.uint16 if KQ <= 1 << 16 else np.int32), indptr, rowsum
+    chunk_quads = int(max(1, min(chunk_quads, KQ, 1 << 16)))
+    order, local, ptr = chunk_entries(indptr, cols.astype(np.int64), KQ, chunk_quads)
+    return (np.ascontiguousarray(wq[order]), local.astype(np.uint16), ptr.astype(np.int64),
+            chunk_quads, rowsum)

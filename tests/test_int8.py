@@ -80,9 +80,10 @@ def test_vnni_sums_and_codes_bit_exact(N, K, B, S, sparsity):
     unpacked = (xp.astype(np.int16) - 128).transpose(0, 1, 3, 2).reshape(B, -1, xp.shape[2])
     np.testing.assert_array_equal(unpacked[:, :K, :S], q)
     assert (xp.reshape(B, -1, xp.shape[2], 4)[:, :, S:] == 128).all()  # padding tokens: code 0
-    got = np.full((B, N, S), -1, np.int32)
-    kv.spmm_int8_vnni_acc(*kv.pack_weight(codes), xp, S, got)
-    np.testing.assert_array_equal(got, reference_sums(codes, q))
+    for chunk_quads in (kv.CHUNK_QUADS, 3):  # one chunk or several, with a ragged last one
+        got = np.full((B, N, S), -1, np.int32)
+        kv.spmm_int8_vnni_acc(*kv.pack_weight(codes, chunk_quads), xp, S, got)
+        np.testing.assert_array_equal(got, reference_sums(codes, q))
 
 
 def test_extreme_codes_do_not_overflow():
@@ -217,8 +218,8 @@ def test_vnni_kernel_compiles_to_vpdpbusd():
 
     kern = numba.njit(fastmath=FASTMATH, nogil=True)(kv._row_tile.py_func)
     xp = np.full((1, 2, kv.TILE, 4), 128, np.uint8)
-    wq, g, ip, _ = kv.pack_weight(np.ones((1, 8), np.int8))
-    kern(xp, 0, 0, wq, g, 0, 2, np.empty(kv.TILE, np.int32))
+    wq, g, ptr, cq, _ = kv.pack_weight(np.ones((1, 8), np.int8))
+    kern(xp, 0, 0, 0, cq, wq, g, 0, 2, np.zeros(kv.TILE, np.int32), 0)
     asm = "\n".join(kern.inspect_asm().values())
     assert re.search(r"vpdpbusd\s+[^\n]*%zmm", asm), "vpdpbusd on zmm missing from the vnni tile"
 

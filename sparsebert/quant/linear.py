@@ -138,7 +138,8 @@ class Int8Linear:
         elif format == "vnni":
             from ..kernels import int8_vnni
 
-            self.quads, self.quad_index, self.indptr, self.rowsum = int8_vnni.pack_weight(codes)
+            (self.quads, self.quad_index, self.indptr, self.chunk_quads,
+             self.rowsum) = int8_vnni.pack_weight(codes)
             arrays = (self.quads, self.quad_index, self.indptr, self.rowsum)
         else:
             rows, cols = np.nonzero(codes)
@@ -184,8 +185,11 @@ class Int8Linear:
         if self.format == "int8-vnni":
             KQ = -(-self.in_features // 4)
             w = np.zeros((self.out_features, KQ, 4), dtype=np.int8)
-            rows = np.repeat(np.arange(self.out_features), np.diff(self.indptr))
-            w[rows, self.quad_index] = self.quads.view(np.int8).reshape(-1, 4)
+            counts = np.diff(self.indptr, axis=1)  # (chunks, N): entries per (chunk, row)
+            rows = np.concatenate([np.repeat(np.arange(self.out_features), c) for c in counts])
+            chunk = np.repeat(np.arange(counts.shape[0]), counts.sum(axis=1))
+            quad = self.quad_index.astype(np.int64) + chunk * self.chunk_quads
+            w[rows, quad] = self.quads.view(np.int8).reshape(-1, 4)
             return w.reshape(self.out_features, -1)[:, : self.in_features].copy()
         w = np.zeros((self.out_features, self.in_features), dtype=np.int8)
         rows = np.repeat(np.arange(self.out_features), np.diff(self.indptr))
@@ -235,8 +239,8 @@ class Int8Linear:
 
             xp = _SCRATCH.get("packed", (B, -(-K // 4), -(-S // kv.TILE) * kv.TILE, 4), np.uint8)
             kv.quantize_pack(x, self.smooth, xp, x_scale)
-            kv.spmm_int8_vnni(self.quads, self.quad_index, self.indptr, self.rowsum, xp, S, self.scale,
-                              x_scale, self.bias, act, res, has_res, rows, y)
+            kv.spmm_int8_vnni(self.quads, self.quad_index, self.indptr, self.chunk_quads, self.rowsum,
+                              xp, S, self.scale, x_scale, self.bias, act, res, has_res, rows, y)
         elif self.format == "int8-dense":
             qt = _SCRATCH.get("codes", (B, S, K), np.int8)
             k8.quantize_tokens(x, self.smooth, _NO_CODES, qt, x_scale, True)
