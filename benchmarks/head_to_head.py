@@ -12,7 +12,7 @@ items/s, median over rounds of the ratio to the baseline of the same round, and 
 median of per-round sparsebert / DeepSparse ratios. A few output values of every engine are
 compared with sparsebert's (bf16 OpenVINO differs by ~1e-2; float32 engines agree to ~1e-4).
 
-    python benchmarks/head_to_head.py --json bench-results/head_to_head.json
+    python benchmarks/head_to_head.py        # writes bench-results/head_to_head.json
     python benchmarks/head_to_head.py --models "12L dense,12L 90%" --rounds 2   # quick baseline
 
 Peers: DeepSparse 1.8 (`python3.11 -m venv V && V/bin/pip install deepsparse==1.8.0`; 1.9 does
@@ -40,7 +40,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "models"))
 
-from make_bench_models import ONNX_NAME, _build, build_all, model_name  # noqa: E402
+from make_bench_models import ONNX_NAME, VARIANTS, _build, build_all, model_name  # noqa: E402
 
 WORKER = Path(__file__).resolve().parent / "h2h_worker.py"
 MARK = "@@h2h "
@@ -192,6 +192,9 @@ def head_to_head(models_dir="bench-models", *, labels=None, engines=None, python
         for e in live:
             workers[e].call(op="unload", key=label)
         results[label] = summarise(label, batch, runs, loads)
+        sparsity, block = VARIANTS[variant]
+        results[label].update(layers=layers, sparsity=sparsity,
+                              structure="dense" if not sparsity else (block or "unstructured"))
         log(format_model(label, results[label]))
     for w in workers.values():
         w.close()
@@ -270,7 +273,8 @@ def main(argv=None) -> int:
     parser.add_argument("--time", type=float, default=5.0, help="seconds per measurement")
     parser.add_argument("--min-batches", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--json", default=None, help="write the full result here")
+    parser.add_argument("--json", default=str(ROOT / "bench-results" / "head_to_head.json"),
+                        help="write the full result here (the speedup notebook reads this file)")
     args = parser.parse_args(argv)
     labels = [m.strip() for m in args.models.split(",")] if args.models else None
     for m in labels or []:
