@@ -122,15 +122,12 @@ class _Tokens:
 
 
 class PieceEmbedder(Embedder):
-    """`map_batches` callable for `sparsebert encode --ray`: rows {piece} (indices into `pieces`) →
-    the embedded rows of those pieces, read by the actor from the input file itself."""
+    """`map_batches` callable for `sparsebert encode --ray`: rows that each describe a `tables.Piece`
+    → the embedded rows of those pieces, read by the actor from the input file itself."""
 
-    def __init__(self, model_path, pieces: Sequence[dict], *, text_column: str = "text",
-                 id_column: str | None = None, id_type: str = "int64", **options):
+    def __init__(self, model_path, *, text_column: str = "text", id_column: str | None = None,
+                 id_type: str = "int64", **options):
         super().__init__(model_path, text_column=text_column, **options)
-        from .tables import Piece
-
-        self.pieces = [Piece(**p) for p in pieces]
         self.piece_id_column, self.id_type = id_column, id_type
 
     def __call__(self, batch):
@@ -138,14 +135,20 @@ class PieceEmbedder(Embedder):
         import pyarrow as pa
 
         from .encode_job import embed_rows
-        from .tables import read_piece
+        from .tables import Piece, read_piece
 
         numba.set_num_threads(self.threads)
+        columns = _columns(batch)
         tables = []
-        for index in _columns(batch)["id"]:
-            ids, texts, errors = read_piece(self.pieces[int(index)], self.text_column, self.piece_id_column)
+        for i in range(len(columns["path"])):
+            piece = Piece(**{f.name: _scalar(columns[f.name][i]) for f in dataclasses.fields(Piece)})
+            ids, texts, errors = read_piece(piece, self.text_column, self.piece_id_column)
             tables.append(embed_rows(self.model, ids, texts, errors, self.id_type, **self.options))
         return pa.concat_tables(tables)
+
+
+def _scalar(value):
+    return value.item() if isinstance(value, np.generic) else value
 
 
 def _columns(batch) -> dict:
@@ -191,11 +194,13 @@ def embed_pieces(plan, model_path, *, address: str | None = None, actors: int | 
         return
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
-    pieces = [dataclasses.asdict(p) for p in plan.pieces]
-    # One piece per block, so a task is one piece: an actor that dies costs at most one piece of work.
-    ds = ray.data.range(len(pieces), override_num_blocks=len(pieces))
+    # One piece per block, so a task is one piece: an actor that dies costs at most one piece of
+    # work. No read stage: a read task needs a CPU of its own unless Ray fuses it into the actors,
+    # which it does only when they ask for exactly one CPU, and would deadlock a full cluster.
+    ds = ray.data.from_items([dataclasses.asdict(p) for p in plan.pieces],
+                             override_num_blocks=len(plan.pieces))
     ds = ds.map_batches(
-        PieceEmbedder, fn_constructor_args=(str(model_path), pieces),
+        PieceEmbedder, fn_constructor_args=(str(model_path),),
         fn_constructor_kwargs=dict(text_column=plan.text_column, id_column=plan.id_column,
                                    id_type=plan.id_type, **options),
         batch_size=None, batch_format="numpy",
