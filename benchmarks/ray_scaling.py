@@ -1,0 +1,164 @@
+"""Ray Data scaling: `sparsebert encode` locally vs on Ray with 1 and 2 actors, on real sentences.
+
+Writes N real English sentences (benchmarks/corpus.py) to a text file, then runs the whole encode job
+(`encode_table`: scan, embed, write Parquet, verify every id) in interleaved rounds. Each round takes
+the next N/R rows and runs every engine on them, in an order rotated per round, so over the rounds
+each engine embeds all N rows and machine noise (the machine may be shared) hits all of them:
+  local      this process, 2 Numba threads
+  ray-1x2    Ray Data, 1 actor with 2 CPUs (2 Numba threads)
+  ray-2x1    Ray Data, 2 actors with 1 CPU each
+  (--single adds local-1t and ray-1x1: one thread / one actor of one CPU, for per-core throughput.)
+All engines have the same 2 CPUs. Per run: end-to-end seconds (with Ray's actor start and model load)
+and steady rows/s (from the first piece written to the last), and the peak resident memory of each
+Ray actor process, sampled as the job goes, to show it does not grow with the rows. Each engine
+gets the same pieces (--rows-per-piece rows, sorted by length and batched within a piece). Reported: per
+engine the median over rounds of the steady rows/s ratio to local in the same round.
+
+    python benchmarks/ray_scaling.py --model PATH --rows 100000 --rounds 4 --json out.json
+
+Left out: multi-node runs (the README derives them from the per-core figures measured here).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "benchmarks"))
+sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
+from corpus import sentences  # noqa: E402
+
+from sparsebert.encode_job import encode_table  # noqa: E402
+
+ENGINES = {"local": dict(ray=False, threads=2), "ray-1x2": dict(ray=True, actors=1, cpus_per_actor=2),
+           "ray-2x1": dict(ray=True, actors=2, cpus_per_actor=1)}
+SINGLE = {"local-1t": dict(ray=False, threads=1), "ray-1x1": dict(ray=True, actors=1, cpus_per_actor=1)}
+
+
+def _actor_rss_mib() -> dict[int, float]:
+    """Resident memory of every Ray Data actor process (title ray::MapWorker...), in MiB."""
+    out = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if b"MapWorker" not in (entry / "cmdline").read_bytes():
+                continue
+            for line in (entry / "status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    out[int(entry.name)] = int(line.split()[1]) / 1024
+        except OSError:
+            continue
+    return out
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def run_once(model, input_path, out_dir, engine: dict, rows_per_piece: int) -> dict:
+    marks, rss = [], []
+
+    def progress(done, total):
+        marks.append((time.perf_counter(), done))
+        if engine.get("ray"):
+            rss.append((done / total, _actor_rss_mib()))
+
+    res = encode_table(model, input_path, out_dir, overwrite=True, on_progress=progress,
+                       rows_per_piece=rows_per_piece, **engine)
+    # Steady rate: least-squares slope of rows done over time between 10% and 95% done, which
+    # leaves out actor start and model load, and is not thrown by pieces that finish in bursts.
+    total = marks[-1][1]
+    mid = [(t, d) for t, d in marks if 0.1 * total <= d <= 0.95 * total]
+    steady = None
+    if len(mid) >= 3:
+        t, d = np.array(mid).T
+        steady = float(np.polyfit(t - t[0], d, 1)[0])
+    peak = {}
+    for _, sample in rss:
+        for pid, mib in sample.items():
+            peak[pid] = max(peak.get(pid, 0.0), mib)
+    early = [max(s.values()) for f, s in rss if s and f <= 0.25]
+    return {"rows": res["rows"], "seconds": res["seconds"], "rows_per_s_end_to_end": res["rows_per_second"],
+            "rows_per_s_steady": steady, "actor_peak_rss_mib": sorted(peak.values()),
+            "actor_rss_mib_first_quarter": max(early) if early else None}
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--model", required=True, help="model folder (e.g. a 90%% MiniLM from sparsebert prune)")
+    ap.add_argument("--rows", type=int, default=100_000)
+    ap.add_argument("--rounds", type=int, default=4)
+    ap.add_argument("--rows-per-piece", type=int, default=256, help="rows per task (default 256)")
+    ap.add_argument("--single", action="store_true", help="also 1-CPU engines (per-core throughput)")
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args(argv)
+
+    import ray
+
+    engines = {**ENGINES, **(SINGLE if args.single else {})}
+    texts = [" ".join(t.split()) for t in sentences(args.rows, seed=0)]
+    per_round = -(-len(texts) // args.rounds)
+    work = Path(tempfile.mkdtemp(prefix="ray-scaling-"))
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, _node_ip_address="127.0.0.1")
+    names = list(engines)
+    result = {"cpu": cpu_name(), "cpus": 2, "model": args.model, "rows": len(texts), "rounds": args.rounds,
+              "rows_per_piece": args.rows_per_piece,
+              "note": "shared machine: other jobs ran during the measurement; compare ratios",
+              "runs": []}
+    for r in range(args.rounds):
+        seg = texts[r * per_round:(r + 1) * per_round]
+        seg_path = work / f"round{r}.txt"
+        seg_path.write_text("\n".join(seg) + "\n", encoding="utf-8")
+        order = names[r % len(names):] + names[:r % len(names)]
+        for name in order:
+            run = run_once(args.model, seg_path, work / "out", engines[name], args.rows_per_piece)
+            run.update(engine=name, round=r)
+            result["runs"].append(run)
+            print(json.dumps(run), flush=True)
+            if args.json:
+                Path(args.json).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    summary = {}
+    for name in names:
+        runs = [x for x in result["runs"] if x["engine"] == name]
+        ratios = []
+        for x in runs:
+            base = next(y for y in result["runs"] if y["engine"] == "local" and y["round"] == x["round"])
+            ratios.append(x["rows_per_s_steady"] / base["rows_per_s_steady"])
+        cpus = 1 if name in SINGLE else 2
+        summary[name] = {
+            "rows": sum(x["rows"] for x in runs),
+            "rows_per_s_steady_median": statistics.median(x["rows_per_s_steady"] for x in runs),
+            "rows_per_s_end_to_end_median": statistics.median(x["rows_per_s_end_to_end"] for x in runs),
+            "ratio_to_local_steady_median": statistics.median(ratios),
+            "ratio_range": [min(ratios), max(ratios)],
+            "rows_per_s_per_cpu": statistics.median(x["rows_per_s_steady"] for x in runs) / cpus,
+            "actor_peak_rss_mib": max((max(x["actor_peak_rss_mib"]) for x in runs if x["actor_peak_rss_mib"]),
+                                      default=None),
+        }
+    result["summary"] = summary
+    ray.shutdown()
+    print(json.dumps(summary, indent=2))
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    return result
+
+
+if __name__ == "__main__":
+    main()
