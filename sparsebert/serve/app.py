@@ -49,7 +49,7 @@ class ServeConfig:
     """Server limits. Token counts include the [CLS]/[SEP] specials, as the model sees them."""
 
     max_batch_tokens: int = 8192  # padded tokens (rows x longest) per encoder batch
-    max_batch_size: int = 128  # rows per encoder batch
+    max_batch_size: int = 32  # rows per encoder batch (Model.encode's default batch_size)
     max_wait_ms: float = 5.0  # how long the oldest queued text may wait for a batch to fill
     max_queue: int = 2048  # texts waiting for a batch; beyond it: 503 + Retry-After
     max_inputs: int = 256  # texts per request; beyond it: 413

@@ -64,7 +64,8 @@ def add_commands(sub) -> None:
     p.add_argument("--port", type=int, default=DEFAULT_PORT)
     p.add_argument("--max-batch-tokens", type=int, default=8192,
                    help="padded tokens (rows x longest) per encoder batch")
-    p.add_argument("--max-batch-size", type=int, default=128, help="rows per encoder batch")
+    p.add_argument("--max-batch-size", type=int, default=32,
+                   help="rows per encoder batch (32, as Model.encode, gives a lone request encode's bits)")
     p.add_argument("--max-wait-ms", type=float, default=5.0,
                    help="longest wait of the oldest queued text for a batch to fill")
     p.add_argument("--max-queue", type=int, default=2048,
