@@ -96,10 +96,12 @@ def export_onnx(models_dir: Path, layers: int, variant: str, log) -> Path:
 class Worker:
     """A long-lived engine process speaking h2h_worker's line protocol."""
 
-    def __init__(self, engine: str, python: str, threads: int, log_dir: Path):
+    def __init__(self, engine: str, python: str, threads: int, log_dir: Path, tuning_cache=None):
         self.engine = engine
         self.log_path = log_dir / f"{engine}.log"
         env = dict(os.environ, NM_DISABLE_ANALYTICS="1", PYTHONUNBUFFERED="1")
+        if tuning_cache is not None:
+            env["SPARSEBERT_CACHE_DIR"] = str(tuning_cache)
         self.proc = subprocess.Popen([python, str(WORKER), engine, str(threads)], cwd=str(ROOT),
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      stderr=open(self.log_path, "w"), text=True, env=env)
@@ -128,7 +130,8 @@ def random_ids(vocab: int, batch: int, seq: int, seed: int) -> list:
 
 
 def head_to_head(models_dir="bench-models", *, labels=None, engines=None, pythons=None, rounds=3,
-                 time_s=5.0, min_batches=2, threads=2, seq_len=128, log=print) -> dict:
+                 time_s=5.0, min_batches=2, threads=2, seq_len=128, tuning_cache=None,
+                 log=print) -> dict:
     t_start = time.perf_counter()
     models_dir = Path(models_dir)
     labels = list(labels or MODELS)
@@ -145,7 +148,10 @@ def head_to_head(models_dir="bench-models", *, labels=None, engines=None, python
             skipped[engine] = f"no Python for {peer}: {INSTALL[peer]}"
             log(f"skipping {engine}: {skipped[engine]}")
             continue
-        workers[engine] = Worker(engine, python, threads, log_dir)
+        # sparsebert times its formats at load into a cache of this run's own (unless one is
+        # given), so its choices are made under this run's conditions and reported in load_s.
+        workers[engine] = Worker(engine, python, threads, log_dir,
+                                 tuning_cache if tuning_cache is not None else log_dir / "tuning")
     if "onnxruntime" not in workers:
         raise SystemExit("the onnxruntime engine is the baseline; it cannot be skipped")
     vocab = 30522
@@ -273,6 +279,9 @@ def main(argv=None) -> int:
     parser.add_argument("--time", type=float, default=5.0, help="seconds per measurement")
     parser.add_argument("--min-batches", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--tuning-cache", default=None,
+                        help="sparsebert's tuning cache folder (default: a fresh one, so formats are "
+                             "timed in this run; pass ~/.cache/sparsebert to reuse `sparsebert tune`)")
     parser.add_argument("--json", default=str(ROOT / "bench-results" / "head_to_head.json"),
                         help="write the full result here (the speedup notebook reads this file)")
     args = parser.parse_args(argv)
@@ -283,6 +292,7 @@ def main(argv=None) -> int:
     engines = [e.strip() for e in args.engines.split(",")] if args.engines else None
     result = head_to_head(args.models_dir, labels=labels, engines=engines, rounds=args.rounds,
                           time_s=args.time, min_batches=args.min_batches, threads=args.threads,
+                          tuning_cache=args.tuning_cache,
                           pythons={"deepsparse": args.deepsparse_python,
                                    "openvino": args.openvino_python},
                           log=lambda msg: print(msg, file=sys.stderr, flush=True))
