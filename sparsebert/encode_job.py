@@ -98,6 +98,10 @@ def encode_table(
     """
     batch_size = check_positive("batch_size", batch_size)
     rows_per_shard = check_positive("rows_per_shard", rows_per_shard)
+    if ray:
+        from .ray_data import require_ray
+
+        require_ray()
     t0 = time.perf_counter()
     plan = scan_input(input, text_column=text_column, id_column=id_column, rows_per_piece=rows_per_piece)
     writer = OutputWriter(output, rows_per_shard=rows_per_shard, overwrite=overwrite)
@@ -109,7 +113,6 @@ def encode_table(
                               cpus_per_actor=cpus_per_actor, **options)
     else:
         tables = _local_tables(plan, model_path, threads=threads, **options)
-    t_scan = time.perf_counter() - t0
     done, bad = 0, []
     with progress_bar(show_progress, plan.count, "encode", unit="row") as bar:
         for table in tables:
@@ -130,5 +133,5 @@ def encode_table(
         "bad_rows": check["bad_rows"], "first_bad_rows": bad, "id_checksum": check["id_checksum"],
         "input_format": plan.format, "ids": plan.id_column or "row number",
         "engine": "ray" if ray else "local", "seconds": round(elapsed, 3),
-        "scan_seconds": round(t_scan, 3), "rows_per_second": round(plan.count / elapsed, 1) if elapsed else None,
+        "rows_per_second": round(plan.count / elapsed, 1) if elapsed else None,
     }

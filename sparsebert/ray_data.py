@@ -35,7 +35,9 @@ import numpy as np
 from .errors import InputError, SparseBertError, require
 
 
-def _ray():
+def require_ray():
+    """The ray module, or MissingDependencyError with the pip line."""
+    require("pyarrow", "'sparsebert[ray]'", "for Ray Data batch inference")
     return require("ray", "'sparsebert[ray]'", "for Ray Data batch inference")
 
 
@@ -161,7 +163,7 @@ def _columns(batch) -> dict:
 
 
 def _pool_size(actors: int | None, cpus_per_actor: int) -> int:
-    ray = _ray()
+    ray = require_ray()
     if actors is None:
         actors = max(1, int(ray.cluster_resources().get("CPU", 1)) // cpus_per_actor)
     if isinstance(actors, bool) or not isinstance(actors, int) or actors < 1:
@@ -172,28 +174,31 @@ def _pool_size(actors: int | None, cpus_per_actor: int) -> int:
 def encode_dataset(ds, model_path: str | os.PathLike, *, actors: int | None = None, cpus_per_actor: int = 1,
                    rows_per_batch: int = 1024, **options):
     """A Ray Dataset of rows {id, text} (or token ids, see `Embedder`) → a Dataset of rows
-    {id, embedding, error}, computed lazily by `actors` actors of `cpus_per_actor` CPUs each."""
+    {id, embedding, error}, computed lazily by `actors` actors of `cpus_per_actor` CPUs each.
+
+    With cpus_per_actor=1, Ray fuses a read stage (read_parquet, ...) into the actors; with more,
+    reading runs as separate tasks that need CPUs of their own, so leave some free in the cluster."""
     if isinstance(cpus_per_actor, bool) or not isinstance(cpus_per_actor, int) or cpus_per_actor < 1:
         raise ValueError(f"cpus_per_actor must be a positive integer, got {cpus_per_actor!r}")
+    pool = require_ray().data.ActorPoolStrategy(size=_pool_size(actors, cpus_per_actor))
     return ds.map_batches(Embedder, fn_constructor_args=(str(model_path),), fn_constructor_kwargs=options,
-                          batch_size=rows_per_batch, batch_format="pyarrow",
-                          compute=_ray().data.ActorPoolStrategy(size=_pool_size(actors, cpus_per_actor)),
+                          batch_size=rows_per_batch, batch_format="pyarrow", compute=pool,
                           num_cpus=cpus_per_actor)
 
 
 def embed_pieces(plan, model_path, *, address: str | None = None, actors: int | None = None,
                  cpus_per_actor: int = 1, **options) -> Iterator:
     """The pieces of an input plan → output tables (pyarrow), as they finish, in no fixed order.
-    Connects to the cluster at `address` (or starts a local one if Ray is not initialised yet)."""
-    ray = _ray()
+    Connects to the cluster at `address` (or starts a local one if Ray is not initialised yet).
+    Checks its arguments and that Ray is installed now, not at the first result."""
+    ray = require_ray()
     if isinstance(cpus_per_actor, bool) or not isinstance(cpus_per_actor, int) or cpus_per_actor < 1:
         raise ValueError(f"cpus_per_actor must be a positive integer, got {cpus_per_actor!r}")
     if not ray.is_initialized():
         ray.init(address=address, include_dashboard=False, log_to_driver=False)
     if not plan.pieces:
-        return
-    ctx = ray.data.DataContext.get_current()
-    ctx.enable_progress_bars = False
+        return iter(())
+    ray.data.DataContext.get_current().enable_progress_bars = False  # the driver shows its own
     # One piece per block, so a task is one piece: an actor that dies costs at most one piece of
     # work. No read stage: a read task needs a CPU of its own unless Ray fuses it into the actors,
     # which it does only when they ask for exactly one CPU, and would deadlock a full cluster.
@@ -205,8 +210,11 @@ def embed_pieces(plan, model_path, *, address: str | None = None, actors: int | 
                                    id_type=plan.id_type, **options),
         batch_size=None, batch_format="numpy",
         compute=ray.data.ActorPoolStrategy(size=_pool_size(actors, cpus_per_actor)), num_cpus=cpus_per_actor)
+    return _stream(ray, ds)
+
+
+def _stream(ray, ds) -> Iterator:
     try:
-        for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
-            yield batch
+        yield from ds.iter_batches(batch_size=None, batch_format="pyarrow")
     except ray.exceptions.RayError as exc:
         raise SparseBertError(f"the Ray job failed: {str(exc)[:2000]}") from exc

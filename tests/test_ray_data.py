@@ -78,8 +78,9 @@ def test_cli_jsonl_with_string_ids_and_bad_rows(cluster, model, minilm_path, tmp
     del rows[99]["text"]
     (tmp_path / "in.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     out = tmp_path / "emb.parquet"
+    # one actor with both CPUs: Numba gets 2 threads, and no separate read stage may wait for a CPU
     assert main(["encode", minilm_path, "--input", str(tmp_path / "in.jsonl"), "--output", str(out),
-                 "--ray", "--actors", "2"]) == 0
+                 "--ray", "--actors", "1", "--cpus-per-actor", "2"]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["rows"] == 120 and summary["bad_rows"] == 3 and summary["engine"] == "ray"
     table = pq.read_table(out)
@@ -156,3 +157,30 @@ def test_killed_actor_mid_job_loses_and_duplicates_nothing(cluster, model, minil
     assert len(ids) == 600 and sorted(ids) == [i * 7 + 3 for i in range(600)]
     out_ids, emb, _ = read_output(tmp_path / "out")
     assert_same_embeddings(out_ids, emb, {i * 7 + 3: t for i, t in enumerate(texts)}, model)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="finds the actor processes through /proc")
+def test_repeated_kills_over_a_longer_job(cluster, model, minilm_path, tmp_path, request):
+    """Nightly size: 4,000 rows, an actor killed at every ~15% of progress (each restarted actor
+    is a new target); every id still written exactly once, every embedding equal to local."""
+    expr = request.config.getoption("markexpr") or ""
+    if "slow" not in expr or "not slow" in expr:
+        pytest.skip("long run: select with -m slow")
+    texts = make_texts(4000, seed=5)
+    (tmp_path / "in.txt").write_text("\n".join(texts) + "\n", encoding="utf-8")
+    kills = []
+
+    def kill_often(done, total):
+        if done >= 0.15 * total * (len(kills) + 1) and done < total:
+            pids = _map_worker_pids()
+            if pids:
+                os.kill(pids[len(kills) % len(pids)], signal.SIGKILL)
+                kills.append(done)
+
+    res = encode_table(minilm_path, tmp_path / "in.txt", tmp_path / "out", ray=True, actors=2,
+                       rows_per_piece=50, on_progress=kill_often)
+    assert len(kills) >= 3 and res["rows"] == 4000
+    out_ids, emb, _ = read_output(tmp_path / "out")
+    assert out_ids == list(range(4000))
+    assert_same_embeddings(out_ids, emb, dict(enumerate(texts)), model)

@@ -12,7 +12,7 @@ import pyarrow.parquet as pq  # noqa: E402
 
 from sparsebert.cli import main  # noqa: E402
 from sparsebert.encode_job import encode_table  # noqa: E402
-from sparsebert.errors import InputError, SparseBertError  # noqa: E402
+from sparsebert.errors import InputError, MissingDependencyError, SparseBertError  # noqa: E402
 from sparsebert.tables import (id_checksum, read_output, read_piece, scan_input,  # noqa: E402
                                verify_output)
 
@@ -128,3 +128,13 @@ def test_cli_encode_npy_path_unchanged_and_table_errors(minilm_path, tmp_path, c
     assert main(["encode", minilm_path, "--input", str(tmp_path / "in.txt"), "--output",
                  str(tmp_path / "o.parquet"), "--actors", "2"]) == 2
     assert "--address and --actors need --ray" in capsys.readouterr().err
+
+
+def test_ray_path_without_ray_names_the_extra(minilm_path, tmp_path, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray now raises ImportError
+    (tmp_path / "in.txt").write_text("a text\n", encoding="utf-8")
+    with pytest.raises(MissingDependencyError, match=r"pip install 'sparsebert\[ray\]'"):
+        encode_table(minilm_path, tmp_path / "in.txt", tmp_path / "out", ray=True)
+    assert not (tmp_path / "out").exists()
