@@ -451,3 +451,34 @@ def test_cli_onnx_export_matches_the_folder(tiny_teacher, tmp_path):
     a = sparsebert.load(tmp_path / "o").encode(texts)
     b = sparsebert.load(tmp_path / "onnx").encode(texts)
     assert a.shape == b.shape and np.abs(a - b).max() <= 1e-5
+
+
+def test_sentiment_split_keeps_each_movie_on_one_side(tmp_path):
+    from sparsebert.train.data import _split_movies, read_lee
+
+    rows = [{"movie_name": f"m{i % 37}", "text": f" review  {i} ", "category": ("fresh", "rotten")[i % 2]}
+            for i in range(400)]
+    split = _split_movies(rows)
+    assert sum(len(v) for v in split.values()) == 400 and all(split.values())
+    for part in split.values():
+        for r in part:
+            assert r["label"] == (int(r["text"].split()[1]) % 2 == 0) and r["text"] == r["text"].strip()
+    sides = _sides(split)
+    assert all(len(s) == 1 for s in sides.values())
+    assert _sides(_split_movies(list(reversed(rows)))) == sides  # the split depends on the movies only
+    (tmp_path / "lee.cor").write_text("\n".join(f"doc {i}" for i in range(50)))
+    sims = np.random.default_rng(0).random((50, 50))
+    np.savetxt(tmp_path / "similarities0-1.txt", sims)
+    docs, pairs = read_lee(tmp_path)
+    assert len(docs) == 50 and pairs.shape == (1225,) and pairs[0] == pytest.approx(sims[0, 1])
+    (tmp_path / "lee.cor").write_text("only one doc")
+    with pytest.raises(InputError, match="expected 50 documents"):
+        read_lee(tmp_path)
+
+
+def _sides(split):
+    sides = {}
+    for name, part in split.items():
+        for r in part:
+            sides.setdefault(f"m{int(r['text'].split()[1]) % 37}", set()).add(name)
+    return sides

