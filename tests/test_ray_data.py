@@ -118,6 +118,20 @@ def test_encode_dataset_user_pipeline_texts_and_token_ids(cluster, model, minilm
     assert float(np.abs(emb - model.encode(texts[:10])).max()) <= 1e-5
 
 
+def test_embedder_takes_numba_threads_from_the_actor_cpus(cluster, minilm_path):
+    from sparsebert.ray_data import Embedder
+
+    @ray.remote
+    def threads_in_worker():
+        import numba
+
+        e = Embedder(minilm_path)
+        return e.threads, numba.get_num_threads()
+
+    for cpus in (1, 2):
+        assert ray.get(threads_in_worker.options(num_cpus=cpus).remote()) == (cpus, cpus)
+
+
 def _map_worker_pids() -> list[int]:
     """PIDs of the Ray Data actor processes (their title is ray::MapWorker(...))."""
     pids = []
