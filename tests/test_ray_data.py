@@ -133,16 +133,28 @@ def test_embedder_takes_numba_threads_from_the_actor_cpus(cluster, minilm_path):
 
 
 def _map_worker_pids() -> list[int]:
-    """PIDs of the Ray Data actor processes (their title is ray::MapWorker(...))."""
-    pids = []
+    """PIDs of this cluster's Ray Data actor processes (title ray::MapWorker(...)): descendants of
+    this process, which started the cluster, so another Ray cluster on the machine is left alone."""
+    parent = {}
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
-                cmdline = (entry / "cmdline").read_bytes()
-            except OSError:
+                stat = (entry / "stat").read_text()
+                parent[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
                 continue
-            if b"MapWorker" in cmdline:
-                pids.append(int(entry.name))
+    me, pids = os.getpid(), []
+    for pid in parent:
+        p, depth = parent.get(pid), 0
+        while p and p != me and depth < 16:
+            p, depth = parent.get(p), depth + 1
+        if p != me:
+            continue
+        try:
+            if b"MapWorker" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                pids.append(pid)
+        except OSError:
+            continue
     return pids
 
 
