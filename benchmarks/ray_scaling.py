@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
 import statistics
 import sys
@@ -39,6 +38,7 @@ import numpy as np  # noqa: E402
 from corpus import sentences  # noqa: E402
 
 from sparsebert.encode_job import encode_table  # noqa: E402
+from sparsebert.ray_data import local_actor_pids  # noqa: E402
 
 ENGINES = {"local": dict(ray=False, threads=2), "ray-1x2": dict(ray=True, actors=1, cpus_per_actor=2),
            "ray-2x1": dict(ray=True, actors=2, cpus_per_actor=1)}
@@ -46,17 +46,13 @@ SINGLE = {"local-1t": dict(ray=False, threads=1), "ray-1x1": dict(ray=True, acto
 
 
 def _actor_rss_mib() -> dict[int, float]:
-    """Resident memory of every Ray Data actor process (title ray::MapWorker...), in MiB."""
+    """Resident memory of each Ray Data actor process of our cluster, in MiB."""
     out = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
+    for pid in local_actor_pids():
         try:
-            if b"MapWorker" not in (entry / "cmdline").read_bytes():
-                continue
-            for line in (entry / "status").read_text().splitlines():
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
                 if line.startswith("VmRSS:"):
-                    out[int(entry.name)] = int(line.split()[1]) / 1024
+                    out[pid] = int(line.split()[1]) / 1024
         except OSError:
             continue
     return out

@@ -153,6 +153,32 @@ def _scalar(value):
     return value.item() if isinstance(value, np.generic) else value
 
 
+def local_actor_pids() -> list[int]:
+    """PIDs of the Ray Data actor processes (title ray::MapWorker(...)) of the cluster this process
+    started with `ray.init()`: its descendants, so other Ray clusters on the machine are left out.
+    Linux only (reads /proc); for tests that kill actors and benchmarks that measure their memory."""
+    from pathlib import Path
+
+    parent = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                parent[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+    me, pids = os.getpid(), []
+    for pid in parent:
+        p, depth = parent.get(pid), 0
+        while p and p != me and depth < 16:
+            p, depth = parent.get(p), depth + 1
+        try:
+            if p == me and b"MapWorker" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                pids.append(pid)
+        except OSError:
+            continue
+    return pids
+
+
 def _columns(batch) -> dict:
     """A Ray Data batch (dict of arrays, pyarrow Table or pandas DataFrame) as {name: sequence}."""
     if isinstance(batch, dict):

@@ -20,6 +20,7 @@ import pyarrow.parquet as pq  # noqa: E402
 
 from sparsebert.cli import main  # noqa: E402
 from sparsebert.encode_job import encode_table  # noqa: E402
+from sparsebert.ray_data import local_actor_pids  # noqa: E402
 from sparsebert.tables import read_output  # noqa: E402
 
 WORDS = ("the a river model quiet sparse engine reads long short winter light of and to in "
@@ -132,32 +133,6 @@ def test_embedder_takes_numba_threads_from_the_actor_cpus(cluster, minilm_path):
         assert ray.get(threads_in_worker.options(num_cpus=cpus).remote()) == (cpus, cpus)
 
 
-def _map_worker_pids() -> list[int]:
-    """PIDs of this cluster's Ray Data actor processes (title ray::MapWorker(...)): descendants of
-    this process, which started the cluster, so another Ray cluster on the machine is left alone."""
-    parent = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-                parent[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-    me, pids = os.getpid(), []
-    for pid in parent:
-        p, depth = parent.get(pid), 0
-        while p and p != me and depth < 16:
-            p, depth = parent.get(p), depth + 1
-        if p != me:
-            continue
-        try:
-            if b"MapWorker" in Path(f"/proc/{pid}/cmdline").read_bytes():
-                pids.append(pid)
-        except OSError:
-            continue
-    return pids
-
-
 @pytest.mark.skipif(not Path("/proc").is_dir(), reason="finds the actor processes through /proc")
 def test_killed_actor_mid_job_loses_and_duplicates_nothing(cluster, model, minilm_path, tmp_path):
     texts = make_texts(600, seed=4)
@@ -168,7 +143,7 @@ def test_killed_actor_mid_job_loses_and_duplicates_nothing(cluster, model, minil
     def kill_one_actor(done, total):
         if killed or done < 60:
             return
-        pids = _map_worker_pids()
+        pids = local_actor_pids()
         assert pids, "no Ray Data actor process found to kill"
         os.kill(pids[0], signal.SIGKILL)
         killed.append((pids[0], done))
@@ -199,7 +174,7 @@ def test_repeated_kills_over_a_longer_job(cluster, model, minilm_path, tmp_path,
 
     def kill_often(done, total):
         if done >= 0.15 * total * (len(kills) + 1) and done < total:
-            pids = _map_worker_pids()
+            pids = local_actor_pids()
             if pids:
                 os.kill(pids[len(kills) % len(pids)], signal.SIGKILL)
                 kills.append(done)
