@@ -29,6 +29,8 @@ class Checkpoint:
     tokenizer_path: Path | None  # tokenizer.json or vocab.txt, if the checkpoint ships one
     kind: str  # "safetensors" | "pytorch" | "onnx"
     source: Path
+    # int8 ONNX exports (loaders/onnx_quant.py): linear name -> (codes (out, in), scale (out,))
+    int8: dict = dataclasses.field(default_factory=dict)
 
 
 def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
@@ -144,4 +146,4 @@ def _read_onnx(onnx_path: Path, folder: Path) -> Checkpoint:
                             ckpt.state_dict["embeddings.word_embeddings.weight"])
     state_dict = {**ckpt.state_dict, **heads}
     # --- end task heads ---
-    return Checkpoint(config, state_dict, tokenizer, "onnx", onnx_path)
+    return Checkpoint(config, state_dict, tokenizer, "onnx", onnx_path, ckpt.int8)

@@ -42,6 +42,7 @@ from collections import deque
 import numpy as np
 
 from ..errors import CheckpointError
+from .onnx_quant import dequantize_graph, is_quantized
 
 # onnx is a hard dependency (pyproject) but imported lazily so `import sparsebert` stays cheap.
 
@@ -101,14 +102,37 @@ class OnnxCheckpoint:
     config: dict
     input_names: tuple[str, ...]
     output_names: tuple[str, ...]
+    # Linears read from int8 ONNX weights (onnx_quant): name -> (codes (out, in), scale (out,)).
+    int8: dict = dataclasses.field(default_factory=dict)
 
 
 def read_onnx(path: str | os.PathLike) -> OnnxCheckpoint:
     """Read a BERT encoder ONNX export; raise CheckpointError if it is not one or is damaged."""
     path = os.fspath(path)
     model = _parse_model(path)
+    int8 = {}
+    if is_quantized(model):  # int8 weights back to float for the walk; exact codes kept aside
+        base = os.path.dirname(os.path.abspath(path))
+        int8 = dequantize_graph(model, lambda t: _tensor_to_array(t, base, path))
     graph = _Graph(model, path)
-    return _BertWalker(graph).read()
+    ckpt = _BertWalker(graph).read()
+    if int8:
+        ckpt = dataclasses.replace(ckpt, int8=_int8_by_name(ckpt.state_dict, int8))
+    return ckpt
+
+
+def _int8_by_name(state_dict, int8) -> dict:
+    """{linear name: (codes (out, in), scale (out,))} for the walker's weights that came from int8
+    codes: matched by value, since the walker stores each weight transposed to (out, in)."""
+    by_bytes = {np.ascontiguousarray(codes.astype(np.float32) * scale[None, :]).T.tobytes(): (codes, scale)
+                for codes, scale in int8.values()}
+    out = {}
+    for name, w in state_dict.items():
+        if name.endswith(".weight") and w.ndim == 2:
+            hit = by_bytes.get(np.ascontiguousarray(w).tobytes())
+            if hit is not None:
+                out[name[: -len(".weight")]] = (np.ascontiguousarray(hit[0].T), hit[1])
+    return out
 
 
 # --------------------------------------------------------------------------------------------

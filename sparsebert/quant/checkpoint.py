@@ -154,6 +154,8 @@ class QuantizedCheckpoint:
                 parts.setdefault(internal, []).append(f"encoder.layer.{src}.{sub}")
             for internal, names in parts.items():
                 w = getattr(layer, f"{internal}_w")
+                if not all(n in self.codes for n in names):
+                    continue  # float in the file (e.g. a per-input-channel weight scale): stays float
                 codes = np.concatenate([self.codes[n] for n in names])
                 scale = np.concatenate([self.scales[n] for n in names])
                 sm = [self.smooth.get(n) for n in names]
@@ -167,6 +169,8 @@ class QuantizedCheckpoint:
                 by_id[id(w)] = (codes, scale, sm[0])
 
         def formats(name, w):
+            if id(w) not in by_id:
+                return "auto"
             codes, scale, sm = by_id[id(w)]
             return lambda weight, bias: Int8Linear(codes, scale, bias, fmt, sm)
 
@@ -181,6 +185,10 @@ def _dequantize(codes, scale, smooth):
 def read_quantization(ckpt) -> QuantizedCheckpoint | None:
     """The quantized view of a checkpoint from `sparsebert.loaders.read_checkpoint`, or None when
     its config.json has no "quantization" section. Raises CheckpointError on any inconsistency."""
+    if ckpt.kind == "onnx" and ckpt.int8:  # an int8 ONNX export (loaders/onnx_quant.py)
+        codes = {n: c for n, (c, _) in ckpt.int8.items()}
+        scales = {n: s.astype(np.float32) for n, (_, s) in ckpt.int8.items()}
+        return QuantizedCheckpoint(normalize_names(ckpt.state_dict), codes, scales, {})
     if ckpt.kind != "safetensors":
         return None
     cfg = Path(ckpt.source) / "config.json"
