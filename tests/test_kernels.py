@@ -226,11 +226,16 @@ def test_csr_sizes_not_multiple_of_any_block(N, K):
 # several K-chunks per row (`spmm.k_chunk_columns`, capped), full 64/32/16-token
 # tiles and no tail. Small shapes above never reach this path; these cases caught a packed panel
 # that dropped the last row of each K-chunk, which the rest of the suite passed.
-REAL_SHAPES = [(1536, 384), (384, 1536), (3072, 768), (768, 3072)]
+# Under NUMBA_BOUNDSCHECK=1 (CI's second pass) the loops run scalar and checked: the MiniLM shapes
+# there reach the same code paths; the BERT-base shapes run in the normal pass only.
+_BASE_ONLY = pytest.mark.skipif(bool(__import__("numba").config.BOUNDSCHECK),
+                                reason="BERT-base shapes: normal pass only (same paths as MiniLM's)")
+REAL_SHAPES = [(1536, 384), (384, 1536), pytest.param(3072, 768, marks=_BASE_ONLY),
+               pytest.param(768, 3072, marks=_BASE_ONLY)]
 
 
 @pytest.mark.parametrize("fmt", FORMATS, ids=IDS)
-@pytest.mark.parametrize("N,K", REAL_SHAPES, ids=[f"{n}x{k}" for n, k in REAL_SHAPES])
+@pytest.mark.parametrize("N,K", REAL_SHAPES, ids=["1536x384", "384x1536", "3072x768", "768x3072"])
 def test_real_layer_shapes_packed_panels(fmt, N, K):
     import numba
 
