@@ -68,7 +68,8 @@ def sparse_model(dense: str, sparsity: float = 0.9) -> str:
 
 
 async def run_level(url: str, texts: list[str], expected: dict, concurrency: int, requests: int,
-                    time_limit: float, model: str = "m", atol: float = 1e-5, start: int = 0) -> dict:
+                    time_limit: float, model: str = "m", atol: float = 1e-5, start: int = 0,
+                    headers: dict | None = None) -> dict:
     """Closed-loop load: `concurrency` workers, one text per request, until `requests` or `time_limit`."""
     import aiohttp
 
@@ -108,7 +109,7 @@ async def run_level(url: str, texts: list[str], expected: dict, concurrency: int
 
     timeout = aiohttp.ClientTimeout(total=120)
     connector = aiohttp.TCPConnector(limit=concurrency)
-    async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
+    async with aiohttp.ClientSession(timeout=timeout, connector=connector, headers=headers) as session:
         t0 = time.perf_counter()
         await asyncio.gather(*(worker(session) for _ in range(concurrency)))
         wall = time.perf_counter() - t0
@@ -250,7 +251,8 @@ def main(argv=None) -> dict:
                                          "tokens_p50": float(np.median(lengths)),
                                          "tokens_p90": float(np.percentile(lengths, 90))}
             print(json.dumps({engine: result["engines"][engine]}), flush=True)
-            srv = ServerProcess.sparsebert(path, *args.serve_args.split())
+            # --auto-truncate: encode truncates long texts too (the corpus has a few over 256 tokens)
+            srv = ServerProcess.sparsebert(path, "--auto-truncate", *args.serve_args.split())
             result["rows"] += run_engine(engine, srv, texts, expected, levels, args.requests,
                                          args.time_limit, 1e-5, True, model=model)
             del model

@@ -362,3 +362,29 @@ def test_missing_serve_stack_names_the_pip_line():
             "try:\n    create_app(None)\nexcept MissingDependencyError as e:\n    print(e)\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert "pip install 'sparsebert[serve]'" in out.stdout, out.stderr
+
+
+# --- short load run (the long ones: benchmarks/load_serve.py) -------------------------------------
+
+
+@pytest.mark.parametrize("requests", [pytest.param(300, id="ci"),
+                                      pytest.param(20000, id="long", marks=pytest.mark.slow)])
+def test_load_no_lost_or_mixed_responses(request, server, model, requests):
+    """32 closed-loop clients, one text per request (the load benchmark's generator): every response
+    is 200 and carries its own text's vector."""
+    expr = request.config.getoption("markexpr") or ""
+    if requests > 300 and ("slow" not in expr or "not slow" in expr):
+        pytest.skip("long load run: select it with -m slow")
+    pytest.importorskip("aiohttp")
+    import asyncio
+    import os
+
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
+    from load_serve import run_level
+
+    texts = make_texts(500, seed=11)
+    expected = dict(zip(texts, model.encode(texts)))
+    row = asyncio.run(run_level(server.url, texts, expected, concurrency=32, requests=requests,
+                                time_limit=3600, headers=AUTH))
+    assert row["requests"] == requests and row["ok"] == requests, row
+    assert row["lost"] == 0 and row["mixed"] == 0, row
