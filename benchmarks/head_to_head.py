@@ -218,7 +218,9 @@ def head_to_head(models_dir="bench-models", *, labels=None, engines=None, python
 def summarise(label, batch, runs, loads) -> dict:
     med = statistics.median
     base = [m["items_per_s"] for m in runs[BASELINE]]
-    out = {"batch_size": batch, "baseline_items_per_s": med(base), "engines": {}}
+    out = {"batch_size": batch, "baseline_items_per_s": med(base),
+           "baseline_latency_ms_median": med(m["latency_ms"]["median"] for m in runs[BASELINE]),
+           "engines": {}}
     ref = loads.get("sparsebert", {}).get("sample")
     for e, ms in runs.items():
         if e == BASELINE:
@@ -261,7 +263,10 @@ def format_table(result) -> str:
     lat = result["results"].get("12L 90% batch 1")
     if lat:
         lines.append("batch-1 latency, 12L 90%, median ms: " + ", ".join(
-            f"{e} {v['latency_ms_median']:.1f}" for e, v in lat["engines"].items()))
+            f"{e} {v['latency_ms_median']:.1f}" for e, v in lat["engines"].items())
+            + f"; ORT dense 12L {lat['baseline_latency_ms_median']:.1f}"
+            + (f"; sparsebert / DeepSparse latency {1 / lat['sparsebert_vs_deepsparse']:.2f}x"
+               if "sparsebert_vs_deepsparse" in lat else ""))
     for e, why in result["skipped"].items():
         lines.append(f"skipped {e}: {why}")
     return "\n".join(lines)
