@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -38,6 +37,9 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from head_to_head import cpu_model  # noqa: E402
 MODELS = {"12L dense": "bert-base-12L-dense", "12L 90%": "bert-base-12L-unstructured90",
           "12L 90% 1x4": "bert-base-12L-block1x4-90", "12L 90% 4x1": "bert-base-12L-block4x1-90"}
 # Models make_bench_models.py does not build: (source model, sparsity, block (out x in)). 1x4
@@ -46,16 +48,6 @@ MODELS = {"12L dense": "bert-base-12L-dense", "12L 90%": "bert-base-12L-unstruct
 DERIVED = {"bert-base-12L-block1x4-90": ("bert-base-12L-dense", 0.9, "1x4")}
 FLOAT_ONNX = {"bert-base-12L-dense": "onnx-bert-base-12L-dense/model.onnx"}
 ENGINES = ("sparsebert-fp32", "sparsebert-int8", "ort-fp32", "ort-int8-qdq", "ort-int8-dynamic")
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def prepare(models_dir: Path, name: str, log) -> dict:
