@@ -70,22 +70,16 @@ def load_sparsebert(path, B, T, threads, options):
 
 
 def load_onnxruntime(path, B, T, threads, options):
-    import onnxruntime as ort
+    # ORT runs in the project's venv: the same session settings as `sparsebert benchmark`.
+    import onnxruntime
+    from sparsebert.benchmark import load_runner
 
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    t0 = time.perf_counter()
-    session = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
-    load_s = time.perf_counter() - t0
-    names = [i.name for i in session.get_inputs()]
+    runner = load_runner(path, "onnxruntime", threads=threads)
 
     def run(x):
-        return session.run(None, {n: x[n] for n in names})[0]
+        return runner.run(x)[0]
 
-    return run, {"load_s": load_s, "version": ort.__version__}
+    return run, {"load_s": runner.timings["load_s"], "version": onnxruntime.__version__}
 
 
 def load_deepsparse(path, B, T, threads, options):

@@ -42,6 +42,8 @@ sys.path.insert(0, str(ROOT / "models"))
 
 from make_bench_models import ONNX_NAME, VARIANTS, _build, build_all, model_name  # noqa: E402
 
+from sparsebert import tuning  # noqa: E402
+
 WORKER = Path(__file__).resolve().parent / "h2h_worker.py"
 MARK = "@@h2h "
 PEERS = Path("/root/.cache/sparsebert-peers")
@@ -63,16 +65,6 @@ MODELS = {
     "12L 90% batch 1": (12, "unstructured90", 1),
 }
 BASELINE = "onnxruntime 12L dense"
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def export_onnx(models_dir: Path, layers: int, variant: str, log) -> Path:
@@ -207,7 +199,7 @@ def head_to_head(models_dir="bench-models", *, labels=None, engines=None, python
     return {
         "settings": {"rounds": rounds, "time_s": time_s, "min_batches": min_batches,
                      "threads": threads, "seq_len": seq_len, "models_dir": str(models_dir)},
-        "machine": {"cpu": cpu_model(), "cpu_count": os.cpu_count(), "platform": platform.platform()},
+        "machine": {"cpu": tuning.cpu_model(), "cpu_count": os.cpu_count(), "platform": platform.platform()},
         "skipped": skipped,
         "results": results,
         "worker_logs": str(log_dir),

@@ -57,7 +57,8 @@ def kernel_version() -> str:
     return h.hexdigest()[:16]
 
 
-def _cpu_model() -> str:
+def cpu_model() -> str:
+    """The CPU's marketing name (/proc/cpuinfo), else what platform knows."""
     try:
         with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
             for line in f:
@@ -73,7 +74,7 @@ def _host() -> tuple:
     from llvmlite import binding
 
     features = binding.get_host_cpu_features()
-    return _cpu_model(), binding.get_host_cpu_name(), tuple(sorted(f for f, on in features.items() if on))
+    return cpu_model(), binding.get_host_cpu_name(), tuple(sorted(f for f, on in features.items() if on))
 
 
 def machine() -> dict:
