@@ -268,7 +268,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models-dir", default=str(ROOT / "bench-models"))
     parser.add_argument("--models", default=None,
-                        help=f"comma-separated subset of: {', '.join(MODELS)}")
+                        help=f"comma-separated subset of: {', '.join(MODELS)}".replace("%", "%%"))
     parser.add_argument("--engines", default=None, help="comma-separated subset of the engines")
     parser.add_argument("--deepsparse-python", default=str(PEERS / "deepsparse/bin/python"))
     parser.add_argument("--openvino-python", default=str(PEERS / "openvino/bin/python"))
