@@ -1,8 +1,8 @@
 """Dynamic batching: requests from many clients queue; one model thread runs them in token-budget batches.
 
 A request submits a `Job`: its texts as items, each with a token count. One asyncio task (the
-batcher) waits for the first item, then keeps collecting until the queue holds a full batch or the
-oldest item has waited `max_wait_ms`. It takes the oldest items (up to a few batches' worth), sorts
+batcher) waits for the first item, then keeps collecting until the queue holds a full batch or
+`max_wait_ms` have passed since the later of the oldest item's arrival and the end of the last batch. It takes the oldest items (up to a few batches' worth), sorts
 them by length so each batch pads little, and cuts them into batches of at most `max_batch_tokens`
 padded tokens (rows x longest row) and `max_batch_size` rows. Each batch runs through `run_batch` on a
 single worker thread (the model's own kernels use every core; two batches at once would only fight),
@@ -102,6 +102,7 @@ class Batcher:
         self._task: asyncio.Task | None = None
         self._executor: ThreadPoolExecutor | None = None
         self._closing = False
+        self._free_since = 0.0  # when the model thread finished its last batch
 
     @property
     def queue_depth(self) -> int:
@@ -167,6 +168,7 @@ class Batcher:
             await self._wait_for_batch()
             for key, batch in self._take_window():
                 await self._run_one(loop, key, batch)
+            self._free_since = time.perf_counter()
 
     async def _wait_for_batch(self) -> None:
         """Until the queue holds a full batch, or the oldest item has waited max_wait."""
@@ -174,7 +176,11 @@ class Batcher:
             pending = self._pending
             if len(pending) >= self.max_batch_size or self._pending_tokens() >= self.max_batch_tokens:
                 return
-            remaining = pending[0].arrived + self.max_wait - time.perf_counter()
+            # From the later of the oldest arrival and the end of the last batch: the clients the last
+            # batch answered need a moment to send their next requests, or batches alternate between
+            # full and nearly empty under steady load. An item thus waits at most the model's busy
+            # time plus max_wait.
+            remaining = max(pending[0].arrived, self._free_since) + self.max_wait - time.perf_counter()
             if remaining <= 0:
                 return
             self._wake.clear()
