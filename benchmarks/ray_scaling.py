@@ -10,7 +10,10 @@ each engine embeds all N rows and machine noise (the machine may be shared) hits
   (--single adds local-1t and ray-1x1: one thread / one actor of one CPU, for per-core throughput.)
 All engines have the same 2 CPUs. Per run: end-to-end seconds (with Ray's actor start and model load)
 and steady rows/s (from the first piece written to the last), and the peak resident memory of each
-Ray actor process, sampled as the job goes, to show it does not grow with the rows. Each engine
+Ray actor process, sampled as the job goes, to show it does not grow with the rows; and the CPU
+seconds the job cost (this process plus, for Ray, every process of the local cluster: GCS, raylet,
+actors), whose rows per CPU-second compare the engines' work per row even when other jobs on a shared
+machine take CPU time from them unevenly. Each engine
 gets the same pieces (--rows-per-piece rows, sorted by length and batched within a piece). Reported: per
 engine the median over rounds of the steady rows/s ratio to local in the same round.
 
@@ -22,6 +25,7 @@ Left out: multi-node runs (the README derives them from the per-core figures mea
 from __future__ import annotations
 
 import argparse
+import os
 import json
 import platform
 import statistics
@@ -58,6 +62,29 @@ def _actor_rss_mib() -> dict[int, float]:
     return out
 
 
+def _tree_cpu_seconds(tree: bool = True) -> dict[int, float]:
+    """CPU seconds (user + system, all threads, since start) of this process and, with `tree`, every
+    process descended from it: the local Ray cluster's GCS, raylet and workers."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    parent, cpu = {}, {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except (OSError, IndexError):
+                continue
+            parent[int(entry.name)] = int(fields[1])
+            cpu[int(entry.name)] = (int(fields[11]) + int(fields[12])) / ticks
+    me, out = os.getpid(), {}
+    for pid in cpu:
+        p, depth = pid, 0
+        while p and p != me and depth < 16:
+            p, depth = parent.get(p), depth + 1
+        if p == me and (tree or pid == me):
+            out[pid] = cpu[pid]
+    return out
+
+
 def cpu_name() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -70,14 +97,22 @@ def cpu_name() -> str:
 
 def run_once(model, input_path, out_dir, engine: dict, rows_per_piece: int) -> dict:
     marks, rss = [], []
+    tree = bool(engine.get("ray"))  # a local run is charged only for this process
+    before = _tree_cpu_seconds(tree)
+    seen = dict(before)
 
     def progress(done, total):
         marks.append((time.perf_counter(), done))
+        for pid, sec in _tree_cpu_seconds(tree).items():  # an actor's last sample is its last piece
+            seen[pid] = max(seen.get(pid, 0.0), sec)
         if engine.get("ray"):
             rss.append((done / total, _actor_rss_mib()))
 
     res = encode_table(model, input_path, out_dir, overwrite=True, on_progress=progress,
                        rows_per_piece=rows_per_piece, **engine)
+    for pid, sec in _tree_cpu_seconds(tree).items():
+        seen[pid] = max(seen.get(pid, 0.0), sec)
+    cpu_s = sum(sec - before.get(pid, 0.0) for pid, sec in seen.items())
     # Steady rate: least-squares slope of rows done over time between 10% and 95% done, which
     # leaves out actor start and model load, and is not thrown by pieces that finish in bursts.
     total = marks[-1][1]
@@ -92,7 +127,8 @@ def run_once(model, input_path, out_dir, engine: dict, rows_per_piece: int) -> d
             peak[pid] = max(peak.get(pid, 0.0), mib)
     early = [max(s.values()) for f, s in rss if s and f <= 0.25]
     return {"rows": res["rows"], "seconds": res["seconds"], "rows_per_s_end_to_end": res["rows_per_second"],
-            "rows_per_s_steady": steady, "actor_peak_rss_mib": sorted(peak.values()),
+            "rows_per_s_steady": steady, "cpu_seconds": cpu_s, "rows_per_cpu_second": res["rows"] / cpu_s,
+            "actor_peak_rss_mib": sorted(peak.values()),
             "actor_rss_mib_first_quarter": max(early) if early else None}
 
 
@@ -145,6 +181,11 @@ def main(argv=None) -> dict:
             "ratio_to_local_steady_median": statistics.median(ratios),
             "ratio_range": [min(ratios), max(ratios)],
             "rows_per_s_per_cpu": statistics.median(x["rows_per_s_steady"] for x in runs) / cpus,
+            "rows_per_cpu_second_median": statistics.median(x["rows_per_cpu_second"] for x in runs),
+            "cpu_ratio_to_local_median": statistics.median(
+                x["rows_per_cpu_second"] / next(y for y in result["runs"] if y["engine"] == "local"
+                                                and y["round"] == x["round"])["rows_per_cpu_second"]
+                for x in runs),
             "actor_peak_rss_mib": max((max(x["actor_peak_rss_mib"]) for x in runs if x["actor_peak_rss_mib"]),
                                       default=None),
         }
