@@ -42,13 +42,12 @@ def require_ray():
 
 
 def _actor_cpus() -> int:
-    """CPUs Ray assigned to the calling actor (1 outside Ray or when it asked for a fraction)."""
-    try:
-        import ray
+    """CPUs Ray assigned to the calling actor or task (1 outside Ray, or for a fraction of a CPU)."""
+    import ray
 
-        cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1)
-    except Exception:  # not inside a Ray worker: no assignment to read
-        cpus = 1
+    if not ray.is_initialized():  # get_runtime_context() would start a local Ray instance
+        return 1
+    cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1)
     return max(1, int(cpus))
 
 
@@ -65,8 +64,10 @@ class Embedder:
                  pooling: str = "mean", layers: Sequence[int] | None = None, threads: int | None = None):
         import numba
 
-        from .api import load
+        from .api import POOLINGS, load
 
+        if pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
         self.threads = min(threads or _actor_cpus(), numba.config.NUMBA_NUM_THREADS)
         numba.set_num_threads(self.threads)
         self.model = load(model_path, layers=layers)
@@ -99,7 +100,10 @@ class Embedder:
         limit = self.model.config.max_position_embeddings
         errors, encodings = [], []
         for row in rows:
-            tokens = np.asarray(row if row is not None else [], dtype=np.int64).reshape(-1)
+            try:
+                tokens = np.asarray(row if row is not None else [], dtype=np.int64).reshape(-1)
+            except (TypeError, ValueError):
+                tokens = np.zeros(0, dtype=np.int64)
             if not 0 < len(tokens) <= limit or tokens.min() < 0 or tokens.max() >= vocab:
                 errors.append(f"token ids must be 1 to {limit} ids in [0, {vocab}), got {len(tokens)} ids")
                 tokens = np.zeros(1, dtype=np.int64)

@@ -138,3 +138,30 @@ def test_ray_path_without_ray_names_the_extra(minilm_path, tmp_path, monkeypatch
     with pytest.raises(MissingDependencyError, match=r"pip install 'sparsebert\[ray\]'"):
         encode_table(minilm_path, tmp_path / "in.txt", tmp_path / "out", ray=True)
     assert not (tmp_path / "out").exists()
+
+
+def test_embedder_called_directly_texts_and_token_ids(minilm_path):
+    """The map_batches callable outside Ray: one thread, bad rows marked, good rows = Model.encode."""
+    pytest.importorskip("ray")
+    import sparsebert
+    from sparsebert.ray_data import Embedder
+
+    model = sparsebert.load(minilm_path)
+    table = Embedder(minilm_path)({"id": np.array([5, 6, 7]), "text": ["winter light", 3.5, "a quiet engine"]})
+    assert table.column("id").to_pylist() == [5, 6, 7]
+    errors = table.column("error").to_pylist()
+    assert errors[0] is None and errors[2] is None and "float" in errors[1]
+    emb = table.column("embedding").to_pylist()
+    assert emb[1] is None
+    np.testing.assert_allclose(np.array([emb[0], emb[2]], dtype=np.float32),
+                               model.encode(["winter light", "a quiet engine"]), atol=1e-5)
+    tokens = Embedder(minilm_path, token_column="input_ids")
+    assert tokens.threads == 1
+    ids = list(model.tokenizer(["winter light"]).encodings[0].ids)
+    table = tokens({"id": ["a", "b", "c"], "input_ids": [ids, ["x"], []]})
+    assert table.column("error").to_pylist()[0] is None
+    assert all("token ids" in e for e in table.column("error").to_pylist()[1:])
+    np.testing.assert_allclose(np.array(table.column("embedding").to_pylist()[:1], dtype=np.float32),
+                               model.encode(["winter light"]), atol=1e-5)
+    with pytest.raises(ValueError, match="pooling"):
+        Embedder(minilm_path, pooling="sum")
