@@ -32,12 +32,28 @@ def make_texts(n, seed=0):
     return [" ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 40))) for _ in range(n)]
 
 
+def init_loopback_cluster():
+    """A 2-CPU local Ray whose sockets all stay on 127.0.0.1: by default Ray swaps loopback for the
+    machine's network address (so that other nodes could join); Ray's switch for single-machine
+    clusters keeps it on loopback."""
+    import ray._private.ray_constants as ray_constants
+
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # read by the processes ray.init starts
+    ray_constants.ENABLE_RAY_CLUSTER = False  # already read by this one
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    assert ray._private.worker._global_node.node_ip_address == "127.0.0.1"
+
+
 @pytest.fixture(scope="module")
 def cluster():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, _node_ip_address="127.0.0.1",
-             runtime_env={"env_vars": {"RAY_DATA_DISABLE_PROGRESS_BARS": "1"}})
+    saved = os.environ.get("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER")
+    init_loopback_cluster()
     yield
     ray.shutdown()
+    if saved is None:
+        os.environ.pop("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", None)
+    else:
+        os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = saved
 
 
 @pytest.fixture(scope="module")
