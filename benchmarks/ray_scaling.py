@@ -148,7 +148,12 @@ def main(argv=None) -> dict:
     texts = [" ".join(t.split()) for t in sentences(args.rows, seed=0)]
     per_round = -(-len(texts) // args.rounds)
     work = Path(tempfile.mkdtemp(prefix="ray-scaling-"))
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, _node_ip_address="127.0.0.1")
+    import ray._private.ray_constants as ray_constants
+
+    # a single-machine cluster on 127.0.0.1 (by default Ray advertises the network address)
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     names = list(engines)
     result = {"cpu": cpu_name(), "cpus": 2, "model": args.model, "rows": len(texts), "rounds": args.rounds,
               "rows_per_piece": args.rows_per_piece,
