@@ -11,15 +11,16 @@ endpoint), in turn:
    latency, and the returned vector checked against the direct-encode vector of its own text (a lost
    or mixed-up response is counted, never ignored);
 3. for sparsebert, read the batch-size histogram from /metrics before and after each level.
-Direct `encode` throughput (batch 32, the library default) is timed in this process on the same texts,
-right before each sparsebert engine's server runs, and "one full batch" is the median time of a
-32-text batch of these texts.
+Direct `encode` throughput (batch 32, the library default) is timed in this process on 1,000 of each
+level's texts right before and after the level (the mean is the level's "vs encode" base), and "one
+full batch" is the median time of a random 32-text batch of these texts.
 
 Texts: real English (WordNet glosses and fortunes, `benchmarks/corpus.py`). Everything is bounded
 (requests and seconds per level) and loopback-only. The machine's cores are shared by the client,
 the server and the model: on a 2-vCPU host the client's own CPU is part of every figure.
 
-    python benchmarks/load_serve.py --json bench-results/load_serve.json        # full run
+    python benchmarks/load_serve.py --levels 1,8,32,256 --time-limit 90 --texts 4000 \
+        --json bench-results/load_serve.json                                      # the reported run
     python benchmarks/load_serve.py --levels 1,8 --requests 300 --engines sparse  # quick look
 """
 
