@@ -100,11 +100,13 @@ def run_once(model, input_path, out_dir, engine: dict, rows_per_piece: int) -> d
     tree = bool(engine.get("ray"))  # a local run is charged only for this process
     before = _tree_cpu_seconds(tree)
     seen = dict(before)
+    cpu_marks = []
 
     def progress(done, total):
         marks.append((time.perf_counter(), done))
         for pid, sec in _tree_cpu_seconds(tree).items():  # an actor's last sample is its last piece
             seen[pid] = max(seen.get(pid, 0.0), sec)
+        cpu_marks.append((done, sum(sec - before.get(pid, 0.0) for pid, sec in seen.items())))
         if engine.get("ray"):
             rss.append((done / total, _actor_rss_mib()))
 
@@ -121,6 +123,13 @@ def run_once(model, input_path, out_dir, engine: dict, rows_per_piece: int) -> d
     if len(mid) >= 3:
         t, d = np.array(mid).T
         steady = float(np.polyfit(t - t[0], d, 1)[0])
+    # Marginal CPU per row: slope of rows done over CPU seconds spent, 10% to 95% done (leaves out
+    # process start, imports and model load, which a long job pays once per actor).
+    mid_cpu = [(c, d) for d, c in cpu_marks if 0.1 * total <= d <= 0.95 * total]
+    steady_cpu = None
+    if len(mid_cpu) >= 3:
+        c, d = np.array(mid_cpu).T
+        steady_cpu = float(np.polyfit(c - c[0], d, 1)[0])
     peak = {}
     for _, sample in rss:
         for pid, mib in sample.items():
@@ -128,6 +137,7 @@ def run_once(model, input_path, out_dir, engine: dict, rows_per_piece: int) -> d
     early = [max(s.values()) for f, s in rss if s and f <= 0.25]
     return {"rows": res["rows"], "seconds": res["seconds"], "rows_per_s_end_to_end": res["rows_per_second"],
             "rows_per_s_steady": steady, "cpu_seconds": cpu_s, "rows_per_cpu_second": res["rows"] / cpu_s,
+            "rows_per_cpu_second_steady": steady_cpu,
             "actor_peak_rss_mib": sorted(peak.values()),
             "actor_rss_mib_first_quarter": max(early) if early else None}
 
@@ -172,6 +182,7 @@ def main(argv=None) -> dict:
             if args.json:
                 Path(args.json).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     summary = {}
+    local = {y["round"]: y for y in result["runs"] if y["engine"] == "local"}
     for name in names:
         runs = [x for x in result["runs"] if x["engine"] == name]
         ratios = []
@@ -187,9 +198,12 @@ def main(argv=None) -> dict:
             "ratio_range": [min(ratios), max(ratios)],
             "rows_per_s_per_cpu": statistics.median(x["rows_per_s_steady"] for x in runs) / cpus,
             "rows_per_cpu_second_median": statistics.median(x["rows_per_cpu_second"] for x in runs),
+            "rows_per_cpu_second_steady_median": statistics.median(x["rows_per_cpu_second_steady"]
+                                                                   for x in runs),
             "cpu_ratio_to_local_median": statistics.median(
-                x["rows_per_cpu_second"] / next(y for y in result["runs"] if y["engine"] == "local"
-                                                and y["round"] == x["round"])["rows_per_cpu_second"]
+                x["rows_per_cpu_second"] / local[x["round"]]["rows_per_cpu_second"] for x in runs),
+            "cpu_steady_ratio_to_local_median": statistics.median(
+                x["rows_per_cpu_second_steady"] / local[x["round"]]["rows_per_cpu_second_steady"]
                 for x in runs),
             "actor_peak_rss_mib": max((max(x["actor_peak_rss_mib"]) for x in runs if x["actor_peak_rss_mib"]),
                                       default=None),
