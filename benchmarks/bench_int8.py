@@ -37,9 +37,8 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from head_to_head import cpu_model  # noqa: E402
+from sparsebert.tuning import cpu_model  # noqa: E402
 MODELS = {"12L dense": "bert-base-12L-dense", "12L 90%": "bert-base-12L-unstructured90",
           "12L 90% 1x4": "bert-base-12L-block1x4-90", "12L 90% 4x1": "bert-base-12L-block4x1-90"}
 # Models make_bench_models.py does not build: (source model, sparsity, block (out x in)). 1x4
