@@ -227,7 +227,8 @@ def bench_linears(*, pairs=15, batch=32, seq=128, threads=2, log=print) -> dict:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--models-dir", default=str(ROOT / "bench-models"))
-    p.add_argument("--models", default=None, help=f"comma-separated labels from {list(MODELS)}")
+    p.add_argument("--models", default=None,
+                   help="comma-separated labels from " + str(list(MODELS)).replace("%", "%%"))
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--time", type=float, default=6.0, help="seconds per engine per round")
     p.add_argument("--batch-size", type=int, default=32)
