@@ -1,0 +1,98 @@
+"""Mutation check of the kernel conformance suite: does a deliberate bug in each kernel path fail
+a test? Not collected by pytest; run it before trusting a new kernel path:
+
+    .venv/bin/python tests/mutate_kernels.py                 # every mutation, ~2-5 min each
+    .venv/bin/python tests/mutate_kernels.py tail_drops_last_column
+
+Each mutation is applied to a private copy of the checkout (never to the working tree), the
+generated kernels are regenerated there, and tests/test_kernels.py runs against the copy with an
+empty Numba cache, stopping at the first failure. A mutation that passes is a hole in the suite.
+Recorded 2026-12-02: every mutation below fails at least one test; the packed-panel one fails only
+the real-shape cases (test_real_layer_shapes_packed_panels).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+# name -> (file under kernels/, text, replacement)
+MUTATIONS = {
+    "packed_panel_drops_last_row_of_chunk": (
+        "gen_spmm.py", "pack_panel(xf, soff, S, min(kc, K - c * kc), {TM}, panel)",
+        "pack_panel(xf, soff, S, min(kc, K - c * kc) - 1, {TM}, panel)"),
+    "in_place_reads_next_row": (
+        "gen_spmm.py", "                if pack:\n",
+        "                if not pack:\n                    soff = soff + us\n                if pack:\n"),
+    "tail_drops_last_column": (
+        "gen_spmm.py", "width = min({W}, S - own)", "width = min({W}, S - own) - 1"),
+    "short_sequences_drop_last_of_group": (
+        "spmm_epilogue.py", "    for i in range(nb):\n        src = np.uint64((b0 + i) * K * S)",
+        "    for i in range(max(nb - 1, 1)):\n        src = np.uint64((b0 + i) * K * S)"),
+    "tile_drops_last_entry_of_run": (
+        "gen_spmm.py", 'L.append("    for p in range(start, end):")',
+        'L.append("    for p in range(start, max(start, end - np.uint64(1))):")'),
+    "block_values_transposed": (
+        "gen_spmm.py", "w{r}_{c} = data[q + {u}({r * C + c})]", "w{r}_{c} = data[q + {u}({c * R + r})]"),
+    "gelu_before_bias": (
+        "spmm_epilogue.py", "y[off + j] = gelu_f32(y[off + j] + bias)",
+        "y[off + j] = gelu_f32(y[off + j]) + bias"),
+}
+
+
+def copy_checkout(dst: Path) -> None:
+    ignore = shutil.ignore_patterns(".venv", ".git", "bench-models", "bench-results", "__pycache__",
+                                    "*.egg-info", "data-cache", "train-runs")
+    shutil.copytree(ROOT, dst, ignore=ignore, symlinks=True)
+    # The editable install maps sparsebert.kernels to kernels/; in the copy, a link does it.
+    (dst / "sparsebert" / "kernels").symlink_to(dst / "kernels", target_is_directory=True)
+
+
+def run(name: str, work: Path) -> str:
+    fname, old, new = MUTATIONS[name]
+    path = work / "kernels" / fname
+    pristine = path.read_text()
+    generated = (work / "kernels" / "_spmm_generated.py").read_text()
+    if pristine.count(old) != 1:
+        return f"{name}: mutation no longer applies (the code changed); update it"
+    try:
+        path.write_text(pristine.replace(old, new))
+        subprocess.run([sys.executable, str(work / "kernels" / "gen_spmm.py")], check=True,
+                       capture_output=True)
+        env = dict(os.environ, PYTHONPATH=str(work),
+                   NUMBA_CACHE_DIR=tempfile.mkdtemp(prefix="mutate-numba-"))
+        t0 = time.perf_counter()
+        proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider",
+                               "tests/test_kernels.py"], cwd=work, env=env, capture_output=True,
+                              text=True)
+        failed = [line.split()[1] for line in proc.stdout.splitlines() if line.startswith("FAILED")]
+        verdict = f"caught by {failed[0]}" if failed else "NOT CAUGHT: the suite has a hole"
+        return f"{name}: {verdict} ({time.perf_counter() - t0:.0f} s)"
+    finally:
+        path.write_text(pristine)
+        (work / "kernels" / "_spmm_generated.py").write_text(generated)
+
+
+def main(argv: list[str]) -> int:
+    names = argv or list(MUTATIONS)
+    unknown = [n for n in names if n not in MUTATIONS]
+    if unknown:
+        print(f"unknown mutation(s) {unknown}; choose from {list(MUTATIONS)}", file=sys.stderr)
+        return 2
+    with tempfile.TemporaryDirectory(prefix="sparsebert-mutate-") as tmp:
+        work = Path(tmp) / "checkout"
+        copy_checkout(work)
+        results = [run(n, work) for n in names]
+    for line in results:
+        print(line)
+    return 0 if all("NOT CAUGHT" not in r for r in results) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))
