@@ -12,7 +12,10 @@ Losses (all means over the batch):
   hidden_mse      per mapped layer, squared error averaged over features and non-padding tokens,
                   then averaged over layers; student layer j (1-based output j) is matched to teacher
                   output round(j * L_teacher / L_student), the uniform map of TinyBERT / DistilBERT,
-                  and the embedding outputs to each other
+                  and the embedding outputs to each other; with normalize=True each layer's error is
+                  divided by the teacher's mean square on the same tokens (SquareHead, Kurtic et al.
+                  2023, "Sparse Fine-tuning for Inference Acceleration of LLMs"), so layers whose hidden
+                  states are large do not drown the others
   kd_loss         hardness * T^2 * KL(softmax(t / T) || softmax(s / T)) + (1 - hardness) * CE(s, y)
                   (Hinton et al. 2015; SparseML's "hardness" weights the distillation term)
 
@@ -129,7 +132,7 @@ def layer_map(n_student: int, n_teacher: int) -> list[tuple[int, int]]:
     return [(0, 0)] + [(j, round(j * n_teacher / n_student)) for j in range(1, n_student + 1)]
 
 
-def hidden_mse(student_states, teacher_states, mask):
+def hidden_mse(student_states, teacher_states, mask, normalize: bool = False):
     """Mean over mapped layers of the masked token MSE (see the module docstring)."""
     m = mask.unsqueeze(-1).to(student_states[0].dtype)
     n_tokens = m.sum().clamp_min(1.0)
@@ -137,7 +140,10 @@ def hidden_mse(student_states, teacher_states, mask):
     total = 0.0
     for s, t in pairs:
         diff = (student_states[s] - teacher_states[t]) ** 2 * m
-        total = total + diff.mean(-1).sum() / n_tokens
+        err = diff.mean(-1).sum() / n_tokens
+        if normalize:
+            err = err / ((teacher_states[t] ** 2 * m).mean(-1).sum() / n_tokens).clamp_min(1e-12)
+        total = total + err
     return total / len(pairs)
 
 

@@ -5,7 +5,8 @@
     [pruning]       initial_sparsity, final_sparsity, start / end (steps) or start_epoch / end_epoch,
                     update_every (steps), scope = "per-layer" | "global", block = "1x1" | "4x1" | ...,
                     linears (subset of query, key, value, attn_out, ffn_in, ffn_out)
-    [distillation]  pooled_loss = "cosine" | "mse", pooled_weight, hidden_weight (embeddings);
+    [distillation]  pooled_loss = "cosine" | "mse", pooled_weight, hidden_weight, hidden_norm =
+                    "none" | "teacher" (SquareHead: each layer's MSE over the teacher's mean square);
                     temperature, hardness (classification: hardness x KL + (1 - hardness) x CE)
     [training]      optimizer = "adamw", lr, weight_decay, warmup_steps, lr_schedule, batch_size,
                     max_length, steps or epochs, seed, threads, checkpoint_minutes
@@ -69,6 +70,7 @@ class Distillation:
     pooled_loss: str = "cosine"
     pooled_weight: float = 1.0
     hidden_weight: float = 0.0
+    hidden_norm: str = "none"
     temperature: float = 2.0
     hardness: float = 1.0
 
@@ -127,6 +129,7 @@ _CHOICES = {
     ("task", "kind"): ("embeddings", "classification"),
     ("pruning", "scope"): ("per-layer", "global"),
     ("distillation", "pooled_loss"): ("cosine", "mse"),
+    ("distillation", "hidden_norm"): ("none", "teacher"),
     ("training", "optimizer"): ("adamw",),
     ("training", "lr_schedule"): LR_SCHEDULES,
 }

@@ -172,7 +172,8 @@ def train(recipe: Recipe, *, init: str | Path, output: str | Path, texts: list[s
                                                  distill.mean_pool(t_out.last_hidden_state, mask))
                 if want_hidden:
                     loss = loss + d.hidden_weight * distill.hidden_mse(s_out.hidden_states,
-                                                                       t_out.hidden_states, mask)
+                                                                       t_out.hidden_states, mask,
+                                                                       d.hidden_norm == "teacher")
             else:
                 y = torch.from_numpy(labels[rows])
                 if t_out is None or d is None:
@@ -181,7 +182,8 @@ def train(recipe: Recipe, *, init: str | Path, output: str | Path, texts: list[s
                     loss = distill.kd_loss(s_out.logits, t_out.logits, y, d.temperature, d.hardness)
                     if want_hidden:
                         loss = loss + d.hidden_weight * distill.hidden_mse(s_out.hidden_states,
-                                                                           t_out.hidden_states, mask)
+                                                                           t_out.hidden_states, mask,
+                                                                       d.hidden_norm == "teacher")
             for group in optim.param_groups:
                 group["lr"] = lr_at(step, t.lr, t.warmup_steps, t.lr_schedule, total, end)
             optim.zero_grad(set_to_none=True)
