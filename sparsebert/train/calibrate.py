@@ -4,9 +4,9 @@ Wanda (Sun et al. 2023, "A Simple and Effective Pruning Approach for Large Langu
 weight W[n, k] by |W[n, k]| x ||x_k||_2, the L2 norm of input feature k over the tokens of a few
 hundred calibration texts: a weight that multiplies a large activation matters more than its
 magnitude says. `input_norms` runs the student once over the texts (eval mode, no gradient, in
-batches tokenized as in training) with forward pre-hooks on the pruned linears, and sums x_k^2 over
-the non-padding tokens in float64. The texts are a seeded draw from the training data
-(`calibration_rows`), so a resumed run measures the same norms.
+batches of similar length tokenized as in training) with forward pre-hooks on the pruned linears,
+and sums x_k^2 over the non-padding tokens in float64. The texts are a seeded draw from the
+training data (`calibration_rows`), so a resumed run measures the same norms.
 
 Left out: SparseGPT / OBC reconstruction (a per-layer Hessian X^T X and weight updates).
 """
@@ -39,6 +39,7 @@ def input_norms(model, params: dict, texts: list[str], tokenizer, batch_size: in
     for name in params:
         module = model.get_submodule(name[: -len(".weight")])
         handles.append(module.register_forward_pre_hook(hook_for(name)))
+    texts = sorted(texts, key=len)  # batches of similar length pad little
     was_training = model.training
     model.eval()
     try:
