@@ -260,3 +260,41 @@ def test_int8_aware_run_quantizes_as_it_trained(tiny_teacher, tmp_path):
     assert err_fq <= 1e-5 and err_float >= 1e-4, (err_fq, err_float)  # measured 1.2e-6 and 6.5e-4
     assert np.array_equal(again, plain)
     assert json.loads((out / "config.json").read_text()).get("quantization") is None
+
+
+def test_classification_run_with_every_lever(tiny_teacher, tmp_path):
+    # A sentiment-style student (BertForSequenceClassification: parameters under "bert."): Wanda
+    # start and updates, LR restarts, frozen embeddings, 1x4 blocks, fake quantization for the last
+    # epoch; the int8 runtime's logits match the fake-quantized torch student's.
+    import sparsebert
+    from sparsebert.quant import quantize
+    from test_train import CLS_STUDENT, CLS_TEACHER
+    from transformers import BertForSequenceClassification
+
+    texts = _texts(80, seed=1)
+    labels = np.array([int("fox" in t or "dog" in t) for t in texts])
+    teacher = tmp_path / "teacher"
+    train(parse_recipe(CLS_TEACHER), init=tiny_teacher, output=teacher, texts=texts, labels=labels, progress=False)
+    text = (CLS_STUDENT.replace("block = \"4x1\"", "block = \"1x4\"\ninit_method = \"wanda\"\nscore = \"wanda\"\n"
+                                "initial_sparsity = 0.2\ncalibration_texts = 24")
+            .replace("layers = [1, 3]", "layers = [1, 3]\nfreeze_embeddings = true")
+            .replace("lr = 1e-3", "lr = 1e-3\nlr_schedule = \"restart-per-update\"")
+            .replace("threads = 1", "threads = 1\n[quantization]\nfake_quant_start_epoch = 1"))
+    out = tmp_path / "student"
+    summary = train(parse_recipe(text), init=teacher, teacher=teacher, output=out, texts=texts, labels=labels,
+                    progress=False)
+    assert summary["finished"] and summary["fake_quant_from_step"] == 10
+    assert summary["encoder_linear_sparsity"] == pytest.approx(0.5, abs=0.01)
+    quantize(out, tmp_path / "q", onnx=False)
+    clf = sparsebert.pipeline("text-classification", tmp_path / "q", top_k=None, function_to_apply="none")
+    got = np.array([[{d["label"]: d["score"] for d in row}[n] for n in ("neg", "pos")] for row in clf(texts[:6])])
+    ref = BertForSequenceClassification.from_pretrained(str(out)).eval()
+    tok = sparsebert.load(out).tokenize(texts[:6])
+    inputs = dict(input_ids=torch.from_numpy(tok.input_ids), attention_mask=torch.from_numpy(tok.attention_mask),
+                  token_type_ids=torch.from_numpy(tok.token_type_ids))
+    with torch.no_grad():
+        plain = ref(**inputs).logits.numpy()
+        fakequant.install(ref)
+        fq = ref(**inputs).logits.numpy()
+    err_fq, err_float = np.abs(got - fq).max(), np.abs(got - plain).max()
+    assert err_fq <= 1e-4 and err_float > 10 * err_fq, (err_fq, err_float)
