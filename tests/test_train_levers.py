@@ -298,3 +298,44 @@ def test_classification_run_with_every_lever(tiny_teacher, tmp_path):
         fq = ref(**inputs).logits.numpy()
     err_fq, err_float = np.abs(got - fq).max(), np.abs(got - plain).max()
     assert err_fq <= 1e-4 and err_float > 10 * err_fq, (err_fq, err_float)
+
+
+# --- attention distillation --------------------------------------------------------------------
+
+
+def test_attention_kl_matches_numpy():
+    rng = np.random.default_rng(4)
+    B, Hh, T = 2, 3, 4
+    mask = np.array([[1, 1, 1, 0], [1, 1, 0, 0]])
+
+    def probs(n_layers):
+        z = rng.normal(size=(n_layers, B, Hh, T, T))
+        z = np.where(mask[None, :, None, None, :] == 1, z, -np.inf)  # padded keys get 0
+        e = np.exp(z - z.max(-1, keepdims=True))
+        return e / e.sum(-1, keepdims=True)
+
+    s, t = probs(2), probs(4)
+    want = []
+    for a, b in [(1, 2), (2, 4)]:  # layer_map(2, 4) without the embeddings
+        ps, pt = s[a - 1], t[b - 1]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            kl = np.where(pt > 0, pt * (np.log(pt) - np.log(ps)), 0.0).sum(-1)  # (B, heads, T)
+        want.append(np.mean([kl[i, h, j] for i in range(B) for h in range(Hh) for j in range(T) if mask[i, j]]))
+    got = distill.attention_kl(tuple(torch.tensor(x) for x in s), tuple(torch.tensor(x) for x in t),
+                               torch.tensor(mask))
+    assert float(got) == pytest.approx(np.mean(want), rel=1e-9)
+    same = distill.attention_kl(tuple(torch.tensor(x) for x in t), tuple(torch.tensor(x) for x in t),
+                                torch.tensor(mask))
+    assert abs(float(same)) < 1e-12
+
+
+def test_attention_distillation_run(tiny_teacher, tmp_path):
+    recipe = parse_recipe(EMB_RECIPE.replace("hidden_weight = 0.5", "hidden_weight = 0.5\nattention_weight = 1.0")
+                          .replace("[task]", "[student]\nlayers = [0, 3]\n[task]").replace("steps = 24", "steps = 30")
+                          .replace("final_sparsity = 0.75", "final_sparsity = 0.0"))
+    summary = train(recipe, init=tiny_teacher, teacher=tiny_teacher, output=tmp_path / "a", texts=_texts(),
+                    progress=False)
+    curve = [loss for _, loss in summary["loss_curve"]]
+    assert summary["finished"] and np.isfinite(curve).all() and np.mean(curve[-5:]) < np.mean(curve[:5])
+    with pytest.raises(ConfigError, match="attention_weight = -1.0"):
+        parse_recipe(EMB_RECIPE.replace("hidden_weight = 0.5", "hidden_weight = 0.5\nattention_weight = -1.0"))

@@ -14,6 +14,8 @@
                     texts drawn with the seed
     [distillation]  pooled_loss = "cosine" | "mse", pooled_weight, hidden_weight, hidden_norm =
                     "none" | "teacher" (SquareHead: each layer's MSE over the teacher's mean square);
+                    attention_weight (KL between teacher and student attention probabilities per
+                    mapped layer, MiniLM; runs both models with eager attention);
                     temperature, hardness (classification: hardness x KL + (1 - hardness) x CE)
     [training]      optimizer = "adamw", lr, weight_decay, warmup_steps, lr_schedule, batch_size,
                     max_length, steps or epochs, seed, threads, checkpoint_minutes.
@@ -92,6 +94,7 @@ class Distillation:
     pooled_weight: float = 1.0
     hidden_weight: float = 0.0
     hidden_norm: str = "none"
+    attention_weight: float = 0.0
     temperature: float = 2.0
     hardness: float = 1.0
 
@@ -315,10 +318,10 @@ def _check(r: Recipe, source: str) -> None:
             fail(f"[pruning] block = {p.block!r}: expected 'RxC' rows x columns of W (out, in), e.g. '4x1'")
     d = r.distillation
     if d is not None:
-        if d.pooled_weight < 0 or d.hidden_weight < 0 or d.temperature <= 0:
+        if d.pooled_weight < 0 or d.hidden_weight < 0 or d.attention_weight < 0 or d.temperature <= 0:
             fail(f"[distillation] pooled_weight = {d.pooled_weight!r}, hidden_weight = "
-                 f"{d.hidden_weight!r}, temperature = {d.temperature!r}: weights must be >= 0 and "
-                 f"the temperature > 0")
+                 f"{d.hidden_weight!r}, attention_weight = {d.attention_weight!r}, temperature = "
+                 f"{d.temperature!r}: weights must be >= 0 and the temperature > 0")
         if not 0.0 <= d.hardness <= 1.0:
             fail(f"[distillation] hardness = {d.hardness!r}: must be in [0, 1]")
     elif r.task.kind == "embeddings":

@@ -122,7 +122,9 @@ def train(recipe: Recipe, *, init: str | Path, output: str | Path, texts: list[s
 
     teacher_model = None
     if teacher is not None:
-        teacher_model = distill.load_teacher(teacher, kind)
+        d = recipe.distillation
+        eager = d is not None and d.attention_weight > 0  # sdpa does not return the probabilities
+        teacher_model = distill.load_teacher(teacher, kind, "eager" if eager else "sdpa")
         kept = check_layers(recipe, teacher_model.config.num_hidden_layers)
         student = distill.make_student(teacher_model, kept, recipe.student.dropout)
         if kind == "classification" and teacher_model.config.num_labels != len(recipe.task.labels):
@@ -169,6 +171,7 @@ def train(recipe: Recipe, *, init: str | Path, output: str | Path, texts: list[s
     order = BatchOrder([len(x) for x in texts], t.batch_size, t.seed)
     d = recipe.distillation
     want_hidden = d is not None and d.hidden_weight > 0
+    want_attn = d is not None and d.attention_weight > 0
     stop_at = total if max_steps is None else min(total, step + max_steps)
     bar = None
     if progress:
@@ -204,11 +207,12 @@ def train(recipe: Recipe, *, init: str | Path, output: str | Path, texts: list[s
                 mask = torch.from_numpy(batch.attention_mask)
                 inputs = dict(input_ids=torch.from_numpy(batch.input_ids), attention_mask=mask,
                               token_type_ids=torch.from_numpy(batch.token_type_ids))
+                outputs = dict(output_hidden_states=want_hidden, output_attentions=want_attn)
                 with torch.no_grad():
-                    t_out = teacher_model(**inputs, output_hidden_states=want_hidden) if teacher_model else None
-                s_out = student(**inputs, output_hidden_states=want_hidden)
+                    t_out = teacher_model(**inputs, **outputs) if teacher_model else None
+                s_out = student(**inputs, **outputs)
                 y = torch.from_numpy(labels[rows]) if kind == "classification" else None
-                loss = _loss(kind, d, s_out, t_out, mask, y, want_hidden)
+                loss = _loss(kind, d, s_out, t_out, mask, y, want_hidden, want_attn)
                 for group in optim.param_groups:
                     group["lr"] = lr_at(step, t.lr, t.warmup_steps, t.lr_schedule, total, end, start, every)
                 optim.zero_grad(set_to_none=True)
@@ -257,7 +261,7 @@ def train(recipe: Recipe, *, init: str | Path, output: str | Path, texts: list[s
     return summary
 
 
-def _loss(kind, d, s_out, t_out, mask, y, want_hidden):
+def _loss(kind, d, s_out, t_out, mask, y, want_hidden, want_attn):
     """The recipe's loss for one batch (y: labels, classification only)."""
     import torch
 
@@ -271,6 +275,8 @@ def _loss(kind, d, s_out, t_out, mask, y, want_hidden):
     if want_hidden:
         loss = loss + d.hidden_weight * distill.hidden_mse(s_out.hidden_states, t_out.hidden_states, mask,
                                                            d.hidden_norm == "teacher")
+    if want_attn:
+        loss = loss + d.attention_weight * distill.attention_kl(s_out.attentions, t_out.attentions, mask)
     return loss
 
 
