@@ -8,13 +8,14 @@ Neural Magic's SparseML BERT recipes, with GMP in place of second-order pruning.
 recipe (`recipe.py`, shipped ones in `recipes/`) says everything about a run; the output is a Hugging
 Face folder with exact zeros that `sparsebert.load`, `sparsebert.pipeline` and transformers read.
 
-Modules: recipe (parsing, checks), gmp (schedule, masks), distill (models, losses), trainer (the loop,
-checkpoints, output), data (fetching real text into a cache, readers), evaluate (task metrics with the
+Modules: recipe (parsing, checks), gmp (schedule, masks, LR), calibrate (Wanda input norms),
+fakequant (int8-aware steps), distill (models, losses), trainer (the loop, output), checkpoint
+(resume state), data (fetching real text into a cache, readers), evaluate (task metrics with the
 sparsebert runtime), cli (`sparsebert fetch-data | finetune | sparsify | evaluate`).
 
 Needs the [train] extra (torch, transformers, tqdm); the runtime never imports this package.
-Left out: second-order (oBERT) and movement pruning, quantisation-aware training, GPUs, multi-process
-training.
+Left out: second-order (oBERT) and movement pruning, learned quantisation scales, GPUs,
+multi-process training.
 """
 
 from .recipe import Recipe, load_recipe, parse_recipe

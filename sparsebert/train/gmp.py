@@ -12,10 +12,18 @@ pruned; after t1 the masks are fixed. `sparsity_at(step)` gives the sparsity in 
 
 Masks: magnitude of each unit (a weight, or the L2 norm of an aligned R x C block of W (out, in), as
 `sparsebert.prune` ranks them), per linear ("per-layer") or one threshold over all pruned linears
-("global"). Pruned weights are set to exact zero and kept there after every optimiser step
+("global"). With input norms (Wanda, Sun et al. 2023, "A Simple and Effective Pruning Approach for
+Large Language Models") each weight counts as |W[n, k]| x ||x_k||_2, and a block as the L2 norm of
+those products; Wanda compares within each output row, here the comparison group is the recipe's
+scope, as for magnitude. Pruned weights are set to exact zero and kept there after every optimiser step
 (`MaskSet.apply`), so the zeros survive Adam's moments and weight decay; a pruned weight never comes
 back (its magnitude is 0, the lowest). 4x1 blocks (4 consecutive output rows, one input column) are
-what sparsebert's bsr4x1 kernels run.
+what sparsebert's bsr4x1 kernels run; 1x4 blocks (one output row, 4 consecutive input columns) are
+the K-quads the int8 VNNI kernels skip whole.
+
+LR schedules (`lr_at`): warm-up, then constant, linear decay over the run, decay after the ramp, or
+a restart at each mask update (Kurtic et al. 2022 oBERT; Zafrir et al. 2021 "Prune Once for All")
+with linear decay to 0 at the next update, and over the recovery phase after the last one.
 
 Left out: movement / second-order pruning, regrowth (RigL), per-linear sparsity targets.
 """
@@ -42,13 +50,25 @@ def is_update_step(step: int, start: int, end: int, every: int) -> bool:
     return start <= step <= end and ((step - start) % every == 0 or step == end)
 
 
-def lr_at(step: int, base: float, warmup: int, schedule: str, total: int, prune_end: int) -> float:
-    """Learning rate for `step`: linear warm-up, then constant, linear decay to 0 over the run, or
-    constant until the sparsity ramp ends and linear decay to 0 after it."""
+def lr_at(step: int, base: float, warmup: int, schedule: str, total: int, prune_end: int,
+          prune_start: int = 0, every: int = 1) -> float:
+    """Learning rate for `step`: linear warm-up, then constant, linear decay to 0 over the run,
+    constant until the sparsity ramp ends and linear decay to 0 after it, or ("restart-per-update")
+    back to `base` at each mask update (prune_start, prune_start + every, ..., prune_end) and
+    linear decay to 0 at the next one, the last segment running from prune_end to the run's end."""
     if step < warmup:
         return base * (step + 1) / warmup
     if schedule == "constant":
         return base
+    if schedule == "restart-per-update":
+        if step < prune_start:
+            return base
+        if step < prune_end:
+            begin = prune_start + ((step - prune_start) // every) * every
+            stop = min(begin + every, prune_end)
+        else:
+            begin, stop = prune_end, total
+        return base * max(0.0, 1.0 - (step - begin) / max(1, stop - begin))
     begin = warmup if schedule == "linear" else max(warmup, prune_end)
     if step < begin:
         return base
@@ -69,11 +89,17 @@ class MaskSet:
             if N % R or K % C:
                 raise ValueError(f"block {R}x{C} does not divide {name} of shape {(N, K)}")
 
-    def update(self, sparsity: float) -> None:
-        """Masks that drop round(sparsity * units) lowest-magnitude units (per linear or global)."""
+    def update(self, sparsity: float, input_norms: dict | None = None) -> None:
+        """Masks that drop round(sparsity * units) lowest-scoring units (per linear or global):
+        magnitude, or with input_norms {name: (K,) array} Wanda's |W| x ||x||."""
         import torch
 
-        scores = {n: block_scores(p.detach().cpu().numpy(), self.block) for n, p in self.params.items()}
+        scores = {}
+        for n, p in self.params.items():
+            w = p.detach().cpu().numpy()
+            if input_norms is not None:
+                w = np.abs(w) * np.asarray(input_norms[n], dtype=np.float32)[None, :]
+            scores[n] = block_scores(w, self.block)
         if self.scope == "per-layer":
             keeps = {n: lowest_mask(s, int(round(sparsity * s.size))) for n, s in scores.items()}
         else:

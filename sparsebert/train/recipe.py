@@ -1,15 +1,33 @@
 """Recipes: one TOML file says everything about a training run, so the recipe alone reproduces it.
 
     [task]          kind = "embeddings" | "classification"; labels = ["neg", "pos"] (classification)
-    [student]       layers = [0, 2, 4] (teacher layers kept, in order; omitted: all); dropout
+    [student]       layers = [0, 2, 4] (teacher layers kept, in order; omitted: all); dropout;
+                    freeze_embeddings = true (word / position / type tables and their LayerNorm
+                    are not trained)
     [pruning]       initial_sparsity, final_sparsity, start / end (steps) or start_epoch / end_epoch,
-                    update_every (steps), scope = "per-layer" | "global", block = "1x1" | "4x1" | ...,
-                    linears (subset of query, key, value, attn_out, ffn_in, ffn_out)
+                    update_every (steps), scope = "per-layer" | "global", block = "1x1" | "4x1" |
+                    "1x4" | ..., linears (subset of query, key, value, attn_out, ffn_in, ffn_out);
+                    init_method = "magnitude" | "wanda" ranks the first mask (the one-shot jump to
+                    initial_sparsity at `start`), score = "magnitude" | "wanda" the later updates;
+                    Wanda (Sun et al. 2023) ranks |W[n, k]| x ||x_k||_2, the input norms measured in
+                    one forward pass of the student over calibration_texts (default 256) training
+                    texts drawn with the seed
     [distillation]  pooled_loss = "cosine" | "mse", pooled_weight, hidden_weight, hidden_norm =
                     "none" | "teacher" (SquareHead: each layer's MSE over the teacher's mean square);
+                    attention_weight (KL between teacher and student attention probabilities per
+                    mapped layer, MiniLM; runs both models with eager attention);
                     temperature, hardness (classification: hardness x KL + (1 - hardness) x CE)
     [training]      optimizer = "adamw", lr, weight_decay, warmup_steps, lr_schedule, batch_size,
-                    max_length, steps or epochs, seed, threads, checkpoint_minutes
+                    max_length, steps or epochs, seed, threads, checkpoint_minutes.
+                    lr_schedule = "constant" | "linear" (decay to 0 over the run) |
+                    "decay-after-pruning" (constant during the sparsity ramp, then linear decay to 0)
+                    | "restart-per-update" (oBERT / Prune Once for All: at each mask update the LR
+                    jumps back to lr and decays linearly to 0 at the next update; after the ramp,
+                    linear decay to 0 over the recovery phase with masks fixed)
+    [quantization]  fake_quant_start (step) or fake_quant_start_epoch: from then on every encoder
+                    linear runs fake-quantized as `sparsebert quantize` (without --calibration) runs
+                    it: weights int8 symmetric per output channel, activations int8 symmetric per
+                    token, straight-through gradients; the output folder keeps float weights
 
 Every key is checked: an unknown key, a wrong type or inconsistent values (end before start,
 sparsity outside [0, 1), initial above final sparsity, a kept layer listed twice) raise ConfigError
@@ -31,7 +49,8 @@ from pathlib import Path
 from ..errors import ConfigError
 
 LINEARS = ("query", "key", "value", "attn_out", "ffn_in", "ffn_out")
-LR_SCHEDULES = ("constant", "linear", "decay-after-pruning")
+LR_SCHEDULES = ("constant", "linear", "decay-after-pruning", "restart-per-update")
+SCORES = ("magnitude", "wanda")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,6 +63,7 @@ class Task:
 class Student:
     layers: tuple | None = None
     dropout: float = 0.0
+    freeze_embeddings: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,6 +78,9 @@ class Pruning:
     scope: str = "per-layer"
     block: str = "1x1"
     linears: tuple = LINEARS
+    init_method: str = "magnitude"
+    score: str = "magnitude"
+    calibration_texts: int = 256
 
     @property
     def block_shape(self) -> tuple[int, int]:
@@ -71,6 +94,7 @@ class Distillation:
     pooled_weight: float = 1.0
     hidden_weight: float = 0.0
     hidden_norm: str = "none"
+    attention_weight: float = 0.0
     temperature: float = 2.0
     hardness: float = 1.0
 
@@ -92,12 +116,19 @@ class Training:
 
 
 @dataclasses.dataclass(frozen=True)
+class Quantization:
+    fake_quant_start: int | None = None
+    fake_quant_start_epoch: float | None = None
+
+
+@dataclasses.dataclass(frozen=True)
 class Recipe:
     task: Task
     student: Student
     pruning: Pruning | None
     distillation: Distillation | None
     training: Training
+    quantization: Quantization | None = None
     text: str = ""  # the TOML source, copied into the output folder
 
     def total_steps(self, n_examples: int) -> int:
@@ -121,9 +152,25 @@ class Recipe:
                               f"lower end or raise [training] steps/epochs")
         return start, end
 
+    def fake_quant_step(self, n_examples: int) -> int | None:
+        """First fake-quantized step, or None without [quantization]."""
+        q = self.quantization
+        if q is None:
+            return None
+        if q.fake_quant_start is not None:
+            at = q.fake_quant_start
+        else:
+            at = round(q.fake_quant_start_epoch * math.ceil(n_examples / self.training.batch_size))
+        total = self.total_steps(n_examples)
+        if at >= total:
+            raise ConfigError(f"[quantization] fake quantization starts at step {at}, at or after the "
+                              f"run's end ({total} steps); lower fake_quant_start(_epoch)")
+        return at
+
 
 _SECTIONS = {"task": Task, "student": Student, "pruning": Pruning, "distillation": Distillation,
-             "training": Training}
+             "training": Training, "quantization": Quantization}
+_OPTIONAL = ("pruning", "distillation", "quantization")
 _REQUIRED = ("task", "training")
 _CHOICES = {
     ("task", "kind"): ("embeddings", "classification"),
@@ -132,6 +179,8 @@ _CHOICES = {
     ("distillation", "hidden_norm"): ("none", "teacher"),
     ("training", "optimizer"): ("adamw",),
     ("training", "lr_schedule"): LR_SCHEDULES,
+    ("pruning", "init_method"): SCORES,
+    ("pruning", "score"): SCORES,
 }
 
 
@@ -145,6 +194,10 @@ def _coerce(section: str, key: str, value, default):
         if any(isinstance(v, bool) or not isinstance(v, want) for v in value):
             raise ConfigError(f"{where}: expected a list of {want.__name__}")
         return tuple(value)
+    if field_type == "bool":
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true or false")
+        return value
     if "float" in field_type:
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
             raise ConfigError(f"{where}: expected a number")
@@ -175,7 +228,7 @@ def parse_recipe(text: str, source: str = "<recipe>") -> Recipe:
     parts = {}
     for name, cls in _SECTIONS.items():
         if name not in raw:
-            parts[name] = None if name in ("pruning", "distillation") else cls()
+            parts[name] = None if name in _OPTIONAL else cls()
             continue
         table = raw[name]
         if not isinstance(table, dict):
@@ -254,6 +307,9 @@ def _check(r: Recipe, source: str) -> None:
                  f"0 <= start <= end")
         if p.update_every < 1:
             fail(f"[pruning] update_every = {p.update_every!r}: must be >= 1 step")
+        if p.calibration_texts < 1:
+            fail(f"[pruning] calibration_texts = {p.calibration_texts!r}: must be >= 1 (Wanda's "
+                 f"input norms come from that many training texts)")
         bad = [x for x in p.linears if x not in LINEARS]
         if bad or not p.linears or len(set(p.linears)) != len(p.linears):
             fail(f"[pruning] linears = {list(p.linears)!r}: choose distinct names among {list(LINEARS)}")
@@ -262,14 +318,24 @@ def _check(r: Recipe, source: str) -> None:
             fail(f"[pruning] block = {p.block!r}: expected 'RxC' rows x columns of W (out, in), e.g. '4x1'")
     d = r.distillation
     if d is not None:
-        if d.pooled_weight < 0 or d.hidden_weight < 0 or d.temperature <= 0:
+        if d.pooled_weight < 0 or d.hidden_weight < 0 or d.attention_weight < 0 or d.temperature <= 0:
             fail(f"[distillation] pooled_weight = {d.pooled_weight!r}, hidden_weight = "
-                 f"{d.hidden_weight!r}, temperature = {d.temperature!r}: weights must be >= 0 and "
-                 f"the temperature > 0")
+                 f"{d.hidden_weight!r}, attention_weight = {d.attention_weight!r}, temperature = "
+                 f"{d.temperature!r}: weights must be >= 0 and the temperature > 0")
         if not 0.0 <= d.hardness <= 1.0:
             fail(f"[distillation] hardness = {d.hardness!r}: must be in [0, 1]")
     elif r.task.kind == "embeddings":
         fail("an embeddings recipe needs a [distillation] section: the teacher is its only signal")
+    if t.lr_schedule == "restart-per-update" and p is None:
+        fail("[training] lr_schedule = \"restart-per-update\" restarts the LR at each mask update; "
+             "it needs a [pruning] section (or choose \"linear\")")
+    q = r.quantization
+    if q is not None:
+        if (q.fake_quant_start is None) == (q.fake_quant_start_epoch is None):
+            fail("[quantization] give exactly one of fake_quant_start (step) and fake_quant_start_epoch")
+        at = q.fake_quant_start if q.fake_quant_start is not None else q.fake_quant_start_epoch
+        if at < 0:
+            fail(f"[quantization] fake_quant_start = {at!r}: must be >= 0")
 
 
 def check_layers(recipe: Recipe, teacher_layers: int) -> tuple[int, ...]:

@@ -3,11 +3,13 @@
 One step: take batch `step` of a seeded per-epoch permutation of the data, tokenize it (padded to its
 own longest text, truncated at max_length), run the teacher (no grad) and the student, compute the
 recipe's loss, take an AdamW step at the learning rate of `lr_at(step)`, re-apply the masks, and at the
-schedule's update steps recompute the masks by magnitude. Everything a step depends on (weights,
-masks, optimiser moments, the step number; data order and dropout come from seed and step) is in the
-checkpoint, written atomically every `checkpoint_minutes` and on Ctrl-C / SIGTERM as safetensors +
-JSON (never pickle), so a resumed run ends bitwise where an uninterrupted one would (same thread
-count).
+schedule's update steps recompute the masks (by magnitude, or by Wanda scores from one calibration
+pass, `calibrate.py`). From the recipe's fake_quant step on, the encoder linears run fake-quantized
+(`fakequant.py`). Everything a step depends on (weights, masks, optimiser moments, the step number;
+data order, dropout and calibration texts come from seed and step) is in the checkpoint
+(`checkpoint.py`), written atomically every `checkpoint_minutes` and on Ctrl-C / SIGTERM, which
+are deferred to the end of the current step, so a resumed run ends bitwise where an uninterrupted
+one would (same thread count).
 
 Output folder: config.json (kept layer count, task head), model.safetensors (exact zeros), the
 teacher's tokenizer and sentence-transformers files, recipe.toml, train.json (loss curve, wall time);
@@ -19,7 +21,6 @@ Left out: gradient accumulation, mixed precision, multi-process data parallelism
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
 import time
@@ -30,7 +31,9 @@ import numpy as np
 from ..errors import ConfigError, InputError, require
 from ..prune import _copy_tokenizer_files
 from ..tokenizer import Tokenizer
-from . import distill
+from . import distill, fakequant
+from .calibrate import calibration_rows, input_norms
+from .checkpoint import load_checkpoint, save_checkpoint
 from .gmp import MaskSet, cubic_sparsity, is_update_step, lr_at
 from .recipe import Recipe, check_layers
 
@@ -63,8 +66,31 @@ class BatchOrder:
         return self._batches[k]
 
 
-class _Stop(Exception):
-    pass
+class _StopRequest:
+    """Ctrl-C and SIGTERM set a flag that the loop reads between steps, so a stop never lands
+    inside a step (after the optimiser step but before the masks, or before the step counter moves):
+    the checkpoint then holds weights, masks and moments of one step number. A second Ctrl-C
+    interrupts at once, keeping the last checkpoint. Handlers are installed from the main thread
+    only (Python delivers signals there) and restored on exit."""
+
+    def __init__(self):
+        self.signal = None
+        self._old = {}
+
+    def __enter__(self):
+        if _main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.signal is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signal = signal.Signals(signum).name
+
+    def __exit__(self, *exc):
+        for sig, handler in self._old.items():
+            signal.signal(sig, handler)
 
 
 def train(recipe: Recipe, *, init: str | Path, output: str | Path, texts: list[str],
@@ -78,6 +104,7 @@ def train(recipe: Recipe, *, init: str | Path, output: str | Path, texts: list[s
     this many steps, keeping the checkpoint (for tests of resume); the run continues when called again.
     stop_after_minutes: the same, after this much wall time in this call. A stopped run still writes
     the output folder as it stands (train.json says "finished": false), so it can be evaluated.
+    Ctrl-C / SIGTERM: the current step completes, the checkpoint is saved, KeyboardInterrupt.
     """
     torch = require("torch", "'sparsebert[train]'", "training")
     output = Path(output)
@@ -95,7 +122,9 @@ def train(recipe: Recipe, *, init: str | Path, output: str | Path, texts: list[s
 
     teacher_model = None
     if teacher is not None:
-        teacher_model = distill.load_teacher(teacher, kind)
+        d = recipe.distillation
+        eager = d is not None and d.attention_weight > 0  # sdpa does not return the probabilities
+        teacher_model = distill.load_teacher(teacher, kind, "eager" if eager else "sdpa")
         kept = check_layers(recipe, teacher_model.config.num_hidden_layers)
         student = distill.make_student(teacher_model, kept, recipe.student.dropout)
         if kind == "classification" and teacher_model.config.num_labels != len(recipe.task.labels):
@@ -110,24 +139,30 @@ def train(recipe: Recipe, *, init: str | Path, output: str | Path, texts: list[s
         raise ConfigError("an embeddings run needs a teacher to distil from (--teacher)")
     if recipe.distillation is not None and teacher_model is None:
         raise ConfigError("the recipe has a [distillation] section but no teacher was given (--teacher)")
+    if recipe.student.freeze_embeddings:
+        student.base_model.embeddings.requires_grad_(False)
 
     tokenizer = Tokenizer(Path(init), recipe.training.max_length)
     n = len(texts)
     total = recipe.total_steps(n)
+    fq_step = recipe.fake_quant_step(n)
     p = recipe.pruning
     if p is not None:
         start, end = recipe.pruning_window(n)
         masks = MaskSet(distill.encoder_linears(student, p.linears), p.block_shape, p.scope)
+        calib = [texts[i] for i in calibration_rows(n, p.calibration_texts, recipe.training.seed)]
     else:
         start = end = 0
         masks = None
     t = recipe.training
-    optim = torch.optim.AdamW(student.parameters(), lr=t.lr, weight_decay=t.weight_decay)
+    every = p.update_every if p is not None else 1
+    optim = torch.optim.AdamW([w for w in student.parameters() if w.requires_grad], lr=t.lr,
+                              weight_decay=t.weight_decay)
 
     ckpt_dir = output / "checkpoint"
     step, history, elapsed = 0, [], 0.0
     if (ckpt_dir / "state.json").is_file():
-        step, history, elapsed = _load_checkpoint(ckpt_dir, recipe, student, optim, masks)
+        step, history, elapsed = load_checkpoint(ckpt_dir, recipe, student, optim, masks)
     elif output.is_dir() and any(output.iterdir()):
         raise ConfigError(f"output folder {str(output)!r} is not empty and holds no checkpoint to "
                           f"resume; choose a new folder")
@@ -136,6 +171,7 @@ def train(recipe: Recipe, *, init: str | Path, output: str | Path, texts: list[s
     order = BatchOrder([len(x) for x in texts], t.batch_size, t.seed)
     d = recipe.distillation
     want_hidden = d is not None and d.hidden_weight > 0
+    want_attn = d is not None and d.attention_weight > 0
     stop_at = total if max_steps is None else min(total, step + max_steps)
     bar = None
     if progress:
@@ -143,84 +179,77 @@ def train(recipe: Recipe, *, init: str | Path, output: str | Path, texts: list[s
 
         bar = tqdm(total=total, initial=step, unit="step", dynamic_ncols=True, smoothing=0.05)
 
-    def on_term(signum, frame):
-        raise _Stop()
-
-    old_handler = signal.signal(signal.SIGTERM, on_term) if _main_thread() else None
     started = time.perf_counter()
     t0 = started - elapsed
     last_save = time.perf_counter()
+    fake_quant = None
     student.train()
-    try:
-        while step < stop_at and (stop_after_minutes is None
-                                  or time.perf_counter() - started < 60 * stop_after_minutes):
-            if masks is not None and is_update_step(step, start, end, p.update_every):
-                masks.update(cubic_sparsity(step, p.initial_sparsity, p.final_sparsity, start, end,
-                                            p.update_every))
-            torch.manual_seed(t.seed * 1_000_003 + step)  # dropout noise: a function of the step
-            rows = order(step)
-            batch = tokenizer([texts[i] for i in rows])
-            ids = torch.from_numpy(batch.input_ids)
-            mask = torch.from_numpy(batch.attention_mask)
-            types = torch.from_numpy(batch.token_type_ids)
-            inputs = dict(input_ids=ids, attention_mask=mask, token_type_ids=types)
-            with torch.no_grad():
-                t_out = teacher_model(**inputs, output_hidden_states=want_hidden) if teacher_model else None
-            s_out = student(**inputs, output_hidden_states=want_hidden)
-            if kind == "embeddings":
-                loss = d.pooled_weight * _pooled(d.pooled_loss, distill.mean_pool(s_out.last_hidden_state, mask),
-                                                 distill.mean_pool(t_out.last_hidden_state, mask))
-                if want_hidden:
-                    loss = loss + d.hidden_weight * distill.hidden_mse(s_out.hidden_states,
-                                                                       t_out.hidden_states, mask,
-                                                                       d.hidden_norm == "teacher")
-            else:
-                y = torch.from_numpy(labels[rows])
-                if t_out is None or d is None:
-                    loss = torch.nn.functional.cross_entropy(s_out.logits, y)
-                else:
-                    loss = distill.kd_loss(s_out.logits, t_out.logits, y, d.temperature, d.hardness)
-                    if want_hidden:
-                        loss = loss + d.hidden_weight * distill.hidden_mse(s_out.hidden_states,
-                                                                           t_out.hidden_states, mask,
-                                                                       d.hidden_norm == "teacher")
-            for group in optim.param_groups:
-                group["lr"] = lr_at(step, t.lr, t.warmup_steps, t.lr_schedule, total, end)
-            optim.zero_grad(set_to_none=True)
-            loss.backward()
-            optim.step()
-            if masks is not None:
-                masks.apply()
-            step += 1
-            loss_value = float(loss.detach())
-            history.append([step, loss_value])
-            if bar is not None:
-                bar.update(1)
-                post = {"loss": f"{loss_value:.4f}"}
+
+    def save():
+        save_checkpoint(ckpt_dir, recipe, student, optim, masks, step, history, time.perf_counter() - t0)
+
+    with _StopRequest() as stop:
+        try:
+            while step < stop_at and stop.signal is None and (
+                    stop_after_minutes is None or time.perf_counter() - started < 60 * stop_after_minutes):
+                if fq_step is not None and step >= fq_step and fake_quant is None:
+                    fake_quant = fakequant.install(student)
+                if masks is not None and is_update_step(step, start, end, p.update_every):
+                    method = p.init_method if step == start else p.score
+                    norms = None
+                    if method == "wanda":
+                        norms = input_norms(student, masks.params, calib, tokenizer, t.batch_size)
+                    masks.update(cubic_sparsity(step, p.initial_sparsity, p.final_sparsity, start, end,
+                                                p.update_every), norms)
+                torch.manual_seed(t.seed * 1_000_003 + step)  # dropout noise: a function of the step
+                rows = order(step)
+                batch = tokenizer([texts[i] for i in rows])
+                mask = torch.from_numpy(batch.attention_mask)
+                inputs = dict(input_ids=torch.from_numpy(batch.input_ids), attention_mask=mask,
+                              token_type_ids=torch.from_numpy(batch.token_type_ids))
+                outputs = dict(output_hidden_states=want_hidden, output_attentions=want_attn)
+                with torch.no_grad():
+                    t_out = teacher_model(**inputs, **outputs) if teacher_model else None
+                s_out = student(**inputs, **outputs)
+                y = torch.from_numpy(labels[rows]) if kind == "classification" else None
+                loss = _loss(kind, d, s_out, t_out, mask, y, want_hidden, want_attn)
+                for group in optim.param_groups:
+                    group["lr"] = lr_at(step, t.lr, t.warmup_steps, t.lr_schedule, total, end, start, every)
+                optim.zero_grad(set_to_none=True)
+                loss.backward()
+                optim.step()
                 if masks is not None:
-                    post["sparsity"] = f"{cubic_sparsity(step - 1, p.initial_sparsity, p.final_sparsity, start, end, p.update_every):.3f}"
-                bar.set_postfix(post, refresh=False)
-            if time.perf_counter() - last_save >= 60 * t.checkpoint_minutes and step < total:
-                _save_checkpoint(ckpt_dir, recipe, student, optim, masks, step, history,
-                                 time.perf_counter() - t0)
-                last_save = time.perf_counter()
-    except (KeyboardInterrupt, _Stop):
-        _save_checkpoint(ckpt_dir, recipe, student, optim, masks, step, history, time.perf_counter() - t0)
-        raise KeyboardInterrupt(f"interrupted at step {step}/{total}; checkpoint saved in "
-                                f"{str(ckpt_dir)!r}: run the same command again to resume") from None
-    finally:
-        if bar is not None:
-            bar.close()
-        if old_handler is not None:
-            signal.signal(signal.SIGTERM, old_handler)
+                    masks.apply()
+                step += 1
+                loss_value = float(loss.detach())
+                history.append([step, loss_value])
+                if bar is not None:
+                    bar.update(1)
+                    post = {"loss": f"{loss_value:.4f}"}
+                    if masks is not None:
+                        post["sparsity"] = f"{cubic_sparsity(step - 1, p.initial_sparsity, p.final_sparsity, start, end, p.update_every):.3f}"
+                    bar.set_postfix(post, refresh=False)
+                if time.perf_counter() - last_save >= 60 * t.checkpoint_minutes and step < total:
+                    save()
+                    last_save = time.perf_counter()
+        finally:
+            if bar is not None:
+                bar.close()
+            if fake_quant is not None:
+                fakequant.remove(fake_quant)
+        if stop.signal is not None:
+            save()
+            raise KeyboardInterrupt(f"{stop.signal} at step {step}/{total}; checkpoint saved in "
+                                    f"{str(ckpt_dir)!r}: run the same command again to resume")
     wall = time.perf_counter() - t0
     finished = step >= total
     if not finished:
-        _save_checkpoint(ckpt_dir, recipe, student, optim, masks, step, history, wall)
+        save_checkpoint(ckpt_dir, recipe, student, optim, masks, step, history, wall)
     summary = {
         "task": kind, "finished": finished, "step": step, "total_steps": total, "train_examples": n,
         "layers_kept": list(kept), "wall_seconds": round(wall, 1),
         "encoder_linear_sparsity": masks.sparsity() if masks is not None else 0.0,
+        "fake_quant_from_step": fq_step,
         "loss_first_50": float(np.mean([h[1] for h in history[:50]])) if history else None,
         "loss_last_50": float(np.mean([h[1] for h in history[-50:]])) if history else None,
         "loss_curve": history[:: max(1, len(history) // 200)],
@@ -230,6 +259,25 @@ def train(recipe: Recipe, *, init: str | Path, output: str | Path, texts: list[s
     if finished:
         shutil.rmtree(ckpt_dir, ignore_errors=True)
     return summary
+
+
+def _loss(kind, d, s_out, t_out, mask, y, want_hidden, want_attn):
+    """The recipe's loss for one batch (y: labels, classification only)."""
+    import torch
+
+    if kind == "embeddings":
+        loss = d.pooled_weight * _pooled(d.pooled_loss, distill.mean_pool(s_out.last_hidden_state, mask),
+                                         distill.mean_pool(t_out.last_hidden_state, mask))
+    elif t_out is None or d is None:
+        return torch.nn.functional.cross_entropy(s_out.logits, y)
+    else:
+        loss = distill.kd_loss(s_out.logits, t_out.logits, y, d.temperature, d.hardness)
+    if want_hidden:
+        loss = loss + d.hidden_weight * distill.hidden_mse(s_out.hidden_states, t_out.hidden_states, mask,
+                                                           d.hidden_norm == "teacher")
+    if want_attn:
+        loss = loss + d.attention_weight * distill.attention_kl(s_out.attentions, t_out.attentions, mask)
+    return loss
 
 
 def _pooled(kind, s, t):
@@ -248,53 +296,3 @@ def _write_output(output: Path, student, init, recipe: Recipe, summary: dict) ->
     _copy_tokenizer_files(Path(init), output)
     (output / "recipe.toml").write_text(recipe.text, encoding="utf-8")
     (output / "train.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
-
-
-# --- checkpoints: safetensors for tensors, JSON for the rest; written to a temp dir then renamed --
-
-
-def _save_checkpoint(ckpt_dir: Path, recipe, student, optim, masks, step, history, elapsed) -> None:
-    import torch
-    from safetensors.torch import save_file
-
-    tensors = {f"model.{k}": v.detach().contiguous() for k, v in student.state_dict().items()}
-    if masks is not None:
-        tensors.update({f"mask.{k}": m.to(dtype=torch.uint8) for k, m in masks.masks.items()})
-    opt = optim.state_dict()
-    for idx, state in opt["state"].items():
-        for key, value in state.items():
-            tensors[f"optim.{idx}.{key}"] = value.detach().contiguous()
-    meta = {"step": step, "recipe": recipe.text, "param_groups": opt["param_groups"],
-            "history": history, "elapsed": elapsed}
-    tmp = ckpt_dir.with_name(ckpt_dir.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    save_file(tensors, str(tmp / "state.safetensors"))
-    (tmp / "state.json").write_text(json.dumps(meta), encoding="utf-8")
-    old = ckpt_dir.with_name(ckpt_dir.name + ".old")
-    shutil.rmtree(old, ignore_errors=True)
-    if ckpt_dir.exists():
-        os.replace(ckpt_dir, old)
-    os.replace(tmp, ckpt_dir)
-    shutil.rmtree(old, ignore_errors=True)
-
-
-def _load_checkpoint(ckpt_dir: Path, recipe, student, optim, masks):
-    import torch
-    from safetensors.torch import load_file
-
-    meta = json.loads((ckpt_dir / "state.json").read_text(encoding="utf-8"))
-    if meta["recipe"] != recipe.text:
-        raise ConfigError(f"{str(ckpt_dir)!r} is a checkpoint of a different recipe; resume with the "
-                          f"same recipe, or write to a new --output folder")
-    tensors = load_file(str(ckpt_dir / "state.safetensors"))
-    student.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
-    if masks is not None:
-        masks.masks = {k[5:]: v.to(torch.bool) for k, v in tensors.items() if k.startswith("mask.")}
-    state = {}
-    for k, v in tensors.items():
-        if k.startswith("optim."):
-            _, idx, key = k.split(".", 2)
-            state.setdefault(int(idx), {})[key] = v
-    optim.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
-    return meta["step"], meta["history"], meta["elapsed"]

@@ -1,0 +1,57 @@
+"""Input norms for Wanda scores: ||x_k||_2 of every pruned linear's input, from one forward pass.
+
+Wanda (Sun et al. 2023, "A Simple and Effective Pruning Approach for Large Language Models") scores
+weight W[n, k] by |W[n, k]| x ||x_k||_2, the L2 norm of input feature k over the tokens of a few
+hundred calibration texts: a weight that multiplies a large activation matters more than its
+magnitude says. `input_norms` runs the student once over the texts (eval mode, no gradient, in
+batches of similar length tokenized as in training) with forward pre-hooks on the pruned linears,
+and sums x_k^2 over the non-padding tokens in float64. The texts are a seeded draw from the
+training data (`calibration_rows`), so a resumed run measures the same norms.
+
+Left out: SparseGPT / OBC reconstruction (a per-layer Hessian X^T X and weight updates).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def calibration_rows(n_texts: int, count: int, seed: int) -> np.ndarray:
+    """Indices of `count` distinct training texts (all of them when fewer), fixed by the seed."""
+    rng = np.random.default_rng([seed, 0x5EED])
+    return np.sort(rng.choice(n_texts, size=min(count, n_texts), replace=False))
+
+
+def input_norms(model, params: dict, texts: list[str], tokenizer, batch_size: int) -> dict:
+    """{weight name: ||x_k||_2 (K,) float32} for each weight in `params` (name -> (N, K) weight of
+    an nn.Linear of `model`), over the non-padding tokens of `texts`."""
+    import torch
+
+    sums, current_mask, handles = {}, {}, []
+
+    def hook_for(name):
+        def hook(module, args):
+            x = args[0].detach().to(torch.float64)  # (B, T, K)
+            m = current_mask["m"].unsqueeze(-1).to(torch.float64)  # (B, T, 1)
+            sums[name] = sums.get(name, 0.0) + (x * x * m).sum(dim=(0, 1))
+        return hook
+
+    for name in params:
+        module = model.get_submodule(name[: -len(".weight")])
+        handles.append(module.register_forward_pre_hook(hook_for(name)))
+    texts = sorted(texts, key=len)  # batches of similar length pad little
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            for at in range(0, len(texts), batch_size):
+                batch = tokenizer(texts[at:at + batch_size])
+                mask = torch.from_numpy(batch.attention_mask)
+                current_mask["m"] = mask
+                model(input_ids=torch.from_numpy(batch.input_ids), attention_mask=mask,
+                      token_type_ids=torch.from_numpy(batch.token_type_ids))
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    return {n: np.sqrt(s.numpy()).astype(np.float32) for n, s in sums.items()}
