@@ -165,11 +165,12 @@ def test_speed_ratio_takes_medians_of_paired_rounds(monkeypatch):
                    "speedup_range": [1.0, 3.0]}
 
 
-def _run_folder(root, name, *, step, sparsity, task="embeddings", metrics_step=None):
+def _run_folder(root, name, *, step, sparsity, task="embeddings", metrics_step=None, fake_quant=None):
     f = root / name
     f.mkdir(parents=True)
     (f / "train.json").write_text(json.dumps({"task": task, "step": step, "finished": True,
-                                              "encoder_linear_sparsity": sparsity, "loss_curve": [[1, 0.5]]}))
+                                              "encoder_linear_sparsity": sparsity, "loss_curve": [[1, 0.5]],
+                                              "fake_quant_from_step": fake_quant}))
     if metrics_step is not None:
         (f / "metrics.json").write_text(json.dumps({"cosine_to_teacher": 0.5, "train": {"step": metrics_step}}))
     return f
@@ -178,6 +179,7 @@ def _run_folder(root, name, *, step, sparsity, task="embeddings", metrics_step=N
 def test_gather_measures_reuses_and_skips_the_right_runs(tmp_path, monkeypatch):
     import sparsebert.export
     import sparsebert.prune
+    import sparsebert.quant
     from sparsebert import benchmark
 
     class _Ort:
@@ -194,6 +196,9 @@ def test_gather_measures_reuses_and_skips_the_right_runs(tmp_path, monkeypatch):
     monkeypatch.setattr(benchmark, "load_runner", lambda *a, **k: _Ort())
     monkeypatch.setattr(benchmark, "random_inputs", lambda *a, **k: {})
     monkeypatch.setattr(benchmark, "library_versions", lambda: {})
+    quantized = []
+    monkeypatch.setattr(sparsebert.quant, "quantize", lambda src, dst, **k: quantized.append(
+        (str(src).rsplit("/", 1)[-1], str(dst).rsplit("/", 1)[-1], k)))
     measured = []
 
     def fake_eval(path, **kw):
@@ -204,7 +209,7 @@ def test_gather_measures_reuses_and_skips_the_right_runs(tmp_path, monkeypatch):
     monkeypatch.setattr(points, "speed_ratio", lambda path, *a, **k: {"speedup_vs_ort": 1.5})
     runs = tmp_path / "runs"
     _run_folder(runs, "emb-80", step=100, sparsity=0.8, metrics_step=100)  # current metrics: reused
-    _run_folder(runs, "emb-90", step=100, sparsity=0.9, metrics_step=50)  # stale metrics: measured
+    _run_folder(runs, "emb-90", step=100, sparsity=0.9, metrics_step=50, fake_quant=90)  # stale: measured
     _run_folder(runs, "emb-90-gmp-only", step=10, sparsity=0.9)  # no metrics: measured
     _run_folder(runs, "emb-dense", step=10, sparsity=0.0)  # dense: not a point
     previous = {"results": [{"task": "embeddings", "label": "dense teacher", "kind": "dense", "kept": True},
@@ -218,6 +223,13 @@ def test_gather_measures_reuses_and_skips_the_right_runs(tmp_path, monkeypatch):
     assert rows["emb-90-gmp-only"]["kind"] == "gmp-only" and "emb-dense" not in rows
     assert rows["emb-80"]["loss_curve"] == [[1, 0.5]] and "loss_curve" not in rows["emb-80"]["train"]
     assert sorted(m for m in measured if m.startswith("emb-")) == ["emb-90", "emb-90-gmp-only"]
+    # int8 rows: the dense teacher and the run trained with int8-aware steps, quantized without
+    # calibration and measured from the quantized folder
+    assert [(src, k) for src, _, k in quantized] == [("teacher", {"onnx": False}), ("emb-90", {"onnx": False})]
+    assert {q[1] for q in quantized} <= {m for m in measured}
+    assert rows["emb-90 int8"]["precision"] == "int8" and rows["emb-90 int8"]["kind"] == "compound"
+    assert rows["dense teacher int8"]["precision"] == "int8" and rows["emb-80"]["precision"] == "fp32"
+    assert "emb-80 int8" not in rows
     one_shot = [label for label, *_ in points.EMB_ONESHOT]
     assert set(one_shot) <= set(rows) and "dense, layers 0 2 4" in rows
     assert all(math.isclose(r["speedup_vs_ort"], 1.5) for r in result["results"] if "kept" not in r)
@@ -228,6 +240,8 @@ def test_gather_measures_reuses_and_skips_the_right_runs(tmp_path, monkeypatch):
     measured.clear()
     again = points.gather(runs, tmp_path / "cache", teacher, None, previous=result, log=lambda s: None)
     assert sorted(m for m in measured if m.startswith("emb-")) == ["emb-80", "emb-90", "emb-90-gmp-only"]
+    assert sorted(m for m in measured if m.startswith("int8_")) == ["int8_embeddings_dense_teacher_int8",
+                                                                    "int8_embeddings_emb-90_int8"]
     assert "teacher" in measured and len(again["results"]) == len(result["results"])
 
 

@@ -6,7 +6,10 @@
 For each task it gathers: the dense teacher, the layer-dropped dense teacher (layers 0, 2, 4, no
 training), one-shot magnitude-pruned teachers (`sparsebert.prune`, no training), and every trained
 run found under --runs (a folder with train.json; its metrics.json is used when present, else the
-metrics are measured here). Speed: sparsebert throughput (batch 32 x 128 tokens, 2 threads, seeded
+metrics are measured here). int8 points (`precision: "int8"`, label + " int8"): the dense teachers
+and every run trained with int8-aware steps (train.json fake_quant_from_step), each quantized here
+with `sparsebert.quant.quantize` (no SmoothQuant calibration, as those runs trained for) and
+measured like the rest; every other row has precision "fp32". Speed: sparsebert throughput (batch 32 x 128 tokens, 2 threads, seeded
 random ids) as a ratio to ONNX Runtime on the dense MiniLM export, the two timed one after the
 other in each round (medians of the per-round ratios), so other load on the machine moves both.
 Both tasks use the MiniLM encoder as the ORT baseline: the classification head is one 384 x 2
@@ -74,6 +77,7 @@ def gather(runs: Path, cache: Path, teacher: Path, sent_teacher: Path | None, *,
     from .. import benchmark
     from ..export import export_bert_onnx
     from ..prune import prune_checkpoint
+    from ..quant import quantize
 
     t0 = time.perf_counter()
     work = Path(tempfile.mkdtemp(prefix="sparsebert-points-"))
@@ -93,19 +97,23 @@ def gather(runs: Path, cache: Path, teacher: Path, sent_teacher: Path | None, *,
         def complete(m):  # measured with every metric this cache allows
             return m.get("task") != "embeddings" or pairs is None or "retrieval_mrr" in m
 
-        def point(task, label, kind, path, layers=None, metrics=None, train=None):
+        def point(task, label, kind, path, layers=None, metrics=None, train=None, precision="fp32"):
             old = kept.get((task, label))
             if old is not None and complete(old) and (train is None or old.get("train", {}).get("step")
                                                       == train.get("step")):
                 rows.append(old)
                 return
+            if precision == "int8":  # path is the float source: quantize it now that it is measured
+                dst = work / ("int8_" + task + "_" + label.replace(" ", "_"))
+                quantize(path, dst, onnx=False)
+                path = dst
             if metrics is None:
                 if task == "embeddings":
                     metrics = evaluate_model(path, teacher=teacher, kind=task, eval_data=heldout, lee=lee,
                                              layers=layers, retrieval=pairs)
                 else:
                     metrics = evaluate_model(path, kind=task, eval_data=test, layers=layers)
-            row = {"task": task, "label": label, "kind": kind, "layers": layers,
+            row = {"task": task, "label": label, "kind": kind, "layers": layers, "precision": precision,
                    **{k: v for k, v in metrics.items() if k not in ("model", "task", "train")},
                    **speed_ratio(path, ort, inputs, layers=layers, rounds=rounds, time_s=time_s)}
             if train is not None:
@@ -115,6 +123,7 @@ def gather(runs: Path, cache: Path, teacher: Path, sent_teacher: Path | None, *,
             log(json.dumps({k: v for k, v in row.items() if k not in ("loss_curve", "train")}))
 
         point("embeddings", "dense teacher", "dense", teacher)
+        point("embeddings", "dense teacher int8", "dense", teacher, precision="int8")
         point("embeddings", "dense, layers 0 2 4", "layer-dropped", teacher, layers=[0, 2, 4])
         for label, s, block, layers in EMB_ONESHOT:
             dst = work / label.replace(" ", "_")
@@ -123,6 +132,7 @@ def gather(runs: Path, cache: Path, teacher: Path, sent_teacher: Path | None, *,
             point("embeddings", label, "one-shot", dst)
         if sent_teacher is not None:
             point("classification", "dense teacher", "dense", sent_teacher)
+            point("classification", "dense teacher int8", "dense", sent_teacher, precision="int8")
             point("classification", "dense, layers 0 2 4", "layer-dropped", sent_teacher, layers=[0, 2, 4])
             for label, s, block, layers in CLS_ONESHOT:
                 dst = work / ("cls_" + label.replace(" ", "_"))
@@ -140,6 +150,8 @@ def gather(runs: Path, cache: Path, teacher: Path, sent_teacher: Path | None, *,
                 metrics = None  # measured on an earlier state of this run, or before the retrieval set
             kind = "gmp-only" if "gmp-only" in run.name else "compound"
             point(train["task"], run.name, kind, run, metrics=metrics, train=train)
+            if train.get("fake_quant_from_step") is not None:
+                point(train["task"], f"{run.name} int8", kind, run, train=train, precision="int8")
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return {"settings": {"cpu": cpu_model(), "threads": 2, "batch_size": 32, "seq_len": 128,
