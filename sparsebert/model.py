@@ -201,8 +201,7 @@ class BertEncoder:
 
         pooled = None
         if self.pooler is not None:
-            cls = x[:, :, :1].copy()  # (B, H, 1)
-            pooled = np.tanh(self.pooler(cls)[:, :, 0])  # (B, H)
+            pooled = _pool_first_token(x, self.pooler.weight, self.pooler.bias)  # (B, H)
         # A fresh array: x is a scratch buffer the next call overwrites. The copy also counts
         # non-finite values: never hand back NaN as an answer.
         hidden = np.empty((B, T, self.config.hidden_size), dtype=np.float32)  # (B, T, H)
@@ -235,6 +234,16 @@ class BertEncoder:
             limit = c.type_vocab_size if self.weights.type_emb is not None else 1
             _check_range(types, 0, limit, "token_type_ids", f"type_vocab_size ({limit})")
         return ids, mask, types
+
+
+def _pool_first_token(x: np.ndarray, weight: np.ndarray, bias: np.ndarray) -> np.ndarray:
+    """tanh(W @ x[b, :, 0] + bias) for every b: (B, H). One small single-threaded SciPy BLAS
+    call (jit.py caps that BLAS to one thread) rather than the Numba gemm kernel, whose compile
+    (~1.3 s) a model with only sparse linears would otherwise pay at its first call just for this."""
+    from scipy.linalg.blas import sgemm
+
+    cls = np.ascontiguousarray(x[:, :, 0])  # (B, H)
+    return np.tanh(sgemm(1.0, cls, weight, trans_b=True) + bias).astype(np.float32, copy=False)
 
 
 # Numba's "workqueue" threading layer terminates the process when two Python threads run parallel
