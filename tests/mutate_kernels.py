@@ -31,13 +31,16 @@ MUTATIONS = {
         "gen_spmm.py", "                if pack:\n",
         "                if not pack:\n                    soff = soff + us\n                if pack:\n"),
     "tail_drops_last_column": (
-        "gen_spmm.py", "width = min({W}, S - own)", "width = min({W}, S - own) - 1"),
+        "gen_spmm.py", "width = min({W}, S - col)", "width = min({W}, S - col) - 1"),
     "short_sequences_drop_last_of_group": (
         "spmm_epilogue.py", "    for i in range(nb):\n        src = np.uint64((b0 + i) * K * S)",
         "    for i in range(max(nb - 1, 1)):\n        src = np.uint64((b0 + i) * K * S)"),
     "tile_drops_last_entry_of_run": (
         "gen_spmm.py", 'L.append("    for p in range(start, end):")',
         'L.append("    for p in range(start, max(start, end - np.uint64(1))):")'),
+    "epilogue_skips_last_sequence_of_group": (
+        "gen_spmm.py", "                for i in range(nb):\n                    ro = ",
+        "                for i in range(max(nb - 1, 1)):\n                    ro = "),
     "block_values_transposed": (
         "gen_spmm.py", "w{r}_{c} = data[q + {u}({r * C + c})]", "w{r}_{c} = data[q + {u}({c * R + r})]"),
     "gelu_before_bias": (
