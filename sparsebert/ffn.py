@@ -1,0 +1,61 @@
+"""The feed-forward block as one fused call when both of its linears are CSR: `fuse_ffn`.
+
+`fuse_ffn(ffn_in, ffn_out, activation)` returns a `FusedFFN` computing
+
+    Y[b] (H, S) = ffn_out(act(ffn_in(X[b]))) (+ residual[b])
+
+per token tile in one kernel (`kernels/ffn_fused.py`), the (I, tile) intermediate never leaving
+L2, or None when the pair does not qualify (either linear not CSR, shapes that do not chain).
+The linears' own compressed arrays are used as they are: they were validated when built.
+
+Left out: BSR and dense pairs (they keep the two-call path), int8 linears.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .errors import InputError
+from .kernels import ffn_fused
+from .linear import CSRLinear, _act_code
+
+_NO_RESIDUAL = np.zeros((1, 1, 1), dtype=np.float32)
+
+
+class FusedFFN:
+    """ffn_out(act(ffn_in(x))) (+ residual) in one kernel call; see the module docstring."""
+
+    def __init__(self, ffn_in: CSRLinear, ffn_out: CSRLinear, activation):
+        self.ffn_in, self.ffn_out = ffn_in, ffn_out
+        self.act = _act_code(activation)
+        self.hidden = ffn_in.in_features
+
+    def __call__(self, x: np.ndarray, *, residual=None, out=None) -> np.ndarray:
+        H = self.hidden
+        if not (isinstance(x, np.ndarray) and x.ndim == 3 and x.shape[1] == H and x.dtype == np.float32
+                and x.flags.c_contiguous):
+            raise InputError(f"fused FFN expects float32 C-contiguous x of shape (B, {H}, S), got "
+                             f"{getattr(x, 'dtype', type(x).__name__)} {getattr(x, 'shape', '')}")
+        for name, a in (("residual", residual), ("out", out)):
+            if a is not None and not (isinstance(a, np.ndarray) and a.shape == x.shape
+                                      and a.dtype == np.float32 and a.flags.c_contiguous):
+                raise InputError(f"{name} must be a float32 C-contiguous array of shape {x.shape}")
+        y = np.empty_like(x) if out is None else out
+        if np.may_share_memory(y, x) or (residual is not None and np.may_share_memory(y, residual)):
+            raise InputError("out must not overlap x or residual: the kernel reads them while writing out")
+        if y.size == 0:
+            return y
+        a, b = self.ffn_in, self.ffn_out
+        ffn_fused.ffn_csr(a.data, a.indices, a.indptr, a.chunk_cols, a.bias, self.act,
+                          b.data, b.indices, b.indptr, b.chunk_cols, b.bias, x,
+                          _NO_RESIDUAL if residual is None else residual, residual is not None, y)
+        return y
+
+
+def fuse_ffn(ffn_in, ffn_out, activation) -> FusedFFN | None:
+    """A FusedFFN for this pair, or None when it does not qualify (see the module docstring)."""
+    if not (type(ffn_in) is CSRLinear and type(ffn_out) is CSRLinear):
+        return None
+    if ffn_out.in_features != ffn_in.out_features or ffn_out.out_features != ffn_in.in_features:
+        return None
+    return FusedFFN(ffn_in, ffn_out, activation)
