@@ -22,6 +22,7 @@ import numpy as np
 from .config import BertConfig
 from .errors import CheckpointError, InputError
 from .kernels import attention, ops
+from .ffn import fuse_ffn
 from .linear import make_linear
 from .weights import BertWeights
 
@@ -58,6 +59,8 @@ class Layer:
         self.scale = np.float32(1.0 / np.sqrt(config.head_dim))
         self.eps = np.float32(config.layer_norm_eps)
         self.act = _ACTIVATION[config.hidden_act]
+        # Both FFN linears CSR: one fused call per token tile (sparsebert.ffn), else None.
+        self.fused_ffn = fuse_ffn(self.ffn_in, self.ffn_out, self.act)
 
     @property
     def linears(self) -> dict:
@@ -75,10 +78,14 @@ class Layer:
         tick("attn_out")
         ops.layer_norm(h, self.attn_norm.gamma, self.attn_norm.beta, self.eps)
         tick("layer_norm")
-        f = self.ffn_in(h, activation=self.act, out=scratch.get("f", (B, self.ffn_in.out_features, T)))
-        tick("ffn_in")  # f: (B, I, T)
-        y = self.ffn_out(f, residual=h, out=x)  # (B, H, T)
-        tick("ffn_out")
+        if self.fused_ffn is not None:
+            y = self.fused_ffn(h, residual=h, out=x)  # (B, H, T), the (I, tile) intermediate in L2
+            tick("ffn_fused")
+        else:
+            f = self.ffn_in(h, activation=self.act, out=scratch.get("f", (B, self.ffn_in.out_features, T)))
+            tick("ffn_in")  # f: (B, I, T)
+            y = self.ffn_out(f, residual=h, out=x)  # (B, H, T)
+            tick("ffn_out")
         ops.layer_norm(y, self.ffn_norm.gamma, self.ffn_norm.beta, self.eps)
         tick("layer_norm")
         return y

@@ -13,7 +13,7 @@ import pytest
 from scipy.special import erf
 
 from sparsebert.errors import InputError
-from sparsebert.ffn import fuse_ffn
+from sparsebert.ffn import fuse_ffn, worth_fusing
 from sparsebert.kernels import ffn_fused
 from sparsebert.linear import make_linear
 
@@ -36,6 +36,12 @@ def pruned(rng, shape, sparsity, empty_rows=0):
     w[rng.random(shape) < sparsity] = 0
     w[rng.choice(shape[0], empty_rows, replace=False)] = 0
     return w
+
+
+@pytest.fixture(autouse=True)
+def always_fuse(monkeypatch):
+    # The conformance cases must reach the kernel, whatever worth_fusing would choose.
+    monkeypatch.setattr("sparsebert.ffn.worth_fusing", lambda B, S: True)
 
 
 def run(H, I, B, T, sparsity, act="gelu", with_residual=True, empty_rows=0, seed=0):
@@ -112,3 +118,22 @@ def test_stamp_matches_the_tiles_it_calls():
     # in kernels/ffn_fused.py (which re-compiles it) whenever that file changes.
     digest = hashlib.sha256((KERNELS / "_spmm_generated.py").read_bytes()).hexdigest()[:16]
     assert ffn_fused.BUILT_AGAINST == f"_spmm_generated.py {digest}"
+
+
+def test_worth_fusing_leaves_short_and_tiny_batches_to_two_calls(monkeypatch):
+    monkeypatch.setattr("numba.get_num_threads", lambda: 2)
+    assert worth_fusing(8, 128) and worth_fusing(4, 64)
+    assert not worth_fusing(32, 20)  # mostly padding
+    assert not worth_fusing(1, 128)  # 2 tiles for 2 threads
+    assert not worth_fusing(8, 70)  # 128 columns computed for 70
+
+
+def test_two_call_fallback_gives_the_same_result(monkeypatch):
+    rng = np.random.default_rng(4)
+    w1, w2 = pruned(rng, (1536, 384), 0.9), pruned(rng, (384, 1536), 0.9)
+    b1, b2 = rng.standard_normal(1536).astype(np.float32), rng.standard_normal(384).astype(np.float32)
+    ffn = fuse_ffn(make_linear(w1, b1, "csr"), make_linear(w2, b2, "csr"), "gelu")
+    x = rng.standard_normal((2, 384, 20)).astype(np.float32)
+    fused = ffn(x, residual=x)
+    monkeypatch.setattr("sparsebert.ffn.worth_fusing", lambda B, S: False)
+    np.testing.assert_allclose(ffn(x, residual=x), fused, rtol=1e-5, atol=1e-5)
