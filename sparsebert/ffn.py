@@ -75,3 +75,20 @@ def fuse_ffn(ffn_in, ffn_out, activation) -> FusedFFN | None:
     if ffn_out.in_features != ffn_in.out_features or ffn_out.out_features != ffn_in.in_features:
         return None
     return FusedFFN(ffn_in, ffn_out, activation)
+
+
+def warmup() -> float:
+    """Compile (or load from Numba's cache) the fused kernel on a tiny CSR pair; returns seconds.
+    Models reach it only on batches `worth_fusing`, which a small warm-up call may not be."""
+    import time
+
+    start = time.perf_counter()
+    rng = np.random.default_rng(0)
+    w1, w2 = rng.standard_normal((8, 4)).astype(np.float32), rng.standard_normal((4, 8)).astype(np.float32)
+    pair = FusedFFN(CSRLinear.from_dense(w1, np.zeros(8, np.float32)),
+                    CSRLinear.from_dense(w2, np.zeros(4, np.float32)), "gelu")
+    x = np.zeros((1, 4, 3), np.float32)
+    a, b = pair.ffn_in, pair.ffn_out
+    ffn_fused.ffn_csr(a.data, a.indices, a.indptr, a.chunk_cols, a.bias, pair.act,
+                      b.data, b.indices, b.indptr, b.chunk_cols, b.bias, x, x, True, np.empty_like(x))
+    return time.perf_counter() - start
