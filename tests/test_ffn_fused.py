@@ -137,3 +137,22 @@ def test_two_call_fallback_gives_the_same_result(monkeypatch):
     fused = ffn(x, residual=x)
     monkeypatch.setattr("sparsebert.ffn.worth_fusing", lambda B, S: False)
     np.testing.assert_allclose(ffn(x, residual=x), fused, rtol=1e-5, atol=1e-5)
+
+
+def test_model_with_fused_ffn_equals_its_dense_path(minilm_path, tmp_path, monkeypatch):
+    # MiniLM pruned to 90%: CSR linears (every FFN fused) vs the same weights dense, on a batch
+    # that takes the fused kernel (64-token tiles, enough of them for the threads).
+    import sparsebert
+    from sparsebert.prune import prune_checkpoint
+
+    monkeypatch.setattr("numba.get_num_threads", lambda: 2)
+    prune_checkpoint(minilm_path, tmp_path / "m90", sparsity=0.9)
+    sparse = sparsebert.load(tmp_path / "m90", formats="csr")
+    dense = sparsebert.load(tmp_path / "m90", formats="dense")
+    assert all(layer.fused_ffn is not None for layer in sparse.encoder.layers)
+    ids = np.random.default_rng(5).integers(1000, 2000, size=(4, 128))
+    assert worth_fusing(*ids.shape)
+    a = sparse(ids).last_hidden_state
+    b = dense(ids).last_hidden_state
+    assert a.shape == b.shape == (4, 128, 384)
+    np.testing.assert_allclose(a, b, rtol=0, atol=1e-5)
