@@ -3,7 +3,7 @@
 Computes, for every sequence b of a batch in sparsebert's layout (see `sparsebert.kernels`),
 
     F (I, S)    = act(W1 (I, H) @ X[b] (H, S) + b1[:, None])
-    Y[b] (H, S) = W2 (H, I) @ F + b2[:, None] (+ residual[b])
+    Y[b] (H, S) = W2 (H, I) @ F + b2[:, None] (+ residual[b]), then optionally LayerNorm over H
 
 one token tile at a time: a task packs its (H, TW) slice of X into a contiguous panel, computes the
 (I, TW) intermediate into a scratch buffer, which stays in L2 (I x TW x 4 B: 768 KiB for BERT-base
@@ -18,7 +18,8 @@ data (nnz,), chunk-local indices, ptr (n_chunks, N + 1), chunk_cols columns per 
 
 Contract (validated by the caller, `sparsebert.ffn`): float32 C-contiguous x (B, H, S), y (B, H, S)
 not overlapping x, residual (B, H, S) if has_residual (it may be x itself); W1 is (I, H), W2 (H, I),
-b1 (I,), b2 (H,); every ptr range inside its entry arrays, indices in range.
+b1 (I,), b2 (H,); gamma, beta (H,) float32 (read only when has_norm); every ptr range inside its
+entry arrays, indices in range. The LayerNorm is `ops.layer_norm_tile`, the code of `ops.layer_norm`.
 
 Left out: batch-1 splitting of one tile's rows over threads (tasks are (sequence, token tile)
 pairs), BSR weights, dense weights (BLAS already keeps its own tiles in cache).
@@ -29,18 +30,21 @@ from numba import prange
 
 from ._spmm_generated import _tile_csr_w64
 from .jit import parallel_kernel
+from .ops import layer_norm_tile
 from .spmm_epilogue import copy_row, epilogue_inplace, zero_rows
 
 TILE = 64  # tokens per task: the width of `_tile_csr_w64`
-# Numba's on-disk cache keys a kernel on its own file, not on the tiles it calls from
-# `_spmm_generated.py`; tests/test_ffn_fused.py fails until this stamp matches that file, so
-# an edit to the tiles also edits (and re-compiles) this one.
-BUILT_AGAINST = "_spmm_generated.py e174d7d8913871cc"
+# Numba's on-disk cache keys a kernel on its own file, not on the helpers it calls from
+# `_spmm_generated.py` and `ops.py`; tests/test_ffn_fused.py fails until this stamp matches those
+# files, so an edit to them also edits (and re-compiles) this one.
+BUILT_AGAINST = "_spmm_generated.py e174d7d8913871cc, ops.py 4ba0fa254d37775a"
 
 
 @parallel_kernel
-def ffn_csr(d1, i1, p1, kc1, b1, act, d2, i2, p2, kc2, b2, x, residual, has_residual, y):
-    # Y[b] = W2 @ act(W1 @ X[b] + b1) + b2 (+ residual[b]); see the module docstring.
+def ffn_csr(d1, i1, p1, kc1, b1, act, d2, i2, p2, kc2, b2, x, residual, has_residual, gamma, beta, eps,
+            has_norm, y):
+    # Y[b] = W2 @ act(W1 @ X[b] + b1) + b2 (+ residual[b]), then LayerNorm over H if has_norm;
+    # see the module docstring.
     B, H, S = x.shape
     n_inner = p1.shape[1] - 1  # I
     n_tiles = (S + TILE - 1) // TILE
@@ -81,3 +85,5 @@ def ffn_csr(d1, i1, p1, kc1, b1, act, d2, i2, p2, kc2, b2, x, residual, has_resi
             off = np.uint64((b * H + n) * S + s0)
             copy_row(panel, np.uint64(n * TILE), yf, off, np.uint64(width))
             epilogue_inplace(yf, off, np.uint64(width), b2[n], 0, rf, off, has_residual)
+        if has_norm:  # the tile's rows were just written: LayerNorm them while they are in cache
+            layer_norm_tile(yf, np.uint64(b * H * S + s0), H, S, width, gamma, beta, eps)

@@ -5,7 +5,7 @@
     Y[b] (H, S) = ffn_out(act(ffn_in(X[b]))) (+ residual[b])
 
 per token tile in one kernel (`kernels/ffn_fused.py`), the (I, tile) intermediate never leaving
-L2, or None when the pair does not qualify (either linear not CSR, shapes that do not chain).
+L2, optionally with the LayerNorm that follows fused into its epilogue, or None when the pair does not qualify (either linear not CSR, shapes that do not chain).
 Batches the kernel would run slowly (`worth_fusing`: short sequences, too few tiles for the
 threads) take the two calls instead.
 The linears' own compressed arrays are used as they are: they were validated when built.
@@ -19,10 +19,11 @@ import numba
 import numpy as np
 
 from .errors import InputError
-from .kernels import ffn_fused
+from .kernels import ffn_fused, ops
 from .linear import CSRLinear, _act_code
 
 _NO_RESIDUAL = np.zeros((1, 1, 1), dtype=np.float32)
+_NO_NORM = np.zeros(1, dtype=np.float32)
 
 
 class FusedFFN:
@@ -34,7 +35,9 @@ class FusedFFN:
         self.activation = activation
         self.hidden = ffn_in.in_features
 
-    def __call__(self, x: np.ndarray, *, residual=None, out=None) -> np.ndarray:
+    def __call__(self, x: np.ndarray, *, residual=None, out=None, norm=None) -> np.ndarray:
+        """norm: None, or (gamma, beta, eps) of a LayerNorm over H applied to the result (float32
+        (H,) arrays and a float32 scalar), fused into the kernel's epilogue."""
         H = self.hidden
         if not (isinstance(x, np.ndarray) and x.ndim == 3 and x.shape[1] == H and x.dtype == np.float32
                 and x.flags.c_contiguous):
@@ -50,12 +53,17 @@ class FusedFFN:
         if y.size == 0:
             return y
         a, b = self.ffn_in, self.ffn_out
+        gamma, beta, eps = (_NO_NORM, _NO_NORM, np.float32(0)) if norm is None else norm
         if not worth_fusing(x.shape[0], x.shape[2]):
             f = a(x, activation=self.activation)  # (B, I, S)
-            return b(f, residual=residual, out=y)
+            b(f, residual=residual, out=y)
+            if norm is not None:
+                ops.layer_norm(y, gamma, beta, eps)
+            return y
         ffn_fused.ffn_csr(a.data, a.indices, a.indptr, a.chunk_cols, a.bias, self.act,
                           b.data, b.indices, b.indptr, b.chunk_cols, b.bias, x,
-                          _NO_RESIDUAL if residual is None else residual, residual is not None, y)
+                          _NO_RESIDUAL if residual is None else residual, residual is not None,
+                          gamma, beta, eps, norm is not None, y)
         return y
 
 
@@ -90,5 +98,6 @@ def warmup() -> float:
     x = np.zeros((1, 4, 3), np.float32)
     a, b = pair.ffn_in, pair.ffn_out
     ffn_fused.ffn_csr(a.data, a.indices, a.indptr, a.chunk_cols, a.bias, pair.act,
-                      b.data, b.indices, b.indptr, b.chunk_cols, b.bias, x, x, True, np.empty_like(x))
+                      b.data, b.indices, b.indptr, b.chunk_cols, b.bias, x, x, True,
+                      _NO_NORM, _NO_NORM, np.float32(1e-12), True, np.empty_like(x))
     return time.perf_counter() - start

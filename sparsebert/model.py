@@ -79,13 +79,15 @@ class Layer:
         ops.layer_norm(h, self.attn_norm.gamma, self.attn_norm.beta, self.eps)
         tick("layer_norm")
         if self.fused_ffn is not None:
-            y = self.fused_ffn(h, residual=h, out=x)  # (B, H, T), the (I, tile) intermediate in L2
+            # (B, H, T): the (I, tile) intermediate stays in L2, the LayerNorm runs in the epilogue
+            norm = (self.ffn_norm.gamma, self.ffn_norm.beta, self.eps)
+            y = self.fused_ffn(h, residual=h, out=x, norm=norm)
             tick("ffn_fused")
-        else:
-            f = self.ffn_in(h, activation=self.act, out=scratch.get("f", (B, self.ffn_in.out_features, T)))
-            tick("ffn_in")  # f: (B, I, T)
-            y = self.ffn_out(f, residual=h, out=x)  # (B, H, T)
-            tick("ffn_out")
+            return y
+        f = self.ffn_in(h, activation=self.act, out=scratch.get("f", (B, self.ffn_in.out_features, T)))
+        tick("ffn_in")  # f: (B, I, T)
+        y = self.ffn_out(f, residual=h, out=x)  # (B, H, T)
+        tick("ffn_out")
         ops.layer_norm(y, self.ffn_norm.gamma, self.ffn_norm.beta, self.eps)
         tick("layer_norm")
         return y

@@ -51,6 +51,8 @@ MUTATIONS = {
     "ffn_intermediate_without_bias": (
         "ffn_fused.py", "epilogue_inplace(f, np.uint64(n * TILE), ut, b1[n], act,",
         "epilogue_inplace(f, np.uint64(n * TILE), ut, np.float32(0), act,"),
+    "ffn_layer_norm_skipped": (
+        "ffn_fused.py", "        if has_norm:", "        if has_norm and S < 0:"),
     "block_values_transposed": (
         "gen_spmm.py", "w{r}_{c} = data[q + {u}({r * C + c})]", "w{r}_{c} = data[q + {u}({c * R + r})]"),
     "gelu_before_bias": (

@@ -113,11 +113,12 @@ def test_only_csr_pairs_fuse_and_bad_inputs_raise():
         ffn(x, out=x)
 
 
-def test_stamp_matches_the_tiles_it_calls():
-    # The kernel's Numba cache entry does not notice edits to _spmm_generated.py: bump the stamp
-    # in kernels/ffn_fused.py (which re-compiles it) whenever that file changes.
-    digest = hashlib.sha256((KERNELS / "_spmm_generated.py").read_bytes()).hexdigest()[:16]
-    assert ffn_fused.BUILT_AGAINST == f"_spmm_generated.py {digest}"
+def test_stamp_matches_the_helpers_it_calls():
+    # The kernel's Numba cache entry does not notice edits to the files of the helpers it calls:
+    # bump the stamp in kernels/ffn_fused.py (which re-compiles it) whenever they change.
+    stamp = ", ".join(f"{name} {hashlib.sha256((KERNELS / name).read_bytes()).hexdigest()[:16]}"
+                      for name in ("_spmm_generated.py", "ops.py"))
+    assert ffn_fused.BUILT_AGAINST == stamp
 
 
 def test_worth_fusing_leaves_short_and_tiny_batches_to_two_calls(monkeypatch):
@@ -156,3 +157,26 @@ def test_model_with_fused_ffn_equals_its_dense_path(minilm_path, tmp_path, monke
     b = dense(ids).last_hidden_state
     assert a.shape == b.shape == (4, 128, 384)
     np.testing.assert_allclose(a, b, rtol=0, atol=1e-5)
+
+
+def layer_norm_ref(y, gamma, beta, eps):
+    mean = y.mean(axis=1, keepdims=True)
+    var = ((y - mean) ** 2).mean(axis=1, keepdims=True)
+    return (y - mean) / np.sqrt(var + eps) * gamma[:, None] + beta[:, None]
+
+
+@pytest.mark.parametrize("H, I, B, T", [(384, 1536, 2, 100), (768, 3072, 1, 130), (384, 1536, 3, 1)])
+@pytest.mark.parametrize("fused", [True, False])
+def test_layer_norm_in_the_epilogue(H, I, B, T, fused, monkeypatch):
+    monkeypatch.setattr("sparsebert.ffn.worth_fusing", lambda B, S: fused)
+    rng = np.random.default_rng(6)
+    w1, w2 = pruned(rng, (I, H), 0.8), pruned(rng, (H, I), 0.8)
+    b1 = rng.standard_normal(I).astype(np.float32) * 0.1
+    b2 = rng.standard_normal(H).astype(np.float32) * 0.1
+    gamma = (1 + 0.1 * rng.standard_normal(H)).astype(np.float32)
+    beta = (0.1 * rng.standard_normal(H)).astype(np.float32)
+    x = rng.standard_normal((B, H, T)).astype(np.float32)
+    ffn = fuse_ffn(make_linear(w1, b1, "csr"), make_linear(w2, b2, "csr"), "gelu")
+    y = ffn(x, residual=x, norm=(gamma, beta, np.float32(1e-12)))
+    want = layer_norm_ref(reference(w1, b1, w2, b2, x, "gelu", x), gamma, beta, 1e-12)
+    np.testing.assert_allclose(y, want, rtol=1e-4, atol=1e-4)
