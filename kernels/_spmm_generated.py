@@ -7,9 +7,9 @@ import numpy as np
 from numba import prange
 
 from .jit import kernel, parallel_kernel
-from .spmm_epilogue import epilogue_inplace, epilogue_row, pack_panel, pack_sequences, zero_rows
+from .spmm_epilogue import copy_row, epilogue_inplace, pack_panel, pack_sequences, zero_rows
 
-# Built against: numeric.py 6c0311da66f4dbb7, spmm_epilogue.py a19745f725850bf5, jit.py cb457540cb65f18d
+# Built against: numeric.py 6c0311da66f4dbb7, spmm_epilogue.py 84df407a011b8901, jit.py cb457540cb65f18d
 
 
 
@@ -349,17 +349,32 @@ def spmm_csr(data, indices, ptr, chunk_cols, x, bias, act, residual, has_residua
     kc = chunk_cols * 1  # X rows per K-chunk
     yf = y.reshape(-1)
     rf = residual.reshape(-1)
-    if S < 64:
-        # Short sequences: g whole sequences side by side in one zero-padded (K, 64) panel, so
-        # the full-width tile runs on them; sums go to scratch, then to each sequence's rows.
-        g = 64 // S
-        n_groups = (B + g - 1) // g
-        for task in prange(n_groups * n_row_chunks):
-            grp = task // n_row_chunks
-            br0 = (task - grp * n_row_chunks) * chunk
-            br1 = min(br0 + chunk, n_brows)
-            b0 = grp * g
+    xf = x.reshape(-1)
+    us = np.uint64(S)
+    # Short sequences (S < 64): g whole sequences side by side in one zero-padded (K, 64) panel,
+    # so the full-width tile runs on them. Otherwise (sequence, token tile) pairs: n_full tiles
+    # of 64 tokens, then tails of 8.
+    short = S < 64
+    g = 64 // S if short else 1
+    n_full = S // 64
+    n_tiles = (B + g - 1) // g if short else n_full + (S - n_full * 64 + 7) // 8
+    # Packing pays when many rows reuse the panel; a task with few rows (small batches split
+    # into many row chunks) reads X in place.
+    pack = chunk * 1 >= 256
+    for task in prange(n_tiles * n_row_chunks if short else B * n_tiles * n_row_chunks):
+        b = task // (n_tiles * n_row_chunks)
+        rest = task - b * n_tiles * n_row_chunks
+        t = rest // n_row_chunks
+        br0 = (rest - t * n_row_chunks) * chunk
+        br1 = min(br0 + chunk, n_brows)
+        xoff0 = np.uint64(b * K * S)
+        # Each path leaves raw sums in the columns [col, col + width) of rows br0*1 .. br1*1 of
+        # sequences b0 .. b0 + nb - 1; one epilogue at the end of the task finishes them all (one
+        # inlined copy of the activations instead of one per path: a third of the compile time).
+        if short:
+            b0 = t * g
             nb = min(g, B - b0)
+            col, width = 0, S
             panel = pack_sequences(x, b0, nb, 64)
             scratch = np.zeros(max(br1 - br0, 0) * 64, dtype=np.float32)
             for c in range(n_chunks):
@@ -370,47 +385,28 @@ def spmm_csr(data, indices, ptr, chunk_cols, x, bias, act, residual, has_residua
             for br in range(br0, br1):
                 for r in range(1):
                     for i in range(nb):
-                        ro = np.uint64(((b0 + i) * N + br * 1 + r) * S)
-                        epilogue_row(scratch, np.uint64(((br - br0) * 1 + r) * 64 + i * S), yf, ro,
-                                     np.uint64(S), bias[br * 1 + r], act, rf, ro, has_residual)
-        return
-    n_full = S // 64
-    n_tiles = n_full + (S - n_full * 64 + 7) // 8
-    xf = x.reshape(-1)
-    us = np.uint64(S)
-    # Packing pays when many rows reuse the panel; a task with few rows (small batches split
-    # into many row chunks) reads X in place.
-    pack = chunk * 1 >= 256
-    for task in prange(B * n_tiles * n_row_chunks):
-        b = task // (n_tiles * n_row_chunks)
-        rest = task - b * n_tiles * n_row_chunks
-        t = rest // n_row_chunks
-        br0 = (rest - t * n_row_chunks) * chunk
-        br1 = min(br0 + chunk, n_brows)
-        xoff0 = np.uint64(b * K * S)
-        if t < n_full:
-            s0 = t * 64
+                        copy_row(scratch, np.uint64(((br - br0) * 1 + r) * 64 + i * S), yf,
+                                 np.uint64(((b0 + i) * N + br * 1 + r) * S), us)
+        elif t < n_full:
+            b0, nb, col, width = b, 1, t * 64, 64
             panel = np.empty(kc * 64 if pack else 0, dtype=np.float32)
-            zero_rows(yf, (b * N + br0 * 1) * S + s0, max(br1 - br0, 0) * 1, S, 64)
+            zero_rows(yf, (b * N + br0 * 1) * S + col, max(br1 - br0, 0) * 1, S, 64)
             for c in range(n_chunks):
-                src, soff, sstride = xf, xoff0 + np.uint64(c * kc * S + s0), us  # X in place
+                src, soff, sstride = xf, xoff0 + np.uint64(c * kc * S + col), us  # X in place
                 if pack:
                     pack_panel(xf, soff, S, min(kc, K - c * kc), 64, panel)
                     src, soff, sstride = panel, np.uint64(0), np.uint64(64)
                 for br in range(br0, br1):
-                    _tile_csr_w64(yf, np.uint64((b * N + br * 1) * S + s0), us, src, soff, sstride,
+                    _tile_csr_w64(yf, np.uint64((b * N + br * 1) * S + col), us, src, soff, sstride,
                                       data, indices, np.uint64(ptr[c, br]), np.uint64(ptr[c, br + 1]))
-            for br in range(br0, br1):
-                for r in range(1):
-                    ro = np.uint64((b * N + br * 1 + r) * S + s0)
-                    epilogue_inplace(yf, ro, np.uint64(64), bias[br * 1 + r], act, rf, ro, has_residual)
         else:
-            # Tail tiles own columns [own, own + width) and compute 8 columns from s0; the last
+            # Tail tiles own columns [col, col + width) and compute 8 columns from s0; the last
             # is shifted left to end at S (S >= 64 here). Writing only owned columns means no
             # two tasks write the same element.
-            own = n_full * 64 + (t - n_full) * 8
-            width = min(8, S - own)
-            s0 = min(own, S - 8)
+            b0, nb = b, 1
+            col = n_full * 64 + (t - n_full) * 8
+            width = min(8, S - col)
+            s0 = min(col, S - 8)
             scratch = np.zeros(max(br1 - br0, 0) * 8, dtype=np.float32)
             for c in range(n_chunks):
                 for br in range(br0, br1):
@@ -419,9 +415,13 @@ def spmm_csr(data, indices, ptr, chunk_cols, x, bias, act, residual, has_residua
                                       np.uint64(ptr[c, br + 1]))
             for br in range(br0, br1):
                 for r in range(1):
-                    ro = np.uint64((b * N + br * 1 + r) * S + own)
-                    epilogue_row(scratch, np.uint64(((br - br0) * 1 + r) * 8 + own - s0), yf, ro,
-                                 np.uint64(width), bias[br * 1 + r], act, rf, ro, has_residual)
+                    copy_row(scratch, np.uint64(((br - br0) * 1 + r) * 8 + col - s0), yf,
+                             np.uint64((b * N + br * 1 + r) * S + col), np.uint64(width))
+        for br in range(br0, br1):
+            for r in range(1):
+                for i in range(nb):
+                    ro = np.uint64(((b0 + i) * N + br * 1 + r) * S + col)
+                    epilogue_inplace(yf, ro, np.uint64(width), bias[br * 1 + r], act, rf, ro, has_residual)
 
 
 
@@ -1014,17 +1014,32 @@ def spmm_bsr4x1(data, indices, ptr, chunk_cols, x, bias, act, residual, has_resi
     kc = chunk_cols * 1  # X rows per K-chunk
     yf = y.reshape(-1)
     rf = residual.reshape(-1)
-    if S < 32:
-        # Short sequences: g whole sequences side by side in one zero-padded (K, 32) panel, so
-        # the full-width tile runs on them; sums go to scratch, then to each sequence's rows.
-        g = 32 // S
-        n_groups = (B + g - 1) // g
-        for task in prange(n_groups * n_row_chunks):
-            grp = task // n_row_chunks
-            br0 = (task - grp * n_row_chunks) * chunk
-            br1 = min(br0 + chunk, n_brows)
-            b0 = grp * g
+    xf = x.reshape(-1)
+    us = np.uint64(S)
+    # Short sequences (S < 32): g whole sequences side by side in one zero-padded (K, 32) panel,
+    # so the full-width tile runs on them. Otherwise (sequence, token tile) pairs: n_full tiles
+    # of 32 tokens, then tails of 8.
+    short = S < 32
+    g = 32 // S if short else 1
+    n_full = S // 32
+    n_tiles = (B + g - 1) // g if short else n_full + (S - n_full * 32 + 7) // 8
+    # Packing pays when many rows reuse the panel; a task with few rows (small batches split
+    # into many row chunks) reads X in place.
+    pack = chunk * 4 >= 256
+    for task in prange(n_tiles * n_row_chunks if short else B * n_tiles * n_row_chunks):
+        b = task // (n_tiles * n_row_chunks)
+        rest = task - b * n_tiles * n_row_chunks
+        t = rest // n_row_chunks
+        br0 = (rest - t * n_row_chunks) * chunk
+        br1 = min(br0 + chunk, n_brows)
+        xoff0 = np.uint64(b * K * S)
+        # Each path leaves raw sums in the columns [col, col + width) of rows br0*4 .. br1*4 of
+        # sequences b0 .. b0 + nb - 1; one epilogue at the end of the task finishes them all (one
+        # inlined copy of the activations instead of one per path: a third of the compile time).
+        if short:
+            b0 = t * g
             nb = min(g, B - b0)
+            col, width = 0, S
             panel = pack_sequences(x, b0, nb, 32)
             scratch = np.zeros(max(br1 - br0, 0) * 128, dtype=np.float32)
             for c in range(n_chunks):
@@ -1035,47 +1050,28 @@ def spmm_bsr4x1(data, indices, ptr, chunk_cols, x, bias, act, residual, has_resi
             for br in range(br0, br1):
                 for r in range(4):
                     for i in range(nb):
-                        ro = np.uint64(((b0 + i) * N + br * 4 + r) * S)
-                        epilogue_row(scratch, np.uint64(((br - br0) * 4 + r) * 32 + i * S), yf, ro,
-                                     np.uint64(S), bias[br * 4 + r], act, rf, ro, has_residual)
-        return
-    n_full = S // 32
-    n_tiles = n_full + (S - n_full * 32 + 7) // 8
-    xf = x.reshape(-1)
-    us = np.uint64(S)
-    # Packing pays when many rows reuse the panel; a task with few rows (small batches split
-    # into many row chunks) reads X in place.
-    pack = chunk * 4 >= 256
-    for task in prange(B * n_tiles * n_row_chunks):
-        b = task // (n_tiles * n_row_chunks)
-        rest = task - b * n_tiles * n_row_chunks
-        t = rest // n_row_chunks
-        br0 = (rest - t * n_row_chunks) * chunk
-        br1 = min(br0 + chunk, n_brows)
-        xoff0 = np.uint64(b * K * S)
-        if t < n_full:
-            s0 = t * 32
+                        copy_row(scratch, np.uint64(((br - br0) * 4 + r) * 32 + i * S), yf,
+                                 np.uint64(((b0 + i) * N + br * 4 + r) * S), us)
+        elif t < n_full:
+            b0, nb, col, width = b, 1, t * 32, 32
             panel = np.empty(kc * 32 if pack else 0, dtype=np.float32)
-            zero_rows(yf, (b * N + br0 * 4) * S + s0, max(br1 - br0, 0) * 4, S, 32)
+            zero_rows(yf, (b * N + br0 * 4) * S + col, max(br1 - br0, 0) * 4, S, 32)
             for c in range(n_chunks):
-                src, soff, sstride = xf, xoff0 + np.uint64(c * kc * S + s0), us  # X in place
+                src, soff, sstride = xf, xoff0 + np.uint64(c * kc * S + col), us  # X in place
                 if pack:
                     pack_panel(xf, soff, S, min(kc, K - c * kc), 32, panel)
                     src, soff, sstride = panel, np.uint64(0), np.uint64(32)
                 for br in range(br0, br1):
-                    _tile_bsr4x1_w32(yf, np.uint64((b * N + br * 4) * S + s0), us, src, soff, sstride,
+                    _tile_bsr4x1_w32(yf, np.uint64((b * N + br * 4) * S + col), us, src, soff, sstride,
                                       data, indices, np.uint64(ptr[c, br]), np.uint64(ptr[c, br + 1]))
-            for br in range(br0, br1):
-                for r in range(4):
-                    ro = np.uint64((b * N + br * 4 + r) * S + s0)
-                    epilogue_inplace(yf, ro, np.uint64(32), bias[br * 4 + r], act, rf, ro, has_residual)
         else:
-            # Tail tiles own columns [own, own + width) and compute 8 columns from s0; the last
+            # Tail tiles own columns [col, col + width) and compute 8 columns from s0; the last
             # is shifted left to end at S (S >= 32 here). Writing only owned columns means no
             # two tasks write the same element.
-            own = n_full * 32 + (t - n_full) * 8
-            width = min(8, S - own)
-            s0 = min(own, S - 8)
+            b0, nb = b, 1
+            col = n_full * 32 + (t - n_full) * 8
+            width = min(8, S - col)
+            s0 = min(col, S - 8)
             scratch = np.zeros(max(br1 - br0, 0) * 32, dtype=np.float32)
             for c in range(n_chunks):
                 for br in range(br0, br1):
@@ -1084,9 +1080,13 @@ def spmm_bsr4x1(data, indices, ptr, chunk_cols, x, bias, act, residual, has_resi
                                       np.uint64(ptr[c, br + 1]))
             for br in range(br0, br1):
                 for r in range(4):
-                    ro = np.uint64((b * N + br * 4 + r) * S + own)
-                    epilogue_row(scratch, np.uint64(((br - br0) * 4 + r) * 8 + own - s0), yf, ro,
-                                 np.uint64(width), bias[br * 4 + r], act, rf, ro, has_residual)
+                    copy_row(scratch, np.uint64(((br - br0) * 4 + r) * 8 + col - s0), yf,
+                             np.uint64((b * N + br * 4 + r) * S + col), np.uint64(width))
+        for br in range(br0, br1):
+            for r in range(4):
+                for i in range(nb):
+                    ro = np.uint64(((b0 + i) * N + br * 4 + r) * S + col)
+                    epilogue_inplace(yf, ro, np.uint64(width), bias[br * 4 + r], act, rf, ro, has_residual)
 
 
 
@@ -1783,17 +1783,32 @@ def spmm_bsr8x1(data, indices, ptr, chunk_cols, x, bias, act, residual, has_resi
     kc = chunk_cols * 1  # X rows per K-chunk
     yf = y.reshape(-1)
     rf = residual.reshape(-1)
-    if S < 16:
-        # Short sequences: g whole sequences side by side in one zero-padded (K, 16) panel, so
-        # the full-width tile runs on them; sums go to scratch, then to each sequence's rows.
-        g = 16 // S
-        n_groups = (B + g - 1) // g
-        for task in prange(n_groups * n_row_chunks):
-            grp = task // n_row_chunks
-            br0 = (task - grp * n_row_chunks) * chunk
-            br1 = min(br0 + chunk, n_brows)
-            b0 = grp * g
+    xf = x.reshape(-1)
+    us = np.uint64(S)
+    # Short sequences (S < 16): g whole sequences side by side in one zero-padded (K, 16) panel,
+    # so the full-width tile runs on them. Otherwise (sequence, token tile) pairs: n_full tiles
+    # of 16 tokens, then tails of 8.
+    short = S < 16
+    g = 16 // S if short else 1
+    n_full = S // 16
+    n_tiles = (B + g - 1) // g if short else n_full + (S - n_full * 16 + 7) // 8
+    # Packing pays when many rows reuse the panel; a task with few rows (small batches split
+    # into many row chunks) reads X in place.
+    pack = chunk * 8 >= 256
+    for task in prange(n_tiles * n_row_chunks if short else B * n_tiles * n_row_chunks):
+        b = task // (n_tiles * n_row_chunks)
+        rest = task - b * n_tiles * n_row_chunks
+        t = rest // n_row_chunks
+        br0 = (rest - t * n_row_chunks) * chunk
+        br1 = min(br0 + chunk, n_brows)
+        xoff0 = np.uint64(b * K * S)
+        # Each path leaves raw sums in the columns [col, col + width) of rows br0*8 .. br1*8 of
+        # sequences b0 .. b0 + nb - 1; one epilogue at the end of the task finishes them all (one
+        # inlined copy of the activations instead of one per path: a third of the compile time).
+        if short:
+            b0 = t * g
             nb = min(g, B - b0)
+            col, width = 0, S
             panel = pack_sequences(x, b0, nb, 16)
             scratch = np.zeros(max(br1 - br0, 0) * 128, dtype=np.float32)
             for c in range(n_chunks):
@@ -1804,47 +1819,28 @@ def spmm_bsr8x1(data, indices, ptr, chunk_cols, x, bias, act, residual, has_resi
             for br in range(br0, br1):
                 for r in range(8):
                     for i in range(nb):
-                        ro = np.uint64(((b0 + i) * N + br * 8 + r) * S)
-                        epilogue_row(scratch, np.uint64(((br - br0) * 8 + r) * 16 + i * S), yf, ro,
-                                     np.uint64(S), bias[br * 8 + r], act, rf, ro, has_residual)
-        return
-    n_full = S // 16
-    n_tiles = n_full + (S - n_full * 16 + 7) // 8
-    xf = x.reshape(-1)
-    us = np.uint64(S)
-    # Packing pays when many rows reuse the panel; a task with few rows (small batches split
-    # into many row chunks) reads X in place.
-    pack = chunk * 8 >= 256
-    for task in prange(B * n_tiles * n_row_chunks):
-        b = task // (n_tiles * n_row_chunks)
-        rest = task - b * n_tiles * n_row_chunks
-        t = rest // n_row_chunks
-        br0 = (rest - t * n_row_chunks) * chunk
-        br1 = min(br0 + chunk, n_brows)
-        xoff0 = np.uint64(b * K * S)
-        if t < n_full:
-            s0 = t * 16
+                        copy_row(scratch, np.uint64(((br - br0) * 8 + r) * 16 + i * S), yf,
+                                 np.uint64(((b0 + i) * N + br * 8 + r) * S), us)
+        elif t < n_full:
+            b0, nb, col, width = b, 1, t * 16, 16
             panel = np.empty(kc * 16 if pack else 0, dtype=np.float32)
-            zero_rows(yf, (b * N + br0 * 8) * S + s0, max(br1 - br0, 0) * 8, S, 16)
+            zero_rows(yf, (b * N + br0 * 8) * S + col, max(br1 - br0, 0) * 8, S, 16)
             for c in range(n_chunks):
-                src, soff, sstride = xf, xoff0 + np.uint64(c * kc * S + s0), us  # X in place
+                src, soff, sstride = xf, xoff0 + np.uint64(c * kc * S + col), us  # X in place
                 if pack:
                     pack_panel(xf, soff, S, min(kc, K - c * kc), 16, panel)
                     src, soff, sstride = panel, np.uint64(0), np.uint64(16)
                 for br in range(br0, br1):
-                    _tile_bsr8x1_w16(yf, np.uint64((b * N + br * 8) * S + s0), us, src, soff, sstride,
+                    _tile_bsr8x1_w16(yf, np.uint64((b * N + br * 8) * S + col), us, src, soff, sstride,
                                       data, indices, np.uint64(ptr[c, br]), np.uint64(ptr[c, br + 1]))
-            for br in range(br0, br1):
-                for r in range(8):
-                    ro = np.uint64((b * N + br * 8 + r) * S + s0)
-                    epilogue_inplace(yf, ro, np.uint64(16), bias[br * 8 + r], act, rf, ro, has_residual)
         else:
-            # Tail tiles own columns [own, own + width) and compute 8 columns from s0; the last
+            # Tail tiles own columns [col, col + width) and compute 8 columns from s0; the last
             # is shifted left to end at S (S >= 16 here). Writing only owned columns means no
             # two tasks write the same element.
-            own = n_full * 16 + (t - n_full) * 8
-            width = min(8, S - own)
-            s0 = min(own, S - 8)
+            b0, nb = b, 1
+            col = n_full * 16 + (t - n_full) * 8
+            width = min(8, S - col)
+            s0 = min(col, S - 8)
             scratch = np.zeros(max(br1 - br0, 0) * 64, dtype=np.float32)
             for c in range(n_chunks):
                 for br in range(br0, br1):
@@ -1853,9 +1849,13 @@ def spmm_bsr8x1(data, indices, ptr, chunk_cols, x, bias, act, residual, has_resi
                                       np.uint64(ptr[c, br + 1]))
             for br in range(br0, br1):
                 for r in range(8):
-                    ro = np.uint64((b * N + br * 8 + r) * S + own)
-                    epilogue_row(scratch, np.uint64(((br - br0) * 8 + r) * 8 + own - s0), yf, ro,
-                                 np.uint64(width), bias[br * 8 + r], act, rf, ro, has_residual)
+                    copy_row(scratch, np.uint64(((br - br0) * 8 + r) * 8 + col - s0), yf,
+                             np.uint64((b * N + br * 8 + r) * S + col), np.uint64(width))
+        for br in range(br0, br1):
+            for r in range(8):
+                for i in range(nb):
+                    ro = np.uint64(((b0 + i) * N + br * 8 + r) * S + col)
+                    epilogue_inplace(yf, ro, np.uint64(width), bias[br * 8 + r], act, rf, ro, has_residual)
 
 
 
@@ -2322,17 +2322,32 @@ def spmm_bsr2x2(data, indices, ptr, chunk_cols, x, bias, act, residual, has_resi
     kc = chunk_cols * 2  # X rows per K-chunk
     yf = y.reshape(-1)
     rf = residual.reshape(-1)
-    if S < 32:
-        # Short sequences: g whole sequences side by side in one zero-padded (K, 32) panel, so
-        # the full-width tile runs on them; sums go to scratch, then to each sequence's rows.
-        g = 32 // S
-        n_groups = (B + g - 1) // g
-        for task in prange(n_groups * n_row_chunks):
-            grp = task // n_row_chunks
-            br0 = (task - grp * n_row_chunks) * chunk
-            br1 = min(br0 + chunk, n_brows)
-            b0 = grp * g
+    xf = x.reshape(-1)
+    us = np.uint64(S)
+    # Short sequences (S < 32): g whole sequences side by side in one zero-padded (K, 32) panel,
+    # so the full-width tile runs on them. Otherwise (sequence, token tile) pairs: n_full tiles
+    # of 32 tokens, then tails of 8.
+    short = S < 32
+    g = 32 // S if short else 1
+    n_full = S // 32
+    n_tiles = (B + g - 1) // g if short else n_full + (S - n_full * 32 + 7) // 8
+    # Packing pays when many rows reuse the panel; a task with few rows (small batches split
+    # into many row chunks) reads X in place.
+    pack = chunk * 2 >= 256
+    for task in prange(n_tiles * n_row_chunks if short else B * n_tiles * n_row_chunks):
+        b = task // (n_tiles * n_row_chunks)
+        rest = task - b * n_tiles * n_row_chunks
+        t = rest // n_row_chunks
+        br0 = (rest - t * n_row_chunks) * chunk
+        br1 = min(br0 + chunk, n_brows)
+        xoff0 = np.uint64(b * K * S)
+        # Each path leaves raw sums in the columns [col, col + width) of rows br0*2 .. br1*2 of
+        # sequences b0 .. b0 + nb - 1; one epilogue at the end of the task finishes them all (one
+        # inlined copy of the activations instead of one per path: a third of the compile time).
+        if short:
+            b0 = t * g
             nb = min(g, B - b0)
+            col, width = 0, S
             panel = pack_sequences(x, b0, nb, 32)
             scratch = np.zeros(max(br1 - br0, 0) * 64, dtype=np.float32)
             for c in range(n_chunks):
@@ -2343,47 +2358,28 @@ def spmm_bsr2x2(data, indices, ptr, chunk_cols, x, bias, act, residual, has_resi
             for br in range(br0, br1):
                 for r in range(2):
                     for i in range(nb):
-                        ro = np.uint64(((b0 + i) * N + br * 2 + r) * S)
-                        epilogue_row(scratch, np.uint64(((br - br0) * 2 + r) * 32 + i * S), yf, ro,
-                                     np.uint64(S), bias[br * 2 + r], act, rf, ro, has_residual)
-        return
-    n_full = S // 32
-    n_tiles = n_full + (S - n_full * 32 + 7) // 8
-    xf = x.reshape(-1)
-    us = np.uint64(S)
-    # Packing pays when many rows reuse the panel; a task with few rows (small batches split
-    # into many row chunks) reads X in place.
-    pack = chunk * 2 >= 256
-    for task in prange(B * n_tiles * n_row_chunks):
-        b = task // (n_tiles * n_row_chunks)
-        rest = task - b * n_tiles * n_row_chunks
-        t = rest // n_row_chunks
-        br0 = (rest - t * n_row_chunks) * chunk
-        br1 = min(br0 + chunk, n_brows)
-        xoff0 = np.uint64(b * K * S)
-        if t < n_full:
-            s0 = t * 32
+                        copy_row(scratch, np.uint64(((br - br0) * 2 + r) * 32 + i * S), yf,
+                                 np.uint64(((b0 + i) * N + br * 2 + r) * S), us)
+        elif t < n_full:
+            b0, nb, col, width = b, 1, t * 32, 32
             panel = np.empty(kc * 32 if pack else 0, dtype=np.float32)
-            zero_rows(yf, (b * N + br0 * 2) * S + s0, max(br1 - br0, 0) * 2, S, 32)
+            zero_rows(yf, (b * N + br0 * 2) * S + col, max(br1 - br0, 0) * 2, S, 32)
             for c in range(n_chunks):
-                src, soff, sstride = xf, xoff0 + np.uint64(c * kc * S + s0), us  # X in place
+                src, soff, sstride = xf, xoff0 + np.uint64(c * kc * S + col), us  # X in place
                 if pack:
                     pack_panel(xf, soff, S, min(kc, K - c * kc), 32, panel)
                     src, soff, sstride = panel, np.uint64(0), np.uint64(32)
                 for br in range(br0, br1):
-                    _tile_bsr2x2_w32(yf, np.uint64((b * N + br * 2) * S + s0), us, src, soff, sstride,
+                    _tile_bsr2x2_w32(yf, np.uint64((b * N + br * 2) * S + col), us, src, soff, sstride,
                                       data, indices, np.uint64(ptr[c, br]), np.uint64(ptr[c, br + 1]))
-            for br in range(br0, br1):
-                for r in range(2):
-                    ro = np.uint64((b * N + br * 2 + r) * S + s0)
-                    epilogue_inplace(yf, ro, np.uint64(32), bias[br * 2 + r], act, rf, ro, has_residual)
         else:
-            # Tail tiles own columns [own, own + width) and compute 8 columns from s0; the last
+            # Tail tiles own columns [col, col + width) and compute 8 columns from s0; the last
             # is shifted left to end at S (S >= 32 here). Writing only owned columns means no
             # two tasks write the same element.
-            own = n_full * 32 + (t - n_full) * 8
-            width = min(8, S - own)
-            s0 = min(own, S - 8)
+            b0, nb = b, 1
+            col = n_full * 32 + (t - n_full) * 8
+            width = min(8, S - col)
+            s0 = min(col, S - 8)
             scratch = np.zeros(max(br1 - br0, 0) * 16, dtype=np.float32)
             for c in range(n_chunks):
                 for br in range(br0, br1):
@@ -2392,9 +2388,13 @@ def spmm_bsr2x2(data, indices, ptr, chunk_cols, x, bias, act, residual, has_resi
                                       np.uint64(ptr[c, br + 1]))
             for br in range(br0, br1):
                 for r in range(2):
-                    ro = np.uint64((b * N + br * 2 + r) * S + own)
-                    epilogue_row(scratch, np.uint64(((br - br0) * 2 + r) * 8 + own - s0), yf, ro,
-                                 np.uint64(width), bias[br * 2 + r], act, rf, ro, has_residual)
+                    copy_row(scratch, np.uint64(((br - br0) * 2 + r) * 8 + col - s0), yf,
+                             np.uint64((b * N + br * 2 + r) * S + col), np.uint64(width))
+        for br in range(br0, br1):
+            for r in range(2):
+                for i in range(nb):
+                    ro = np.uint64(((b0 + i) * N + br * 2 + r) * S + col)
+                    epilogue_inplace(yf, ro, np.uint64(width), bias[br * 2 + r], act, rf, ro, has_residual)
 
 
 
@@ -3181,17 +3181,32 @@ def spmm_bsr1x4(data, indices, ptr, chunk_cols, x, bias, act, residual, has_resi
     kc = chunk_cols * 4  # X rows per K-chunk
     yf = y.reshape(-1)
     rf = residual.reshape(-1)
-    if S < 64:
-        # Short sequences: g whole sequences side by side in one zero-padded (K, 64) panel, so
-        # the full-width tile runs on them; sums go to scratch, then to each sequence's rows.
-        g = 64 // S
-        n_groups = (B + g - 1) // g
-        for task in prange(n_groups * n_row_chunks):
-            grp = task // n_row_chunks
-            br0 = (task - grp * n_row_chunks) * chunk
-            br1 = min(br0 + chunk, n_brows)
-            b0 = grp * g
+    xf = x.reshape(-1)
+    us = np.uint64(S)
+    # Short sequences (S < 64): g whole sequences side by side in one zero-padded (K, 64) panel,
+    # so the full-width tile runs on them. Otherwise (sequence, token tile) pairs: n_full tiles
+    # of 64 tokens, then tails of 8.
+    short = S < 64
+    g = 64 // S if short else 1
+    n_full = S // 64
+    n_tiles = (B + g - 1) // g if short else n_full + (S - n_full * 64 + 7) // 8
+    # Packing pays when many rows reuse the panel; a task with few rows (small batches split
+    # into many row chunks) reads X in place.
+    pack = chunk * 1 >= 256
+    for task in prange(n_tiles * n_row_chunks if short else B * n_tiles * n_row_chunks):
+        b = task // (n_tiles * n_row_chunks)
+        rest = task - b * n_tiles * n_row_chunks
+        t = rest // n_row_chunks
+        br0 = (rest - t * n_row_chunks) * chunk
+        br1 = min(br0 + chunk, n_brows)
+        xoff0 = np.uint64(b * K * S)
+        # Each path leaves raw sums in the columns [col, col + width) of rows br0*1 .. br1*1 of
+        # sequences b0 .. b0 + nb - 1; one epilogue at the end of the task finishes them all (one
+        # inlined copy of the activations instead of one per path: a third of the compile time).
+        if short:
+            b0 = t * g
             nb = min(g, B - b0)
+            col, width = 0, S
             panel = pack_sequences(x, b0, nb, 64)
             scratch = np.zeros(max(br1 - br0, 0) * 64, dtype=np.float32)
             for c in range(n_chunks):
@@ -3202,47 +3217,28 @@ def spmm_bsr1x4(data, indices, ptr, chunk_cols, x, bias, act, residual, has_resi
             for br in range(br0, br1):
                 for r in range(1):
                     for i in range(nb):
-                        ro = np.uint64(((b0 + i) * N + br * 1 + r) * S)
-                        epilogue_row(scratch, np.uint64(((br - br0) * 1 + r) * 64 + i * S), yf, ro,
-                                     np.uint64(S), bias[br * 1 + r], act, rf, ro, has_residual)
-        return
-    n_full = S // 64
-    n_tiles = n_full + (S - n_full * 64 + 7) // 8
-    xf = x.reshape(-1)
-    us = np.uint64(S)
-    # Packing pays when many rows reuse the panel; a task with few rows (small batches split
-    # into many row chunks) reads X in place.
-    pack = chunk * 1 >= 256
-    for task in prange(B * n_tiles * n_row_chunks):
-        b = task // (n_tiles * n_row_chunks)
-        rest = task - b * n_tiles * n_row_chunks
-        t = rest // n_row_chunks
-        br0 = (rest - t * n_row_chunks) * chunk
-        br1 = min(br0 + chunk, n_brows)
-        xoff0 = np.uint64(b * K * S)
-        if t < n_full:
-            s0 = t * 64
+                        copy_row(scratch, np.uint64(((br - br0) * 1 + r) * 64 + i * S), yf,
+                                 np.uint64(((b0 + i) * N + br * 1 + r) * S), us)
+        elif t < n_full:
+            b0, nb, col, width = b, 1, t * 64, 64
             panel = np.empty(kc * 64 if pack else 0, dtype=np.float32)
-            zero_rows(yf, (b * N + br0 * 1) * S + s0, max(br1 - br0, 0) * 1, S, 64)
+            zero_rows(yf, (b * N + br0 * 1) * S + col, max(br1 - br0, 0) * 1, S, 64)
             for c in range(n_chunks):
-                src, soff, sstride = xf, xoff0 + np.uint64(c * kc * S + s0), us  # X in place
+                src, soff, sstride = xf, xoff0 + np.uint64(c * kc * S + col), us  # X in place
                 if pack:
                     pack_panel(xf, soff, S, min(kc, K - c * kc), 64, panel)
                     src, soff, sstride = panel, np.uint64(0), np.uint64(64)
                 for br in range(br0, br1):
-                    _tile_bsr1x4_w64(yf, np.uint64((b * N + br * 1) * S + s0), us, src, soff, sstride,
+                    _tile_bsr1x4_w64(yf, np.uint64((b * N + br * 1) * S + col), us, src, soff, sstride,
                                       data, indices, np.uint64(ptr[c, br]), np.uint64(ptr[c, br + 1]))
-            for br in range(br0, br1):
-                for r in range(1):
-                    ro = np.uint64((b * N + br * 1 + r) * S + s0)
-                    epilogue_inplace(yf, ro, np.uint64(64), bias[br * 1 + r], act, rf, ro, has_residual)
         else:
-            # Tail tiles own columns [own, own + width) and compute 8 columns from s0; the last
+            # Tail tiles own columns [col, col + width) and compute 8 columns from s0; the last
             # is shifted left to end at S (S >= 64 here). Writing only owned columns means no
             # two tasks write the same element.
-            own = n_full * 64 + (t - n_full) * 8
-            width = min(8, S - own)
-            s0 = min(own, S - 8)
+            b0, nb = b, 1
+            col = n_full * 64 + (t - n_full) * 8
+            width = min(8, S - col)
+            s0 = min(col, S - 8)
             scratch = np.zeros(max(br1 - br0, 0) * 8, dtype=np.float32)
             for c in range(n_chunks):
                 for br in range(br0, br1):
@@ -3251,6 +3247,10 @@ def spmm_bsr1x4(data, indices, ptr, chunk_cols, x, bias, act, residual, has_resi
                                       np.uint64(ptr[c, br + 1]))
             for br in range(br0, br1):
                 for r in range(1):
-                    ro = np.uint64((b * N + br * 1 + r) * S + own)
-                    epilogue_row(scratch, np.uint64(((br - br0) * 1 + r) * 8 + own - s0), yf, ro,
-                                 np.uint64(width), bias[br * 1 + r], act, rf, ro, has_residual)
+                    copy_row(scratch, np.uint64(((br - br0) * 1 + r) * 8 + col - s0), yf,
+                             np.uint64((b * N + br * 1 + r) * S + col), np.uint64(width))
+        for br in range(br0, br1):
+            for r in range(1):
+                for i in range(nb):
+                    ro = np.uint64(((b0 + i) * N + br * 1 + r) * S + col)
+                    epilogue_inplace(yf, ro, np.uint64(width), bias[br * 1 + r], act, rf, ro, has_residual)

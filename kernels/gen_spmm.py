@@ -48,7 +48,7 @@ import numpy as np
 from numba import prange
 
 from .jit import kernel, parallel_kernel
-from .spmm_epilogue import epilogue_inplace, epilogue_row, pack_panel, pack_sequences, zero_rows
+from .spmm_epilogue import copy_row, epilogue_inplace, pack_panel, pack_sequences, zero_rows
 '''
 
 
@@ -118,17 +118,32 @@ def spmm_{name}(data, indices, ptr, chunk_cols, x, bias, act, residual, has_resi
     kc = chunk_cols * {C}  # X rows per K-chunk
     yf = y.reshape(-1)
     rf = residual.reshape(-1)
-    if S < {TM}:
-        # Short sequences: g whole sequences side by side in one zero-padded (K, {TM}) panel, so
-        # the full-width tile runs on them; sums go to scratch, then to each sequence's rows.
-        g = {TM} // S
-        n_groups = (B + g - 1) // g
-        for task in prange(n_groups * n_row_chunks):
-            grp = task // n_row_chunks
-            br0 = (task - grp * n_row_chunks) * chunk
-            br1 = min(br0 + chunk, n_brows)
-            b0 = grp * g
+    xf = x.reshape(-1)
+    us = np.uint64(S)
+    # Short sequences (S < {TM}): g whole sequences side by side in one zero-padded (K, {TM}) panel,
+    # so the full-width tile runs on them. Otherwise (sequence, token tile) pairs: n_full tiles
+    # of {TM} tokens, then tails of {W}.
+    short = S < {TM}
+    g = {TM} // S if short else 1
+    n_full = S // {TM}
+    n_tiles = (B + g - 1) // g if short else n_full + (S - n_full * {TM} + {W - 1}) // {W}
+    # Packing pays when many rows reuse the panel; a task with few rows (small batches split
+    # into many row chunks) reads X in place.
+    pack = chunk * {R} >= {P}
+    for task in prange(n_tiles * n_row_chunks if short else B * n_tiles * n_row_chunks):
+        b = task // (n_tiles * n_row_chunks)
+        rest = task - b * n_tiles * n_row_chunks
+        t = rest // n_row_chunks
+        br0 = (rest - t * n_row_chunks) * chunk
+        br1 = min(br0 + chunk, n_brows)
+        xoff0 = np.uint64(b * K * S)
+        # Each path leaves raw sums in the columns [col, col + width) of rows br0*{R} .. br1*{R} of
+        # sequences b0 .. b0 + nb - 1; one epilogue at the end of the task finishes them all (one
+        # inlined copy of the activations instead of one per path: a third of the compile time).
+        if short:
+            b0 = t * g
             nb = min(g, B - b0)
+            col, width = 0, S
             panel = pack_sequences(x, b0, nb, {TM})
             scratch = np.zeros(max(br1 - br0, 0) * {R * TM}, dtype=np.float32)
             for c in range(n_chunks):
@@ -139,47 +154,28 @@ def spmm_{name}(data, indices, ptr, chunk_cols, x, bias, act, residual, has_resi
             for br in range(br0, br1):
                 for r in range({R}):
                     for i in range(nb):
-                        ro = np.uint64(((b0 + i) * N + br * {R} + r) * S)
-                        epilogue_row(scratch, np.uint64(((br - br0) * {R} + r) * {TM} + i * S), yf, ro,
-                                     np.uint64(S), bias[br * {R} + r], act, rf, ro, has_residual)
-        return
-    n_full = S // {TM}
-    n_tiles = n_full + (S - n_full * {TM} + {W - 1}) // {W}
-    xf = x.reshape(-1)
-    us = np.uint64(S)
-    # Packing pays when many rows reuse the panel; a task with few rows (small batches split
-    # into many row chunks) reads X in place.
-    pack = chunk * {R} >= {P}
-    for task in prange(B * n_tiles * n_row_chunks):
-        b = task // (n_tiles * n_row_chunks)
-        rest = task - b * n_tiles * n_row_chunks
-        t = rest // n_row_chunks
-        br0 = (rest - t * n_row_chunks) * chunk
-        br1 = min(br0 + chunk, n_brows)
-        xoff0 = np.uint64(b * K * S)
-        if t < n_full:
-            s0 = t * {TM}
+                        copy_row(scratch, np.uint64(((br - br0) * {R} + r) * {TM} + i * S), yf,
+                                 np.uint64(((b0 + i) * N + br * {R} + r) * S), us)
+        elif t < n_full:
+            b0, nb, col, width = b, 1, t * {TM}, {TM}
             panel = np.empty(kc * {TM} if pack else 0, dtype=np.float32)
-            zero_rows(yf, (b * N + br0 * {R}) * S + s0, max(br1 - br0, 0) * {R}, S, {TM})
+            zero_rows(yf, (b * N + br0 * {R}) * S + col, max(br1 - br0, 0) * {R}, S, {TM})
             for c in range(n_chunks):
-                src, soff, sstride = xf, xoff0 + np.uint64(c * kc * S + s0), us  # X in place
+                src, soff, sstride = xf, xoff0 + np.uint64(c * kc * S + col), us  # X in place
                 if pack:
                     pack_panel(xf, soff, S, min(kc, K - c * kc), {TM}, panel)
                     src, soff, sstride = panel, np.uint64(0), np.uint64({TM})
                 for br in range(br0, br1):
-                    _tile_{name}_w{TM}(yf, np.uint64((b * N + br * {R}) * S + s0), us, src, soff, sstride,
+                    _tile_{name}_w{TM}(yf, np.uint64((b * N + br * {R}) * S + col), us, src, soff, sstride,
                                       data, indices, np.uint64(ptr[c, br]), np.uint64(ptr[c, br + 1]))
-            for br in range(br0, br1):
-                for r in range({R}):
-                    ro = np.uint64((b * N + br * {R} + r) * S + s0)
-                    epilogue_inplace(yf, ro, np.uint64({TM}), bias[br * {R} + r], act, rf, ro, has_residual)
         else:
-            # Tail tiles own columns [own, own + width) and compute {W} columns from s0; the last
+            # Tail tiles own columns [col, col + width) and compute {W} columns from s0; the last
             # is shifted left to end at S (S >= {TM} here). Writing only owned columns means no
             # two tasks write the same element.
-            own = n_full * {TM} + (t - n_full) * {W}
-            width = min({W}, S - own)
-            s0 = min(own, S - {W})
+            b0, nb = b, 1
+            col = n_full * {TM} + (t - n_full) * {W}
+            width = min({W}, S - col)
+            s0 = min(col, S - {W})
             scratch = np.zeros(max(br1 - br0, 0) * {R * W}, dtype=np.float32)
             for c in range(n_chunks):
                 for br in range(br0, br1):
@@ -188,9 +184,13 @@ def spmm_{name}(data, indices, ptr, chunk_cols, x, bias, act, residual, has_resi
                                       np.uint64(ptr[c, br + 1]))
             for br in range(br0, br1):
                 for r in range({R}):
-                    ro = np.uint64((b * N + br * {R} + r) * S + own)
-                    epilogue_row(scratch, np.uint64(((br - br0) * {R} + r) * {W} + own - s0), yf, ro,
-                                 np.uint64(width), bias[br * {R} + r], act, rf, ro, has_residual)
+                    copy_row(scratch, np.uint64(((br - br0) * {R} + r) * {W} + col - s0), yf,
+                             np.uint64((b * N + br * {R} + r) * S + col), np.uint64(width))
+        for br in range(br0, br1):
+            for r in range({R}):
+                for i in range(nb):
+                    ro = np.uint64(((b0 + i) * N + br * {R} + r) * S + col)
+                    epilogue_inplace(yf, ro, np.uint64(width), bias[br * {R} + r], act, rf, ro, has_residual)
 '''
 
 

@@ -5,7 +5,7 @@ short-sequence panel.
 activation (0 none, 1 exact GELU via the vectorisable `erf_f32`, 2 tanh GELU, 3 relu), then
 + residual. It reads and writes the same array at the same index, so LLVM vectorises it without
 runtime overlap checks (a src -> dst form handed the same buffer as both made those checks fail
-and ran the GELU scalar, 6x slower); `epilogue_row` copies a scratch row to its destination first.
+and ran the GELU scalar, 6x slower); `copy_row` moves a scratch row to its destination first.
 """
 
 import numpy as np
@@ -39,12 +39,11 @@ def epilogue_inplace(y, off, width, bias, act, res, roff, has_residual):
 
 
 @helper
-def epilogue_row(src, soff, dst, doff, width, bias, act, res, roff, has_residual):
-    # dst[doff + j] = act(src[soff + j] + bias) (+ res[roff + j]) for j < width: a copy out of
-    # a scratch row, then `epilogue_inplace` on dst.
+def copy_row(src, soff, dst, doff, width):
+    # dst[doff + j] = src[soff + j] for j < width: raw sums out of a scratch row, before the
+    # driver's one epilogue pass.
     for j in range(width):
         dst[doff + j] = src[soff + j]
-    epilogue_inplace(dst, doff, width, bias, act, res, roff, has_residual)
 
 
 @helper

@@ -22,6 +22,7 @@ import numpy as np
 from .config import BertConfig
 from .errors import CheckpointError, InputError
 from .kernels import attention, ops
+from .ffn import fuse_ffn
 from .linear import make_linear
 from .weights import BertWeights
 
@@ -58,6 +59,8 @@ class Layer:
         self.scale = np.float32(1.0 / np.sqrt(config.head_dim))
         self.eps = np.float32(config.layer_norm_eps)
         self.act = _ACTIVATION[config.hidden_act]
+        # Both FFN linears CSR: one fused call per token tile (sparsebert.ffn), else None.
+        self.fused_ffn = fuse_ffn(self.ffn_in, self.ffn_out, self.act)
 
     @property
     def linears(self) -> dict:
@@ -75,6 +78,12 @@ class Layer:
         tick("attn_out")
         ops.layer_norm(h, self.attn_norm.gamma, self.attn_norm.beta, self.eps)
         tick("layer_norm")
+        if self.fused_ffn is not None:
+            # (B, H, T): the (I, tile) intermediate stays in L2, the LayerNorm runs in the epilogue
+            norm = (self.ffn_norm.gamma, self.ffn_norm.beta, self.eps)
+            y = self.fused_ffn(h, residual=h, out=x, norm=norm)
+            tick("ffn_fused")
+            return y
         f = self.ffn_in(h, activation=self.act, out=scratch.get("f", (B, self.ffn_in.out_features, T)))
         tick("ffn_in")  # f: (B, I, T)
         y = self.ffn_out(f, residual=h, out=x)  # (B, H, T)
@@ -201,8 +210,7 @@ class BertEncoder:
 
         pooled = None
         if self.pooler is not None:
-            cls = x[:, :, :1].copy()  # (B, H, 1)
-            pooled = np.tanh(self.pooler(cls)[:, :, 0])  # (B, H)
+            pooled = _pool_first_token(x, self.pooler.weight, self.pooler.bias)  # (B, H)
         # A fresh array: x is a scratch buffer the next call overwrites. The copy also counts
         # non-finite values: never hand back NaN as an answer.
         hidden = np.empty((B, T, self.config.hidden_size), dtype=np.float32)  # (B, T, H)
@@ -235,6 +243,16 @@ class BertEncoder:
             limit = c.type_vocab_size if self.weights.type_emb is not None else 1
             _check_range(types, 0, limit, "token_type_ids", f"type_vocab_size ({limit})")
         return ids, mask, types
+
+
+def _pool_first_token(x: np.ndarray, weight: np.ndarray, bias: np.ndarray) -> np.ndarray:
+    """tanh(W @ x[b, :, 0] + bias) for every b: (B, H). One small single-threaded SciPy BLAS
+    call (jit.py caps that BLAS to one thread) rather than the Numba gemm kernel, whose compile
+    (~1.3 s) a model with only sparse linears would otherwise pay at its first call just for this."""
+    from scipy.linalg.blas import sgemm
+
+    cls = np.ascontiguousarray(x[:, :, 0])  # (B, H)
+    return np.tanh(sgemm(1.0, cls, weight, trans_b=True) + bias).astype(np.float32, copy=False)
 
 
 # Numba's "workqueue" threading layer terminates the process when two Python threads run parallel

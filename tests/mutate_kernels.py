@@ -5,7 +5,8 @@ a test? Not collected by pytest; run it before trusting a new kernel path:
     .venv/bin/python tests/mutate_kernels.py tail_drops_last_column
 
 Each mutation is applied to a private copy of the checkout (never to the working tree), the
-generated kernels are regenerated there, and tests/test_kernels.py runs against the copy with an
+generated kernels are regenerated there, and tests/test_kernels.py (tests/test_ffn_fused.py for
+the fused FFN) runs against the copy with an
 empty Numba cache, stopping at the first failure. A mutation that passes is a hole in the suite.
 Recorded 2026-12-02: every mutation below fails at least one test; the packed-panel one fails only
 the real-shape cases (test_real_layer_shapes_packed_panels).
@@ -31,13 +32,27 @@ MUTATIONS = {
         "gen_spmm.py", "                if pack:\n",
         "                if not pack:\n                    soff = soff + us\n                if pack:\n"),
     "tail_drops_last_column": (
-        "gen_spmm.py", "width = min({W}, S - own)", "width = min({W}, S - own) - 1"),
+        "gen_spmm.py", "width = min({W}, S - col)", "width = min({W}, S - col) - 1"),
     "short_sequences_drop_last_of_group": (
         "spmm_epilogue.py", "    for i in range(nb):\n        src = np.uint64((b0 + i) * K * S)",
         "    for i in range(max(nb - 1, 1)):\n        src = np.uint64((b0 + i) * K * S)"),
     "tile_drops_last_entry_of_run": (
         "gen_spmm.py", 'L.append("    for p in range(start, end):")',
         'L.append("    for p in range(start, max(start, end - np.uint64(1))):")'),
+    "epilogue_skips_last_sequence_of_group": (
+        "gen_spmm.py", "                for i in range(nb):\n                    ro = ",
+        "                for i in range(max(nb - 1, 1)):\n                    ro = "),
+    # The fused FFN (kernels/ffn_fused.py), checked by tests/test_ffn_fused.py.
+    "ffn_partial_tile_drops_last_column": (
+        "ffn_fused.py", "copy_row(panel, np.uint64(n * TILE), yf, off, np.uint64(width))",
+        "copy_row(panel, np.uint64(n * TILE), yf, off, np.uint64(max(width - 1, 1)))"),
+    "ffn_second_matmul_skips_last_chunk": (
+        "ffn_fused.py", "for c in range(p2.shape[0]):", "for c in range(max(p2.shape[0] - 1, 1)):"),
+    "ffn_intermediate_without_bias": (
+        "ffn_fused.py", "epilogue_inplace(f, np.uint64(n * TILE), ut, b1[n], act,",
+        "epilogue_inplace(f, np.uint64(n * TILE), ut, np.float32(0), act,"),
+    "ffn_layer_norm_skipped": (
+        "ffn_fused.py", "        if has_norm:", "        if has_norm and S < 0:"),
     "block_values_transposed": (
         "gen_spmm.py", "w{r}_{c} = data[q + {u}({r * C + c})]", "w{r}_{c} = data[q + {u}({c * R + r})]"),
     "gelu_before_bias": (
@@ -68,8 +83,9 @@ def run(name: str, work: Path) -> str:
         env = dict(os.environ, PYTHONPATH=str(work),
                    NUMBA_CACHE_DIR=tempfile.mkdtemp(prefix="mutate-numba-"))
         t0 = time.perf_counter()
+        suite = "tests/test_ffn_fused.py" if fname == "ffn_fused.py" else "tests/test_kernels.py"
         proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider",
-                               "tests/test_kernels.py"], cwd=work, env=env, capture_output=True,
+                               suite], cwd=work, env=env, capture_output=True,
                               text=True)
         failed = [line.split()[1] for line in proc.stdout.splitlines() if line.startswith("FAILED")]
         verdict = f"caught by {failed[0]}" if failed else "NOT CAUGHT: the suite has a hole"

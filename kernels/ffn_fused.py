@@ -1,0 +1,89 @@
+"""The feed-forward block fused per token tile: `ffn_csr`.
+
+Computes, for every sequence b of a batch in sparsebert's layout (see `sparsebert.kernels`),
+
+    F (I, S)    = act(W1 (I, H) @ X[b] (H, S) + b1[:, None])
+    Y[b] (H, S) = W2 (H, I) @ F + b2[:, None] (+ residual[b]), then optionally LayerNorm over H
+
+one token tile at a time: a task packs its (H, TW) slice of X into a contiguous panel, computes the
+(I, TW) intermediate into a scratch buffer, which stays in L2 (I x TW x 4 B: 768 KiB for BERT-base
+at TW = 64, 384 KiB for MiniLM), and runs the second matmul straight from it. The unfused path
+writes all of F (B, I, S) to memory (12.6 MB at B = 8 x 128 for BERT-base) and reads it back.
+Both matmuls use the CSR register tiles of `_spmm_generated.py` (64 tokens wide); a partial tile
+at the end of a sequence runs on a zero-padded panel and writes back only its own columns.
+
+Weights are CSR grouped by K-chunk as `sparsebert.linear.CSRLinear` stores them (`spmm.chunk_entries`):
+data (nnz,), chunk-local indices, ptr (n_chunks, N + 1), chunk_cols columns per chunk. act: 0 none,
+1 exact GELU, 2 tanh GELU, 3 relu (`spmm_epilogue.epilogue_inplace`).
+
+Contract (validated by the caller, `sparsebert.ffn`): float32 C-contiguous x (B, H, S), y (B, H, S)
+not overlapping x, residual (B, H, S) if has_residual (it may be x itself); W1 is (I, H), W2 (H, I),
+b1 (I,), b2 (H,); gamma, beta (H,) float32 (read only when has_norm); every ptr range inside its
+entry arrays, indices in range. The LayerNorm is `ops.layer_norm_tile`, the code of `ops.layer_norm`.
+
+Left out: batch-1 splitting of one tile's rows over threads (tasks are (sequence, token tile)
+pairs), BSR weights, dense weights (BLAS already keeps its own tiles in cache).
+"""
+
+import numpy as np
+from numba import prange
+
+from ._spmm_generated import _tile_csr_w64
+from .jit import parallel_kernel
+from .ops import layer_norm_tile
+from .spmm_epilogue import copy_row, epilogue_inplace, zero_rows
+
+TILE = 64  # tokens per task: the width of `_tile_csr_w64`
+# Numba's on-disk cache keys a kernel on its own file, not on the helpers it calls from
+# `_spmm_generated.py` and `ops.py`; tests/test_ffn_fused.py fails until this stamp matches those
+# files, so an edit to them also edits (and re-compiles) this one.
+BUILT_AGAINST = "_spmm_generated.py e174d7d8913871cc, ops.py bf281eab8eb1be2a"
+
+
+@parallel_kernel
+def ffn_csr(d1, i1, p1, kc1, b1, act, d2, i2, p2, kc2, b2, x, residual, has_residual, gamma, beta, eps,
+            has_norm, y):
+    # Y[b] = W2 @ act(W1 @ X[b] + b1) + b2 (+ residual[b]), then LayerNorm over H if has_norm;
+    # see the module docstring.
+    B, H, S = x.shape
+    n_inner = p1.shape[1] - 1  # I
+    n_tiles = (S + TILE - 1) // TILE
+    xf = x.reshape(-1)
+    yf = y.reshape(-1)
+    rf = residual.reshape(-1)
+    us = np.uint64(S)
+    ut = np.uint64(TILE)
+    for task in prange(B * n_tiles):
+        b = task // n_tiles
+        s0 = (task - b * n_tiles) * TILE
+        width = min(TILE, S - s0)
+        # X tile (H, TILE), contiguous; columns past the sequence's end stay zero.
+        panel = np.zeros(H * TILE, dtype=np.float32)
+        src = np.uint64(b * H * S + s0)
+        uw = np.uint64(width)
+        for k in range(np.uint64(H)):
+            for j in range(uw):
+                panel[k * ut + j] = xf[src + k * us + j]
+        # F tile (I, TILE) = act(W1 @ panel + b1): stays in L2 for the second matmul.
+        f = np.zeros(n_inner * TILE, dtype=np.float32)
+        for c in range(p1.shape[0]):
+            xoff = np.uint64(c * kc1 * TILE)
+            for n in range(n_inner):
+                _tile_csr_w64(f, np.uint64(n * TILE), ut, panel, xoff, ut, d1, i1,
+                              np.uint64(p1[c, n]), np.uint64(p1[c, n + 1]))
+        for n in range(n_inner):
+            epilogue_inplace(f, np.uint64(n * TILE), ut, b1[n], act, f, np.uint64(0), False)
+        # Y tile (H, TILE) = W2 @ F, into the panel (X is no longer needed), then its own columns
+        # go to y with + b2 (+ residual).
+        zero_rows(panel, 0, H, TILE, TILE)
+        for c in range(p2.shape[0]):
+            foff = np.uint64(c * kc2 * TILE)
+            for n in range(H):
+                _tile_csr_w64(panel, np.uint64(n * TILE), ut, f, foff, ut, d2, i2,
+                              np.uint64(p2[c, n]), np.uint64(p2[c, n + 1]))
+        for n in range(H):
+            off = np.uint64((b * H + n) * S + s0)
+            copy_row(panel, np.uint64(n * TILE), yf, off, np.uint64(width))
+            epilogue_inplace(yf, off, np.uint64(width), b2[n], 0, rf, off, has_residual)
+        if has_norm:  # the tile's rows were just written: LayerNorm them while they are in cache
+            layer_norm_tile(yf, np.uint64(b * H * S + s0), H, S, width, gamma, beta, eps)

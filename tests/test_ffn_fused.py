@@ -1,0 +1,182 @@
+"""Conformance of the fused FFN kernel (kernels/ffn_fused.py via sparsebert.ffn) against NumPy.
+
+Reference: Y = W2 @ act(W1 @ X + b1) + b2 (+ residual) in float64, at the real layer sizes
+(MiniLM 384 -> 1536 -> 384, BERT-base 768 -> 3072 -> 768), sequence lengths that are not a
+multiple of the 64-token tile, T = 1, weights with empty rows and all-zero weights.
+"""
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy.special import erf
+
+from sparsebert.errors import InputError
+from sparsebert.ffn import fuse_ffn, worth_fusing
+from sparsebert.kernels import ffn_fused
+from sparsebert.linear import make_linear
+
+KERNELS = Path(ffn_fused.__file__).resolve().parent
+
+
+def gelu(v):
+    return 0.5 * v * (1.0 + erf(v / np.sqrt(2.0)))
+
+
+def reference(w1, b1, w2, b2, x, act, residual):
+    f = np.einsum("ik,bks->bis", w1.astype(np.float64), x.astype(np.float64)) + b1[:, None]
+    f = {None: f, "gelu": gelu(f), "relu": np.maximum(f, 0.0)}[act]
+    y = np.einsum("hi,bis->bhs", w2.astype(np.float64), f) + b2[:, None]
+    return y if residual is None else y + residual
+
+
+def pruned(rng, shape, sparsity, empty_rows=0):
+    w = rng.standard_normal(shape).astype(np.float32) / np.sqrt(shape[1])
+    w[rng.random(shape) < sparsity] = 0
+    w[rng.choice(shape[0], empty_rows, replace=False)] = 0
+    return w
+
+
+@pytest.fixture(autouse=True)
+def always_fuse(monkeypatch):
+    # The conformance cases must reach the kernel, whatever worth_fusing would choose.
+    monkeypatch.setattr("sparsebert.ffn.worth_fusing", lambda B, S: True)
+
+
+def run(H, I, B, T, sparsity, act="gelu", with_residual=True, empty_rows=0, seed=0):
+    rng = np.random.default_rng(seed)
+    w1, w2 = pruned(rng, (I, H), sparsity, empty_rows), pruned(rng, (H, I), sparsity, empty_rows)
+    b1 = rng.standard_normal(I).astype(np.float32) * 0.1
+    b2 = rng.standard_normal(H).astype(np.float32) * 0.1
+    x = rng.standard_normal((B, H, T)).astype(np.float32)
+    residual = rng.standard_normal((B, H, T)).astype(np.float32) if with_residual else None
+    ffn = fuse_ffn(make_linear(w1, b1, "csr"), make_linear(w2, b2, "csr"), act)
+    y = ffn(x, residual=residual)
+    assert y.shape == (B, H, T) and y.dtype == np.float32
+    want = reference(w1, b1, w2, b2, x, act, residual)
+    np.testing.assert_allclose(y, want, rtol=1e-4, atol=1e-4)
+    return y
+
+
+@pytest.mark.parametrize("H, I", [(384, 1536), (768, 3072)])
+@pytest.mark.parametrize("sparsity", [0.8, 0.9])
+@pytest.mark.parametrize("B, T", [(2, 100), (1, 1), (3, 64), (1, 130)])
+def test_real_sizes(H, I, sparsity, B, T):
+    run(H, I, B, T, sparsity)
+
+
+@pytest.mark.parametrize("act", [None, "gelu", "relu"])
+@pytest.mark.parametrize("with_residual", [False, True])
+def test_epilogues(act, with_residual):
+    run(384, 1536, 2, 70, 0.85, act, with_residual)
+
+
+def test_empty_rows_and_all_zero_weights():
+    run(384, 1536, 2, 77, 0.9, empty_rows=200)
+    y = run(384, 1536, 2, 77, 1.0, with_residual=False)  # every row empty: Y = b2
+    assert np.ptp(y, axis=2).max() == 0
+
+
+def test_residual_may_be_the_input():
+    rng = np.random.default_rng(1)
+    w1, w2 = pruned(rng, (1536, 384), 0.9), pruned(rng, (384, 1536), 0.9)
+    b1, b2 = np.zeros(1536, np.float32), np.zeros(384, np.float32)
+    x = rng.standard_normal((2, 384, 90)).astype(np.float32)
+    ffn = fuse_ffn(make_linear(w1, b1, "csr"), make_linear(w2, b2, "csr"), "gelu")
+    np.testing.assert_allclose(ffn(x, residual=x), reference(w1, b1, w2, b2, x, "gelu", x),
+                               rtol=1e-4, atol=1e-4)
+
+
+def test_equals_the_two_call_path():
+    rng = np.random.default_rng(2)
+    w1, w2 = pruned(rng, (1536, 384), 0.9), pruned(rng, (384, 1536), 0.9)
+    b1 = rng.standard_normal(1536).astype(np.float32)
+    b2 = rng.standard_normal(384).astype(np.float32)
+    ffn_in, ffn_out = make_linear(w1, b1, "csr"), make_linear(w2, b2, "csr")
+    x = rng.standard_normal((3, 384, 128)).astype(np.float32)
+    two_calls = ffn_out(ffn_in(x, activation="gelu"), residual=x)
+    np.testing.assert_allclose(fuse_ffn(ffn_in, ffn_out, "gelu")(x, residual=x), two_calls,
+                               rtol=1e-5, atol=1e-5)
+
+
+def test_only_csr_pairs_fuse_and_bad_inputs_raise():
+    rng = np.random.default_rng(3)
+    w1, w2 = pruned(rng, (64, 32), 0.5), pruned(rng, (32, 64), 0.5)
+    b1, b2 = np.zeros(64, np.float32), np.zeros(32, np.float32)
+    assert fuse_ffn(make_linear(w1, b1, "dense"), make_linear(w2, b2, "csr"), "gelu") is None
+    ffn = fuse_ffn(make_linear(w1, b1, "csr"), make_linear(w2, b2, "csr"), "gelu")
+    with pytest.raises(InputError, match="shape"):
+        ffn(np.zeros((1, 31, 4), np.float32))
+    x = np.zeros((1, 32, 4), np.float32)
+    with pytest.raises(InputError, match="overlap"):
+        ffn(x, out=x)
+
+
+def test_stamp_matches_the_helpers_it_calls():
+    # The kernel's Numba cache entry does not notice edits to the files of the helpers it calls:
+    # bump the stamp in kernels/ffn_fused.py (which re-compiles it) whenever they change.
+    stamp = ", ".join(f"{name} {hashlib.sha256((KERNELS / name).read_bytes()).hexdigest()[:16]}"
+                      for name in ("_spmm_generated.py", "ops.py"))
+    assert ffn_fused.BUILT_AGAINST == stamp
+
+
+def test_worth_fusing_leaves_short_and_tiny_batches_to_two_calls(monkeypatch):
+    monkeypatch.setattr("numba.get_num_threads", lambda: 2)
+    assert worth_fusing(8, 128) and worth_fusing(4, 64)
+    assert not worth_fusing(32, 20)  # mostly padding
+    assert not worth_fusing(1, 128)  # 2 tiles for 2 threads
+    assert not worth_fusing(8, 70)  # 128 columns computed for 70
+
+
+def test_two_call_fallback_gives_the_same_result(monkeypatch):
+    rng = np.random.default_rng(4)
+    w1, w2 = pruned(rng, (1536, 384), 0.9), pruned(rng, (384, 1536), 0.9)
+    b1, b2 = rng.standard_normal(1536).astype(np.float32), rng.standard_normal(384).astype(np.float32)
+    ffn = fuse_ffn(make_linear(w1, b1, "csr"), make_linear(w2, b2, "csr"), "gelu")
+    x = rng.standard_normal((2, 384, 20)).astype(np.float32)
+    fused = ffn(x, residual=x)
+    monkeypatch.setattr("sparsebert.ffn.worth_fusing", lambda B, S: False)
+    np.testing.assert_allclose(ffn(x, residual=x), fused, rtol=1e-5, atol=1e-5)
+
+
+def test_model_with_fused_ffn_equals_its_dense_path(minilm_path, tmp_path, monkeypatch):
+    # MiniLM pruned to 90%: CSR linears (every FFN fused) vs the same weights dense, on a batch
+    # that takes the fused kernel (64-token tiles, enough of them for the threads).
+    import sparsebert
+    from sparsebert.prune import prune_checkpoint
+
+    monkeypatch.setattr("numba.get_num_threads", lambda: 2)
+    prune_checkpoint(minilm_path, tmp_path / "m90", sparsity=0.9)
+    sparse = sparsebert.load(tmp_path / "m90", formats="csr")
+    dense = sparsebert.load(tmp_path / "m90", formats="dense")
+    assert all(layer.fused_ffn is not None for layer in sparse.encoder.layers)
+    ids = np.random.default_rng(5).integers(1000, 2000, size=(4, 128))
+    assert worth_fusing(*ids.shape)
+    a = sparse(ids).last_hidden_state
+    b = dense(ids).last_hidden_state
+    assert a.shape == b.shape == (4, 128, 384)
+    np.testing.assert_allclose(a, b, rtol=0, atol=1e-5)
+
+
+def layer_norm_ref(y, gamma, beta, eps):
+    mean = y.mean(axis=1, keepdims=True)
+    var = ((y - mean) ** 2).mean(axis=1, keepdims=True)
+    return (y - mean) / np.sqrt(var + eps) * gamma[:, None] + beta[:, None]
+
+
+@pytest.mark.parametrize("H, I, B, T", [(384, 1536, 2, 100), (768, 3072, 1, 130), (384, 1536, 3, 1)])
+@pytest.mark.parametrize("fused", [True, False])
+def test_layer_norm_in_the_epilogue(H, I, B, T, fused, monkeypatch):
+    monkeypatch.setattr("sparsebert.ffn.worth_fusing", lambda B, S: fused)
+    rng = np.random.default_rng(6)
+    w1, w2 = pruned(rng, (I, H), 0.8), pruned(rng, (H, I), 0.8)
+    b1 = rng.standard_normal(I).astype(np.float32) * 0.1
+    b2 = rng.standard_normal(H).astype(np.float32) * 0.1
+    gamma = (1 + 0.1 * rng.standard_normal(H)).astype(np.float32)
+    beta = (0.1 * rng.standard_normal(H)).astype(np.float32)
+    x = rng.standard_normal((B, H, T)).astype(np.float32)
+    ffn = fuse_ffn(make_linear(w1, b1, "csr"), make_linear(w2, b2, "csr"), "gelu")
+    y = ffn(x, residual=x, norm=(gamma, beta, np.float32(1e-12)))
+    want = layer_norm_ref(reference(w1, b1, w2, b2, x, "gelu", x), gamma, beta, 1e-12)
+    np.testing.assert_allclose(y, want, rtol=1e-4, atol=1e-4)
