@@ -9,7 +9,8 @@ median milliseconds over --reps calls each:
   epilogue), and its kernel alone (`spmm_int8_vnni` on packed codes);
 - sb-gemm-vnni / sb-gemm-amx: kernels/int8_gemm.py (register-blocked vpdpbusd; AMX tdpbsud), kernel
   alone (integer sums + dequantize + bias) on pre-packed activations;
-- sb-bsr1x4-{80,90}: kernels/int8_bsr.py 1x4 blocks at 80% / 90% block sparsity, kernel alone;
+- sb-bsr1x4-{80,90}, sb-bsr4x4-{80,90}: kernels/int8_bsr.py, 1x4 blocks (1 row x 1 K-quad) and
+  4x4 blocks (4 rows x 1 K-quad) at 80% / 90% block sparsity (magnitude-pruned), kernel alone;
 - ort-matmulinteger: ONNX Runtime, one MatMulInteger node (uint8 A (T, K), int8 B (K, N)),
   integer sums only; ort-dynamic: a `quantize_dynamic`'d one-MatMul model (quantize + int8 matmul +
   dequantize), both with intra_op_num_threads=1.
@@ -161,11 +162,11 @@ def new_engines(lin, x, xp, xs, seq, y, w, bias, rng) -> dict:
         packed = kb.pack_bsr1x4(c)
         fns[f"sb-bsr1x4-{sp}"] = (lambda p=packed, c=c: kb.spmm_int8_bsr1x4(
             *p, xp, seq, lin.scale, xs, lin.bias, 0, no_res, False, y))
-        if hasattr(kb, "pack_bsr4x1q"):
-            p4 = kb.pack_bsr4x1q(c)
-            if p4 is not None:
-                fns[f"sb-bsr4x1q-{sp}"] = (lambda p=p4: kb.spmm_int8_bsr4x1q(
-                    *p, xp, seq, lin.scale, xs, lin.bias, 0, no_res, False, y))
+        qb = np.abs(w).reshape(N // 4, 4, K // 4, 4).sum(axis=(1, 3))  # 4 rows x 1 quad blocks
+        keep4 = np.repeat(np.repeat(qb > np.quantile(qb, sp / 100), 4, axis=0), 4, axis=1)
+        p4 = kb.pack_bsr4x4(codes * keep4)
+        fns[f"sb-bsr4x4-{sp}"] = (lambda p=p4: kb.spmm_int8_bsr4x4(
+            *p, xp, seq, lin.scale, xs, lin.bias, 0, no_res, False, y))
     return fns
 
 

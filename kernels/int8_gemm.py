@@ -147,24 +147,6 @@ def gemm_int8_vnni(wp, rowsum, XP, S, w_scale, x_scale, bias, act, R, has_residu
                                bias, act, rf, has_residual, yf, N, S)
 
 
-@parallel_kernel
-def gemm_int8_vnni_acc(wp, XP, S, N, A):
-    # A (B, N, S) int32: the integer sums of `gemm_int8_vnni` before the -128 rowsum correction.
-    B, KQX, SP = XP.shape[0], XP.shape[1], XP.shape[2]
-    NB, KQ = wp.shape[0], wp.shape[1]
-    xf, wf = XP.reshape(XP.size), wp.reshape(wp.size)
-    for i in prange(B * NB):
-        b = i // NB
-        nb = i - b * NB
-        acc = np.empty(RB * TOKENS, dtype=np.int32)
-        for t in range(SP // TOKENS):
-            s0 = t * TOKENS
-            _block_vnni(xf, (b * KQX * SP + s0) * 4, SP * 4, wf, nb * KQ * RB, KQ, acc)
-            for r in range(min(RB, N - nb * RB)):
-                for j in range(min(TOKENS, S - s0)):
-                    A[b, nb * RB + r, s0 + j] = acc[r * TOKENS + j]
-
-
 def pack_weight_vnni(codes: np.ndarray) -> np.ndarray:
     """(N, K) int8 codes -> WP (ceil(N / RB), ceil(K / 4), RB) int32: row block, quad, row; rows
     past N and features past K are zero."""
@@ -286,28 +268,6 @@ def gemm_int8_amx(wa, rowsum, XP, S, w_scale, x_scale, bias, act, R, has_residua
                            16 * SP * 4, KB, acc)
                 _dequant_block(acc, AMX_TOKENS, AMX_ROWS, mb * AMX_ROWS, b, s0, width, rowsum,
                                w_scale, x_scale, bias, act, rf, has_residual, yf, N, S)
-        _amx_release(0)
-
-
-@parallel_kernel
-def gemm_int8_amx_acc(wa, XP, S, N, A, cfg):
-    # A (B, N, S) int32: the integer sums of `gemm_int8_amx` before the -128 rowsum correction.
-    B, KQX, SP = XP.shape[0], XP.shape[1], XP.shape[2]
-    M16, KB = wa.shape[0], wa.shape[1]
-    MB = M16 // 2
-    xf, wf = XP.reshape(XP.size), wa.reshape(wa.size)
-    for i in prange(B * MB):
-        b = i // MB
-        mb = i - b * MB
-        acc = np.empty(AMX_ROWS * AMX_TOKENS, dtype=np.int32)
-        _amx_configure(cfg)
-        for t in range(SP // AMX_TOKENS):
-            s0 = t * AMX_TOKENS
-            _block_amx(wf, 2 * mb * KB * 1024, KB * 1024, xf, (b * KQX * SP + s0) * 4, SP * 4,
-                       16 * SP * 4, KB, acc)
-            for r in range(min(AMX_ROWS, N - mb * AMX_ROWS)):
-                for j in range(min(AMX_TOKENS, S - s0)):
-                    A[b, mb * AMX_ROWS + r, s0 + j] = acc[r * AMX_TOKENS + j]
         _amx_release(0)
 
 
