@@ -11,6 +11,8 @@ median milliseconds over --reps calls each:
   alone (integer sums + dequantize + bias) on pre-packed activations;
 - sb-bsr1x4-{80,90}, sb-bsr4x4-{80,90}: kernels/int8_bsr.py, 1x4 blocks (1 row x 1 K-quad) and
   4x4 blocks (4 rows x 1 K-quad) at 80% / 90% block sparsity (magnitude-pruned), kernel alone;
+- sb-linear-{gemm,amx,bsr1x4-80,bsr1x4-90}: the whole `Int8Linear` call of those kinds (quantize
+  + pack the float activations, kernel, epilogue): compare with ort-dynamic;
 - ort-matmulinteger: ONNX Runtime, one MatMulInteger node (uint8 A (T, K), int8 B (K, N)),
   integer sums only; ort-dynamic: a `quantize_dynamic`'d one-MatMul model (quantize + int8 matmul +
   dequantize), both with intra_op_num_threads=1.
@@ -145,6 +147,11 @@ def new_engines(lin, x, xp, xs, seq, y, w, bias, rng) -> dict:
     N, K = codes.shape
     wp = kg.pack_weight_vnni(codes)
     no_res = np.zeros((1, 1, 1), np.float32)
+    from sparsebert.quant import Int8Linear
+
+    for fmt in ("gemm", "amx") if kg.amx_available() else ("gemm",):
+        full = Int8Linear(codes, lin.scale, bias, fmt)
+        fns[f"sb-linear-{fmt}"] = lambda full=full: full(x, out=y)
     fns["sb-gemm-vnni"] = lambda: kg.gemm_int8_vnni(wp, lin.rowsum, xp, seq, lin.scale, xs, lin.bias,
                                                     0, no_res, False, y)
     if kg.amx_available():
@@ -160,6 +167,8 @@ def new_engines(lin, x, xp, xs, seq, y, w, bias, rng) -> dict:
         keep = quad > np.quantile(quad, sp / 100)
         c = codes * np.repeat(keep, 4, axis=1)
         packed = kb.pack_bsr1x4(c)
+        full = Int8Linear(c, lin.scale, bias, "bsr1x4")
+        fns[f"sb-linear-bsr1x4-{sp}"] = lambda full=full: full(x, out=y)
         fns[f"sb-bsr1x4-{sp}"] = (lambda p=packed, c=c: kb.spmm_int8_bsr1x4(
             *p, xp, seq, lin.scale, xs, lin.bias, 0, no_res, False, y))
         qb = np.abs(w).reshape(N // 4, 4, K // 4, 4).sum(axis=(1, 3))  # 4 rows x 1 quad blocks

@@ -203,12 +203,14 @@ def _amx_release(typingctx, dummy):
 
 
 @intrinsic
-def _block_amx(typingctx, wa, w_off, w_next, xp, x_off, x_stride, x_kstride, ksteps, acc):
-    # acc (32, 32) int32 = sum over k < ksteps of A_m(k) @ B_n(k), m, n in {0, 1}: A_m(k) the
-    # 1 KiB weight tile at byte wa + w_off + m * w_next + k * 1024 (16 rows x 64 codes), B_n(k)
-    # the activation tile at byte xp + x_off + n * 64 + k * x_kstride (16 quads x 16 tokens,
-    # row stride x_stride). Tiles 0-3 accumulate, 4-5 hold A, 6-7 hold B.
-    sig = types.void(wa, w_off, w_next, xp, x_off, x_stride, x_kstride, ksteps, acc)
+def _block_amx(typingctx, wa, w_off, w_next, xp, x_off, x_stride, x_kstride, ksteps, acc, acc_off,
+               acc_stride):
+    # acc[acc_off + r * acc_stride + j] (r, j < 32) int32 = sum over k < ksteps of A_m(k) @ B_n(k),
+    # m, n in {0, 1}: A_m(k) the 1 KiB weight tile at byte wa + w_off + m * w_next + k * 1024
+    # (16 rows x 64 codes), B_n(k) the activation tile at byte xp + x_off + n * 64 + k * x_kstride
+    # (16 quads x 16 tokens, row stride x_stride). Tiles 0-3 accumulate, 4-5 hold A, 6-7 hold B.
+    sig = types.void(wa, w_off, w_next, xp, x_off, x_stride, x_kstride, ksteps, acc, acc_off,
+                     acc_stride)
 
     def codegen(context, builder, signature, args):
         at = signature.args
@@ -216,8 +218,8 @@ def _block_amx(typingctx, wa, w_off, w_next, xp, x_off, x_stride, x_kstride, kst
         wa_ptr = builder.bitcast(_ptr(context, builder, at[0], args[0]), i8p)
         xp_ptr = builder.bitcast(_ptr(context, builder, at[3], args[3]), i8p)
         acc_ptr = builder.bitcast(_ptr(context, builder, at[8], args[8]), i8p)
-        w_off, w_next, x_off, x_stride, x_kstride, ks = (
-            _i64(context, builder, at[i], args[i]) for i in (1, 2, 4, 5, 6, 7))
+        w_off, w_next, x_off, x_stride, x_kstride, ks, acc_off, acc_stride = (
+            _i64(context, builder, at[i], args[i]) for i in (1, 2, 4, 5, 6, 7, 9, 10))
         zero = _void_fn(builder, "llvm.x86.tilezero", [_I8])
         load = _void_fn(builder, "llvm.x86.tileloadd64", [_I8, i8p, _I64])
         store = _void_fn(builder, "llvm.x86.tilestored64", [_I8, i8p, _I64])
@@ -235,8 +237,11 @@ def _block_amx(typingctx, wa, w_off, w_next, xp, x_off, x_stride, x_kstride, kst
             builder.call(load, [tile(7), builder.gep(xk, [c64(64)]), x_stride])
             for c, (a, b) in enumerate(((4, 6), (4, 7), (5, 6), (5, 7))):
                 builder.call(dp, [tile(c), tile(a), tile(b)])
-        for c, off in enumerate((0, 64, 16 * 128, 16 * 128 + 64)):
-            builder.call(store, [tile(c), builder.gep(acc_ptr, [c64(off)]), c64(128)])
+        row = builder.mul(acc_stride, c64(4))  # bytes
+        base = builder.gep(acc_ptr, [builder.mul(acc_off, c64(4))])
+        lower = builder.gep(base, [builder.mul(row, c64(16))])
+        for c, (p, off) in enumerate(((base, 0), (base, 64), (lower, 0), (lower, 64))):
+            builder.call(store, [tile(c), builder.gep(p, [c64(off)]), row])
         return context.get_dummy_value()
 
     return sig, codegen
@@ -244,7 +249,9 @@ def _block_amx(typingctx, wa, w_off, w_next, xp, x_off, x_stride, x_kstride, kst
 
 @parallel_kernel
 def gemm_int8_amx(wa, rowsum, XP, S, w_scale, x_scale, bias, act, R, has_residual, Y, cfg):
-    # One task: sequence b x `group` 32-row blocks, every 32-token tile.
+    # One task: sequence b x `group` 32-row blocks; each block runs every 32-token tile into one
+    # (32, SP) int32 buffer, so each output row is written once, whole (S floats in a row): row
+    # pieces written tile by tile cost ~2x in memory traffic on a ffn_in-sized output.
     B, KQX, SP = XP.shape[0], XP.shape[1], XP.shape[2]
     M16, KB = wa.shape[0], wa.shape[1]
     MB = M16 // 2
@@ -256,18 +263,15 @@ def gemm_int8_amx(wa, rowsum, XP, S, w_scale, x_scale, bias, act, R, has_residua
     for i in prange(B * groups):
         b = i // groups
         g = i - b * groups
-        acc = np.empty(AMX_ROWS * AMX_TOKENS, dtype=np.int32)
+        acc = np.empty(AMX_ROWS * SP, dtype=np.int32)
         _amx_configure(cfg)
-        for t in range(SP // AMX_TOKENS):
-            s0 = t * AMX_TOKENS
-            width = min(AMX_TOKENS, S - s0)
-            if width <= 0:
-                break
-            for mb in range(g * group, min(MB, g * group + group)):
+        for mb in range(g * group, min(MB, g * group + group)):
+            for t in range((S + AMX_TOKENS - 1) // AMX_TOKENS):
+                s0 = t * AMX_TOKENS
                 _block_amx(wf, 2 * mb * KB * 1024, KB * 1024, xf, (b * KQX * SP + s0) * 4, SP * 4,
-                           16 * SP * 4, KB, acc)
-                _dequant_block(acc, AMX_TOKENS, AMX_ROWS, mb * AMX_ROWS, b, s0, width, rowsum,
-                               w_scale, x_scale, bias, act, rf, has_residual, yf, N, S)
+                           16 * SP * 4, KB, acc, s0, SP)
+            _dequant_block(acc, SP, AMX_ROWS, mb * AMX_ROWS, b, 0, S, rowsum, w_scale, x_scale, bias,
+                           act, rf, has_residual, yf, N, S)
         _amx_release(0)
 
 

@@ -52,10 +52,10 @@ MUTATIONS = {
     "int8_gemm_vnni_drops_last_quad": (
         "int8_gemm.py", "wf, nb * KQ * RB, KQ, acc)", "wf, nb * KQ * RB, KQ - 1, acc)", INT8_TESTS),
     "int8_amx_drops_last_k_step": (
-        "int8_gemm.py", "16 * SP * 4, KB, acc)", "16 * SP * 4, KB - 1, acc)", INT8_TESTS),
+        "int8_gemm.py", "16 * SP * 4, KB, acc, s0, SP)", "16 * SP * 4, KB - 1, acc, s0, SP)", INT8_TESTS),
     "int8_amx_lower_tiles_overlap": (
-        "int8_gemm.py", "(0, 64, 16 * 128, 16 * 128 + 64)", "(0, 64, 15 * 128, 15 * 128 + 64)",
-        INT8_TESTS),
+        "int8_gemm.py", "lower = builder.gep(base, [builder.mul(row, c64(16))])",
+        "lower = builder.gep(base, [builder.mul(row, c64(15))])", INT8_TESTS),
     "int8_dequant_wrong_offset": (
         "int8_gemm.py", "comp = rowsum[n] * _OFFSET", "comp = rowsum[n] * (_OFFSET - 1)", INT8_TESTS),
     "int8_bsr1x4_drops_last_block_of_run": (

@@ -261,14 +261,14 @@ class Int8Linear:
         return {
             "format": self.format,
             "shape": (N, K),
-            "block_shape": None,
+            "block_shape": (1, 4) if self.format == "int8-bsr1x4" else None,
             "nnz": self.nnz,
             "sparsity": 1.0 - self.nnz / (N * K),
             "nbytes": int(self.nbytes),
             "dense_nbytes": 4 * (N * K + N),
             "flops_per_token": 2 * self.stored_macs,
             "flops_skipped_per_token": 2 * (N * K - self.stored_macs),
-            "k_chunks": 1,
+            "k_chunks": int(self.indptr.shape[0]) if self.format in ("int8-vnni", "int8-bsr1x4") else 1,
         }
 
     def __call__(self, x: np.ndarray, *, activation=None, residual=None, out=None) -> np.ndarray:
