@@ -39,6 +39,7 @@ Intel SDM vol. 1 ch. 18 (AMX); Linux Documentation/arch/x86/xstate.rst.
 """
 
 import ctypes
+import sys
 
 import numpy as np
 from llvmlite import ir
@@ -297,10 +298,10 @@ def amx_available() -> bool:
             import llvmlite.binding as ll
 
             feats = ll.get_host_cpu_features()
-            if feats.get("amx-int8") and feats.get("amx-tile"):
+            if sys.platform == "linux" and feats.get("amx-int8") and feats.get("amx-tile"):
                 libc = ctypes.CDLL(None, use_errno=True)
                 ok = libc.syscall(158, 0x1023, 18) == 0  # SYS_arch_prctl, ARCH_REQ_XCOMP_PERM
-        except (OSError, AttributeError, RuntimeError):
+        except (OSError, AttributeError, RuntimeError, TypeError):
             ok = False
         _AMX_STATE["ok"] = ok
     return _AMX_STATE["ok"]
