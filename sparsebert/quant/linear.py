@@ -32,9 +32,11 @@ from ..kernels import int8 as k8
 from ..linear import _act_code, _check_out, index_dtype
 
 FORMATS = ("auto", "dense", "csr", "vnni", "gemm", "amx", "bsr1x4")
-# "auto" on VNNI CPUs takes "bsr1x4" when at most this fraction of K-quads holds a nonzero: 80%
-# 1x4 blocks (0.2) ran 0.6-1.4x the AMX dense kernel's time and ~0.4x the VNNI one's (one core).
-BSR1X4_MAX_QUADS = {"amx": 0.2, "gemm": 0.4}
+# "auto" on VNNI CPUs takes "bsr1x4" when at most this fraction of K-quads holds a nonzero. One
+# core, Sapphire Rapids, BERT-base FFN linears: a stored 1x4 block runs at ~0.4x the dense VNNI
+# kernel's rate per multiply-add, so it wins below ~0.4 of the quads; against AMX, 80% 1x4 (0.2)
+# ran 0.9-1.1x the dense time and 90% 1.6-1.8x faster.
+BSR1X4_MAX_QUADS = {"amx": 0.15, "gemm": 0.4}
 # Portable kernels (no AVX512-VNNI): CSR from this sparsity on; below, the dense int8 kernel does
 # less work per stored value than the CSR row loop.
 CSR_FROM_SPARSITY = 0.5
