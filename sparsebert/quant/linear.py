@@ -35,7 +35,7 @@ FORMATS = ("auto", "dense", "csr", "vnni", "gemm", "amx", "bsr1x4")
 # "auto" on VNNI CPUs takes "bsr1x4" when at most this fraction of K-quads holds a nonzero. One
 # core, Sapphire Rapids, BERT-base FFN linears: a stored 1x4 block runs at ~0.4x the dense VNNI
 # kernel's rate per multiply-add, so it wins below ~0.4 of the quads; against AMX, 80% 1x4 (0.2)
-# ran 0.9-1.1x the dense time and 90% 1.6-1.8x faster.
+# ran at 0.7-0.95x the dense AMX kernel's speed and 90% at 1.2-1.5x.
 BSR1X4_MAX_QUADS = {"amx": 0.15, "gemm": 0.4}
 # Portable kernels (no AVX512-VNNI): CSR from this sparsity on; below, the dense int8 kernel does
 # less work per stored value than the CSR row loop.
