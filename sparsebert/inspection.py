@@ -46,7 +46,7 @@ def inspect_model(path: str | os.PathLike, *, layers=None, formats="auto") -> di
 
 def format_table(info: dict) -> str:
     """A fixed-width table of `inspect_model`'s result, one line per linear, then totals."""
-    head = f"{'layer':>5}  {'linear':<9} {'shape':>11} {'sparsity':>8}  {'blocks':<16} {'format':<7} {'FLOPs skipped':>13}"
+    head = f"{'layer':>5}  {'linear':<9} {'shape':>11} {'sparsity':>8}  {'blocks':<16} {'format':<11} {'FLOPs skipped':>13}"
     lines = [f"{info['path']}: {info['config']['layers']} layers, hidden {info['config']['hidden']}, "
              f"FFN {info['config']['intermediate']}", head, "-" * len(head)]
     for r in info["linears"]:
@@ -54,7 +54,7 @@ def format_table(info: dict) -> str:
         shape = f"{r['shape'][0]}x{r['shape'][1]}"
         blocks = ",".join(b for b in r["fitting_blocks"] if b != "1x1") or "-"
         lines.append(f"{layer:>5}  {r['name']:<9} {shape:>11} {r['sparsity']:8.1%}  {blocks:<16} "
-                     f"{r['format']:<7} {r['flops_skipped']:13.1%}")
+                     f"{r['format']:<11} {r['flops_skipped']:13.1%}")
     t = info["total"]
     lines.append("-" * len(head))
     lines.append(

@@ -3,13 +3,16 @@ a test? Not collected by pytest; run it before trusting a new kernel path:
 
     .venv/bin/python tests/mutate_kernels.py                 # every mutation, ~2-5 min each
     .venv/bin/python tests/mutate_kernels.py tail_drops_last_column
+    .venv/bin/python tests/mutate_kernels.py --int8          # the int8 / VNNI / AMX mutations only
 
 Each mutation is applied to a private copy of the checkout (never to the working tree), the
-generated kernels are regenerated there, and tests/test_kernels.py (tests/test_ffn_fused.py for
-the fused FFN) runs against the copy with an
-empty Numba cache, stopping at the first failure. A mutation that passes is a hole in the suite.
-Recorded 2026-12-02: every mutation below fails at least one test; the packed-panel one fails only
-the real-shape cases (test_real_layer_shapes_packed_panels).
+generated kernels are regenerated there, and the mutation's test files run against the copy with
+an empty Numba cache, stopping at the first failure. A mutation that passes is a hole in the suite.
+First the unmutated copy runs every test file the chosen mutations use, and must pass: otherwise
+an already failing test would read as "caught".
+Recorded 2026-12-02: every FP32 mutation below fails at least one test; the packed-panel one fails
+only the real-shape cases (test_real_layer_shapes_packed_panels). The int8 mutations need a CPU with
+AVX512-VNNI (and AMX-INT8 for the amx one); elsewhere their tests skip and they read NOT CAUGHT.
 """
 
 from __future__ import annotations
@@ -23,7 +26,10 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-# name -> (file under kernels/, text, replacement)
+FP32_TESTS = ("tests/test_kernels.py",)
+INT8_TESTS = ("tests/test_int8_kernels.py",)
+FFN_TESTS = ("tests/test_ffn_fused.py",)
+# name -> (file under kernels/, text, replacement[, test files]); test files default to FP32_TESTS
 MUTATIONS = {
     "packed_panel_drops_last_row_of_chunk": (
         "gen_spmm.py", "pack_panel(xf, soff, S, min(kc, K - c * kc), {TM}, panel)",
@@ -45,19 +51,40 @@ MUTATIONS = {
     # The fused FFN (kernels/ffn_fused.py), checked by tests/test_ffn_fused.py.
     "ffn_partial_tile_drops_last_column": (
         "ffn_fused.py", "copy_row(panel, np.uint64(n * TILE), yf, off, np.uint64(width))",
-        "copy_row(panel, np.uint64(n * TILE), yf, off, np.uint64(max(width - 1, 1)))"),
+        "copy_row(panel, np.uint64(n * TILE), yf, off, np.uint64(max(width - 1, 1)))", FFN_TESTS),
     "ffn_second_matmul_skips_last_chunk": (
-        "ffn_fused.py", "for c in range(p2.shape[0]):", "for c in range(max(p2.shape[0] - 1, 1)):"),
+        "ffn_fused.py", "for c in range(p2.shape[0]):", "for c in range(max(p2.shape[0] - 1, 1)):",
+        FFN_TESTS),
     "ffn_intermediate_without_bias": (
         "ffn_fused.py", "epilogue_inplace(f, np.uint64(n * TILE), ut, b1[n], act,",
-        "epilogue_inplace(f, np.uint64(n * TILE), ut, np.float32(0), act,"),
+        "epilogue_inplace(f, np.uint64(n * TILE), ut, np.float32(0), act,", FFN_TESTS),
     "ffn_layer_norm_skipped": (
-        "ffn_fused.py", "        if has_norm:", "        if has_norm and S < 0:"),
+        "ffn_fused.py", "        if has_norm:", "        if has_norm and S < 0:", FFN_TESTS),
     "block_values_transposed": (
         "gen_spmm.py", "w{r}_{c} = data[q + {u}({r * C + c})]", "w{r}_{c} = data[q + {u}({c * R + r})]"),
     "gelu_before_bias": (
         "spmm_epilogue.py", "y[off + j] = gelu_f32(y[off + j] + bias)",
         "y[off + j] = gelu_f32(y[off + j]) + bias"),
+    "int8_gemm_vnni_drops_last_quad": (
+        "int8_gemm.py", "wf, nb * KQ * RB, KQ, acc)", "wf, nb * KQ * RB, KQ - 1, acc)", INT8_TESTS),
+    "int8_amx_drops_last_k_step": (
+        "int8_gemm.py", "16 * SP * 4, KB, acc, s0, SP)", "16 * SP * 4, KB - 1, acc, s0, SP)", INT8_TESTS),
+    "int8_amx_lower_tiles_overlap": (
+        "int8_gemm.py", "lower = builder.gep(base, [builder.mul(row, c64(16))])",
+        "lower = builder.gep(base, [builder.mul(row, c64(15))])", INT8_TESTS),
+    "int8_dequant_wrong_offset": (
+        "int8_gemm.py", "comp = rowsum[n] * _OFFSET", "comp = rowsum[n] * (_OFFSET - 1)", INT8_TESTS),
+    "int8_bsr1x4_drops_last_block_of_run": (
+        "int8_bsr.py", "_tile_1x128(xf, x_off, SP * 4, wq, gidx, s, e, acc",
+        "_tile_1x128(xf, x_off, SP * 4, wq, gidx, s, e - 1, acc", INT8_TESTS),
+    "int8_bsr4x4_drops_last_row_of_task": (
+        "int8_bsr.py", "(m1 - m0) * 4, m0 * 4", "(m1 - m0) * 4 - 1, m0 * 4", INT8_TESTS),
+    "int8_vnni_only_first_k_chunk": (
+        "int8_vnni.py", "    for c in range(ptr.shape[0]):", "    for c in range(min(1, ptr.shape[0])):",
+        INT8_TESTS),
+    "int8_pack_swaps_quad_bytes": (
+        "int8_vnni.py", "(_code_byte(xf[o3 + s], m3, r) << 24)", "(_code_byte(xf[o3 + s], m3, r) << 16)",
+        INT8_TESTS),
 }
 
 
@@ -69,8 +96,25 @@ def copy_checkout(dst: Path) -> None:
     (dst / "sparsebert" / "kernels").symlink_to(dst / "kernels", target_is_directory=True)
 
 
+def tests_of(name: str) -> tuple:
+    spec = MUTATIONS[name]
+    return spec[3] if len(spec) > 3 else FP32_TESTS
+
+
+def pytest_in(work: Path, tests) -> tuple:
+    """Run `tests` in the copy with an empty Numba cache: (FAILED test ids, seconds)."""
+    env = dict(os.environ, PYTHONPATH=str(work), NUMBA_CACHE_DIR=tempfile.mkdtemp(prefix="mutate-numba-"))
+    t0 = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *tests],
+                          cwd=work, env=env, capture_output=True, text=True)
+    failed = [line.split()[1] for line in proc.stdout.splitlines() if line.startswith(("FAILED", "ERROR"))]
+    if proc.returncode not in (0, 1) and not failed:
+        failed = [f"pytest exit status {proc.returncode} (a crash counts as caught)"]
+    return failed, time.perf_counter() - t0
+
+
 def run(name: str, work: Path) -> str:
-    fname, old, new = MUTATIONS[name]
+    fname, old, new = MUTATIONS[name][:3]
     path = work / "kernels" / fname
     pristine = path.read_text()
     generated = (work / "kernels" / "_spmm_generated.py").read_text()
@@ -80,22 +124,17 @@ def run(name: str, work: Path) -> str:
         path.write_text(pristine.replace(old, new))
         subprocess.run([sys.executable, str(work / "kernels" / "gen_spmm.py")], check=True,
                        capture_output=True)
-        env = dict(os.environ, PYTHONPATH=str(work),
-                   NUMBA_CACHE_DIR=tempfile.mkdtemp(prefix="mutate-numba-"))
-        t0 = time.perf_counter()
-        suite = "tests/test_ffn_fused.py" if fname == "ffn_fused.py" else "tests/test_kernels.py"
-        proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider",
-                               suite], cwd=work, env=env, capture_output=True,
-                              text=True)
-        failed = [line.split()[1] for line in proc.stdout.splitlines() if line.startswith("FAILED")]
+        failed, seconds = pytest_in(work, tests_of(name))
         verdict = f"caught by {failed[0]}" if failed else "NOT CAUGHT: the suite has a hole"
-        return f"{name}: {verdict} ({time.perf_counter() - t0:.0f} s)"
+        return f"{name}: {verdict} ({seconds:.0f} s)"
     finally:
         path.write_text(pristine)
         (work / "kernels" / "_spmm_generated.py").write_text(generated)
 
 
 def main(argv: list[str]) -> int:
+    if argv == ["--int8"]:
+        argv = [n for n in MUTATIONS if tests_of(n) == INT8_TESTS]
     names = argv or list(MUTATIONS)
     unknown = [n for n in names if n not in MUTATIONS]
     if unknown:
@@ -104,9 +143,17 @@ def main(argv: list[str]) -> int:
     with tempfile.TemporaryDirectory(prefix="sparsebert-mutate-") as tmp:
         work = Path(tmp) / "checkout"
         copy_checkout(work)
-        results = [run(n, work) for n in names]
-    for line in results:
-        print(line)
+        baseline = sorted({t for n in names for t in tests_of(n)})
+        failed, seconds = pytest_in(work, baseline)
+        if failed:
+            print(f"the unmutated suite fails ({failed[0]}): fix it first, or every mutation reads "
+                  "as caught", file=sys.stderr)
+            return 1
+        print(f"unmutated {' '.join(baseline)}: pass ({seconds:.0f} s)", flush=True)
+        results = []
+        for n in names:
+            results.append(run(n, work))
+            print(results[-1], flush=True)
     return 0 if all("NOT CAUGHT" not in r for r in results) else 1
 
 

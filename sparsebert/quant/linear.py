@@ -9,8 +9,15 @@ int32 accumulation), then dequantizes, adds the bias, activation and residual in
 Optional per-input-channel smoothing (`smooth`, SmoothQuant) moves activation outliers into the
 weights; `sparsebert.quant.calibrate` measures it from texts.
 
-Left out: static per-token activation scales, BSR blocks, asymmetric (zero-point) weights,
-per-group scales, keeping activations int8 between layers.
+Kernel kinds (`format`, shown by `inspect` and `sparsity_report`): on AVX512-VNNI CPUs "amx"
+(AMX-INT8 tiles, where Linux grants them) or "gemm" (register-blocked `vpdpbusd`) for dense-ish
+weights, "bsr1x4" (one `vpdpbusd` broadcast per stored 1x4 block) when few K-quads hold a nonzero
+(`kernels/int8_gemm.py`, `kernels/int8_bsr.py`); "vnni" (the one-row quad tile) only when forced;
+elsewhere "dense" and "csr".
+
+Left out: static per-token activation scales, asymmetric (zero-point) weights, per-group scales,
+keeping activations int8 between layers, timing the kinds per layer (the thresholds below are
+one-core measurements on Sapphire Rapids, benchmarks/bench_int8_gemm.py).
 """
 
 from __future__ import annotations
@@ -24,7 +31,12 @@ from ..errors import CheckpointError, InputError
 from ..kernels import int8 as k8
 from ..linear import _act_code, _check_out, index_dtype
 
-FORMATS = ("auto", "dense", "csr", "vnni")
+FORMATS = ("auto", "dense", "csr", "vnni", "gemm", "amx", "bsr1x4")
+# "auto" on VNNI CPUs takes "bsr1x4" when at most this fraction of K-quads holds a nonzero. One
+# core, Sapphire Rapids, BERT-base FFN linears: a stored 1x4 block runs at ~0.4x the dense VNNI
+# kernel's rate per multiply-add, so it wins below ~0.4 of the quads; against AMX, 80% 1x4 (0.2)
+# ran at 0.7-0.95x the dense AMX kernel's speed and 90% at 1.2-1.5x.
+BSR1X4_MAX_QUADS = {"amx": 0.15, "gemm": 0.4}
 # Portable kernels (no AVX512-VNNI): CSR from this sparsity on; below, the dense int8 kernel does
 # less work per stored value than the CSR row loop.
 CSR_FROM_SPARSITY = 0.5
@@ -38,6 +50,20 @@ def host_has_vnni() -> bool:
         return bool(ll.get_host_cpu_features().get("avx512vnni"))
     except RuntimeError:
         return False
+
+
+def _auto_vnni_kind(codes: np.ndarray) -> str:
+    from ..kernels import int8_gemm
+
+    N, K = codes.shape
+    KQ = -(-K // 4)
+    padded = np.zeros((N, KQ * 4), dtype=np.int8)
+    padded[:, :K] = codes
+    quads = padded.reshape(N, KQ, 4).any(axis=2).mean()
+    dense = "amx" if int8_gemm.amx_available() else "gemm"
+    return "bsr1x4" if quads <= BSR1X4_MAX_QUADS[dense] else dense
+
+
 _NO_RESIDUAL = np.zeros((1, 1, 1), dtype=np.float32)
 _NO_CODES = np.zeros((1, 1, 1), dtype=np.int8)
 
@@ -84,8 +110,8 @@ class Int8Linear:
     """Y[b] (N, S) = act(W (N, K) @ X[b] (K, S) + bias) (+ residual) with W int8 codes x per-row
     scale and X quantized per token on the fly. Build with `from_float` or from stored codes.
 
-    Formats: "vnni" (AVX512-VNNI `vpdpbusd` over K-quads, dense or sparse alike; chosen by "auto"
-    where the CPU has it), else "dense" (token-major codes) or "csr" (chosen from 50% sparsity).
+    Formats: see the module docstring; "auto" takes "amx" / "gemm" / "bsr1x4" where the CPU has
+    AVX512-VNNI, else "dense" (token-major codes) or "csr" (chosen from 50% sparsity).
 
     smooth (K,) (SmoothQuant, Xiao et al. 2023): the codes stand for W * smooth[None, :] and the
     activations are quantized as X / smooth[:, None]; the product is the same, but outlier input
@@ -125,11 +151,17 @@ class Int8Linear:
         nnz = int(np.count_nonzero(codes))
         if format == "auto":
             if host_has_vnni():
-                format = "vnni"
+                format = _auto_vnni_kind(codes)
             else:
                 format = "csr" if 1.0 - nnz / (N * K) >= CSR_FROM_SPARSITY else "dense"
-        elif format == "vnni" and not host_has_vnni():
-            raise ValueError("format 'vnni' needs a CPU with AVX512-VNNI; use 'auto', 'dense' or 'csr'")
+        elif format in ("vnni", "gemm", "bsr1x4", "amx") and not host_has_vnni():
+            raise ValueError(f"format {format!r} needs a CPU with AVX512-VNNI; use 'auto', 'dense' or 'csr'")
+        if format == "amx":
+            from ..kernels import int8_gemm
+
+            if not int8_gemm.amx_available():
+                raise ValueError("format 'amx' needs a CPU with AMX-INT8 and Linux's permission for its "
+                                 "tile state (kernel 5.16+); use 'auto' or 'gemm'")
         self.format = f"int8-{format}"
         self._nnz = nnz
         if format == "dense":
@@ -141,6 +173,19 @@ class Int8Linear:
             (self.quads, self.quad_index, self.indptr, self.chunk_quads,
              self.rowsum) = int8_vnni.pack_weight(codes)
             arrays = (self.quads, self.quad_index, self.indptr, self.rowsum)
+        elif format == "bsr1x4":
+            from ..kernels import int8_bsr
+
+            (self.quads, self.quad_index, self.indptr, self.chunk_quads,
+             self.rowsum) = int8_bsr.pack_bsr1x4(codes)
+            arrays = (self.quads, self.quad_index, self.indptr, self.rowsum)
+        elif format in ("gemm", "amx"):
+            from ..kernels import int8_gemm
+
+            pack = int8_gemm.pack_weight_amx if format == "amx" else int8_gemm.pack_weight_vnni
+            self.packed = pack(codes)
+            self.rowsum = codes.astype(np.int32).sum(axis=1).astype(np.int32)
+            arrays = (self.packed, self.rowsum)
         else:
             rows, cols = np.nonzero(codes)
             self.indptr = np.zeros(N + 1, dtype=np.int64)
@@ -159,8 +204,10 @@ class Int8Linear:
     def _arrays(self):
         if self.format == "int8-dense":
             return (self.codes,)
-        if self.format == "int8-vnni":
+        if self.format in ("int8-vnni", "int8-bsr1x4"):
             return (self.quads, self.quad_index, self.indptr, self.rowsum)
+        if self.format in ("int8-gemm", "int8-amx"):
+            return (self.packed, self.rowsum)
         return (self.data, self.indices, self.indptr)
 
     @property
@@ -174,15 +221,26 @@ class Int8Linear:
 
     @property
     def stored_macs(self) -> int:
-        if self.format == "int8-dense":
+        if self.format in ("int8-dense", "int8-gemm", "int8-amx"):
             return self.out_features * self.in_features
-        return int(self.quads.size * 4) if self.format == "int8-vnni" else int(self.data.size)
+        if self.format in ("int8-vnni", "int8-bsr1x4"):
+            return int(self.quads.size * 4)
+        return int(self.data.size)
 
     def to_codes(self) -> np.ndarray:
         """The (N, K) int8 codes, dense."""
+        N, K = self.out_features, self.in_features
         if self.format == "int8-dense":
             return self.codes.copy()
-        if self.format == "int8-vnni":
+        if self.format == "int8-gemm":  # (NB, KQ, RB) words -> (NB, RB, KQ, 4) codes
+            nb, kq, rb = self.packed.shape
+            w = self.packed.view(np.int8).reshape(nb, kq, rb, 4).transpose(0, 2, 1, 3)
+            return np.ascontiguousarray(w.reshape(nb * rb, kq * 4)[:N, :K])
+        if self.format == "int8-amx":  # (M16, KB, 16, 64) tiles -> rows x features
+            m16, kb = self.packed.shape[:2]
+            w = self.packed.transpose(0, 2, 1, 3).reshape(m16 * 16, kb * 64)
+            return np.ascontiguousarray(w[:N, :K])
+        if self.format in ("int8-vnni", "int8-bsr1x4"):
             KQ = -(-self.in_features // 4)
             w = np.zeros((self.out_features, KQ, 4), dtype=np.int8)
             counts = np.diff(self.indptr, axis=1)  # (chunks, N): entries per (chunk, row)
@@ -205,14 +263,14 @@ class Int8Linear:
         return {
             "format": self.format,
             "shape": (N, K),
-            "block_shape": None,
+            "block_shape": (1, 4) if self.format == "int8-bsr1x4" else None,
             "nnz": self.nnz,
             "sparsity": 1.0 - self.nnz / (N * K),
             "nbytes": int(self.nbytes),
             "dense_nbytes": 4 * (N * K + N),
             "flops_per_token": 2 * self.stored_macs,
             "flops_skipped_per_token": 2 * (N * K - self.stored_macs),
-            "k_chunks": 1,
+            "k_chunks": int(self.indptr.shape[0]) if self.format in ("int8-vnni", "int8-bsr1x4") else 1,
         }
 
     def __call__(self, x: np.ndarray, *, activation=None, residual=None, out=None) -> np.ndarray:
@@ -234,7 +292,28 @@ class Int8Linear:
         x_scale = _SCRATCH.get("x_scale", (B, S), np.float32)
         # Enough row chunks that every thread gets several tasks, even at batch size 1.
         rows = max(4, -(-self.out_features // -(-8 * numba.config.NUMBA_NUM_THREADS // B)))
-        if self.format == "int8-vnni":
+        if self.format in ("int8-gemm", "int8-amx", "int8-bsr1x4"):
+            from ..kernels import int8_bsr as kb
+            from ..kernels import int8_gemm as kg
+            from ..kernels import int8_vnni as kv
+
+            xp = _SCRATCH.get("packed", (B, kg.packed_quads(K), -(-S // kg.TOKENS) * kg.TOKENS, 4),
+                              np.uint8)
+            kv.quantize_pack(x, self.smooth, xp, x_scale)
+            if self.format == "int8-bsr1x4":
+                kb.spmm_int8_bsr1x4(self.quads, self.quad_index, self.indptr, self.chunk_quads,
+                                    self.rowsum, xp, S, self.scale, x_scale, self.bias, act, res,
+                                    has_res, y)
+            elif self.format == "int8-gemm":
+                kg.gemm_int8_vnni(self.packed, self.rowsum, xp, S, self.scale, x_scale, self.bias,
+                                  act, res, has_res, y)
+            elif kg.amx_available():  # asks Linux for the tile state in this process (unpickled?)
+                kg.gemm_int8_amx(self.packed, self.rowsum, xp, S, self.scale, x_scale, self.bias,
+                                 act, res, has_res, y, kg.TILE_CONFIG)
+            else:
+                raise RuntimeError("this process may not use AMX tiles (arch_prctl refused); "
+                                   "rebuild the linear with format='gemm'")
+        elif self.format == "int8-vnni":
             from ..kernels import int8_vnni as kv
 
             xp = _SCRATCH.get("packed", (B, -(-K // 4), -(-S // kv.TILE) * kv.TILE, 4), np.uint8)
