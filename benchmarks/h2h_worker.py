@@ -3,7 +3,8 @@
 Run as `PYTHON benchmarks/h2h_worker.py ENGINE THREADS` with the Python of the engine's venv
 (DeepSparse and OpenVINO live in venvs of their own, so this file imports nothing from
 sparsebert at module level and needs only numpy plus the engine). ENGINE is one of `sparsebert`,
-`onnxruntime`, `deepsparse`, `openvino-f32`, `openvino-default`.
+`onnxruntime`, `deepsparse`, `openvino-f32`, `openvino-default`, and the int8 routes
+`sparsebert-int8`, `onnxruntime-int8` (quantize_dynamic), `openvino-int8` (static QDQ export).
 
 Protocol: one JSON object per line on stdin, one reply per line on stdout, prefixed by `MARK`
 (the real stdout is kept for replies; fd 1 is pointed at stderr so engine banners cannot corrupt
@@ -30,7 +31,8 @@ import traceback
 import numpy as np
 
 MARK = "@@h2h "
-ENGINES = ("sparsebert", "onnxruntime", "deepsparse", "openvino-f32", "openvino-default")
+ENGINES = ("sparsebert", "onnxruntime", "deepsparse", "openvino-f32", "openvino-default",
+           "sparsebert-int8", "onnxruntime-int8", "openvino-int8")
 
 
 def _onnx_inputs(path):
@@ -127,10 +129,13 @@ def load_openvino(path, B, T, threads, options, precision):
 
 
 def load(engine, path, B, T, threads, options):
-    if engine == "sparsebert":
+    # the int8 engines load each engine's own int8 file (benchmarks/int8_files.py) the same way
+    if engine in ("sparsebert", "sparsebert-int8"):
         return load_sparsebert(path, B, T, threads, options)
-    if engine == "onnxruntime":
+    if engine in ("onnxruntime", "onnxruntime-int8"):
         return load_onnxruntime(path, B, T, threads, options)
+    if engine == "openvino-int8":
+        return load_openvino(path, B, T, threads, options, None)
     if engine == "deepsparse":
         return load_deepsparse(path, B, T, threads, options)
     if engine == "openvino-f32":

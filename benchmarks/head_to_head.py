@@ -21,7 +21,16 @@ not build) and OpenVINO (`pip install openvino` in a venv) are found at --deepsp
 an engine whose Python is missing is skipped with a line saying how to install it. OpenVINO runs
 twice: in f32 and in its default precision (bf16 on CPUs with AMX or AVX512-BF16).
 
-Left out: tokenization, multi-stream serving, accuracy (the weights are random).
+INT8 (`--engines` default includes them): sparsebert's `quantize` of every model, and on the dense
+rows the int8 peers ONNX Runtime `quantize_dynamic` (per-channel QInt8) and OpenVINO on an ORT
+static QDQ export (benchmarks/int8_files.py). Per row the table adds sparsebert int8 / its own
+fp32 on the same model (median of per-round ratios) and sparsebert int8 / the best dense int8 peer
+at the same batch size (ratio of their ratios to the shared ORT fp32 baseline).
+
+    python benchmarks/head_to_head.py --models "12L dense,12L 80% 1x4,12L 90% 1x4,12L 90%"
+
+Left out: tokenization, multi-stream serving, accuracy (the weights are random; int8 accuracy on
+the real MiniLM is measured by benchmarks/accuracy_speed.py).
 """
 
 from __future__ import annotations
@@ -39,8 +48,11 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "models"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from make_bench_models import ONNX_NAME, VARIANTS, _build, build_all, model_name  # noqa: E402
+
+from int8_files import prepare_int8  # noqa: E402
 
 from sparsebert import tuning  # noqa: E402
 
@@ -63,7 +75,20 @@ MODELS = {
     "3L 90%": (3, "unstructured90", 32),
     "3L 70%": (3, "unstructured70", 32),
     "12L 90% batch 1": (12, "unstructured90", 1),
+    # int8 rows (issue: sparse int8 vs the best dense int8 peer, same run)
+    "12L 80% 1x4": (12, "block1x4-80", 32),
+    "12L 90% 1x4": (12, "block1x4-90", 32),
+    "12L dense batch 1": (12, "dense", 1),
+    "12L 80% 1x4 batch 1": (12, "block1x4-80", 1),
 }
+FP32_ENGINES = ("sparsebert", "onnxruntime", "deepsparse", "openvino-f32", "openvino-default")
+# Each engine's int8 route (benchmarks/int8_files.py): sparsebert's `quantize` on every model;
+# ONNX Runtime's quantize_dynamic and OpenVINO on a static QDQ export only on dense models,
+# since neither gains from zeros.
+INT8_ENGINES = ("sparsebert-int8", "onnxruntime-int8", "openvino-int8")
+DENSE_ONLY = ("onnxruntime-int8", "openvino-int8")
+ENGINE_ORDER = ("sparsebert", "sparsebert-int8", "deepsparse", "openvino-f32", "openvino-default",
+                "onnxruntime-int8", "openvino-int8")
 BASELINE = "onnxruntime 12L dense"
 
 
@@ -132,8 +157,7 @@ def head_to_head(models_dir="bench-models", *, labels=None, engines=None, python
     skipped = {}
     workers = {}
     log_dir = Path(tempfile.mkdtemp(prefix="h2h-logs-"))
-    for engine in engines or ("sparsebert", "onnxruntime", "deepsparse", "openvino-f32",
-                              "openvino-default"):
+    for engine in engines or FP32_ENGINES + INT8_ENGINES:
         python = pythons.get(engine.split("-")[0], sys.executable)
         if not python or not Path(python).exists():
             peer = engine.split("-")[0]
@@ -166,12 +190,21 @@ def head_to_head(models_dir="bench-models", *, labels=None, engines=None, python
         hf_path = str(models_dir / model_name(layers, variant))
         ids = random_ids(vocab, batch, seq_len, seed=batch)
         bkey = baseline_key(batch)
+        sparsity = VARIANTS[variant][0]
+        int8 = {}
+        if any(e in workers for e in INT8_ENGINES):
+            int8 = prepare_int8(models_dir, model_name(layers, variant), Path(onnx_path), log,
+                                peers=sparsity == 0)
+        paths = {"sparsebert": hf_path, "sparsebert-int8": str(int8.get("sparsebert")),
+                 "onnxruntime-int8": str(int8.get("ort_dynamic")),
+                 "openvino-int8": str(int8.get("ort_static_qdq"))}
         loads = {}
         for engine, w in workers.items():
             if engine == "onnxruntime":
                 continue  # ORT gains nothing from zeros: timed on the dense baseline only
-            r = w.call(op="load", key=label, path=hf_path if engine == "sparsebert" else onnx_path,
-                       ids=ids)
+            if engine in DENSE_ONLY and sparsity:
+                continue  # nor do the int8 peers: timed on the dense rows
+            r = w.call(op="load", key=label, path=paths.get(engine, onnx_path), ids=ids)
             loads[engine] = r
             log(f"{label}: {engine} loaded" + (f" in {r['load_s']:.1f} s" if r["ok"] else
                                                 f" FAILED: {r['error']}"))
@@ -190,12 +223,13 @@ def head_to_head(models_dir="bench-models", *, labels=None, engines=None, python
         for e in live:
             workers[e].call(op="unload", key=label)
         results[label] = summarise(label, batch, runs, loads)
-        sparsity, block = VARIANTS[variant]
+        block = VARIANTS[variant][1]
         results[label].update(layers=layers, sparsity=sparsity,
                               structure="dense" if not sparsity else (block or "unstructured"))
         log(format_model(label, results[label]))
     for w in workers.values():
         w.close()
+    compare_int8(results)
     return {
         "settings": {"rounds": rounds, "time_s": time_s, "min_batches": min_batches,
                      "threads": threads, "seq_len": seq_len, "models_dir": str(models_dir)},
@@ -232,6 +266,31 @@ def summarise(label, batch, runs, loads) -> dict:
     return out
 
 
+def compare_int8(results: dict) -> None:
+    """Per row: sparsebert int8 against the best dense int8 peer measured on the dense 12-layer
+    model at the same batch size in this run (both as ratios to the same ORT fp32 baseline), and
+    against sparsebert's own fp32 on the same model (median of per-round ratios)."""
+    for label, r in results.items():
+        mine = r["engines"].get("sparsebert-int8")
+        if mine is None:
+            continue
+        if "sparsebert" in r["engines"]:
+            own = r["engines"]["sparsebert"]["per_round_items_per_s"]
+            r["sparsebert_int8_vs_own_fp32"] = statistics.median(
+                a / b for a, b in zip(mine["per_round_items_per_s"], own))
+        dense = next((d for d in results.values() if d["layers"] == 12 and d["sparsity"] == 0
+                      and d["batch_size"] == r["batch_size"]), None)
+        peers = {e: v for e, v in (dense or {"engines": {}})["engines"].items() if e in DENSE_ONLY}
+        if peers:
+            best = max(peers, key=lambda e: peers[e]["ratio_vs_ort_dense"])
+            r["best_dense_int8_peer"] = best
+            r["sparsebert_int8_vs_best_dense_int8_peer"] = (
+                mine["ratio_vs_ort_dense"] / peers[best]["ratio_vs_ort_dense"])
+            r["sparsebert_int8_latency_vs_ort_int8_dense"] = (
+                mine["latency_ms_median"] / peers["onnxruntime-int8"]["latency_ms_median"]
+                if "onnxruntime-int8" in peers else None)
+
+
 def format_model(label, r) -> str:
     parts = [f"{e} {v['ratio_vs_ort_dense']:.2f}x" for e, v in r["engines"].items()]
     tail = (f"; sparsebert / DeepSparse {r['sparsebert_vs_deepsparse']:.2f}x"
@@ -241,17 +300,28 @@ def format_model(label, r) -> str:
 
 def format_table(result) -> str:
     engines = sorted({e for r in result["results"].values() for e in r["engines"]},
-                     key=["sparsebert", "deepsparse", "openvino-f32", "openvino-default"].index)
+                     key=ENGINE_ORDER.index)
     s = result["settings"]
     lines = [f"{result['machine']['cpu']}, {s['threads']} threads, seq {s['seq_len']}, "
              f"{s['rounds']} interleaved rounds, medians; ratios vs ONNX Runtime dense 12L, same batch",
-             "| model | " + " | ".join(engines) + " | sparsebert / DeepSparse |",
-             "|---" * (len(engines) + 2) + "|"]
+             "| model | " + " | ".join(engines) + " | sparsebert / DeepSparse | sparsebert int8 / "
+             "own fp32 | sparsebert int8 / best dense int8 peer |",
+             "|---" * (len(engines) + 4) + "|"]
+
+    def cell(r, key):
+        return f"{r[key]:.2f}x" if r.get(key) is not None else "-"
+
     for label, r in result["results"].items():
         cells = [f"{r['engines'][e]['ratio_vs_ort_dense']:.2f}x" if e in r["engines"] else "-"
                  for e in engines]
-        sd = f"{r['sparsebert_vs_deepsparse']:.2f}x" if "sparsebert_vs_deepsparse" in r else "-"
-        lines.append(f"| {label} | " + " | ".join(cells) + f" | {sd} |")
+        tail = [cell(r, "sparsebert_vs_deepsparse"), cell(r, "sparsebert_int8_vs_own_fp32"),
+                cell(r, "sparsebert_int8_vs_best_dense_int8_peer")
+                + (f" ({r['best_dense_int8_peer']})" if r.get("best_dense_int8_peer") else "")]
+        lines.append(f"| {label} | " + " | ".join(cells + tail) + " |")
+    lat = result["results"].get("12L 80% 1x4 batch 1")
+    if lat and lat.get("sparsebert_int8_latency_vs_ort_int8_dense") is not None:
+        lines.append("batch-1 latency, 12L 80% 1x4 sparsebert int8 / ORT int8 dynamic on 12L dense: "
+                     f"{lat['sparsebert_int8_latency_vs_ort_int8_dense']:.2f}x")
     lat = result["results"].get("12L 90% batch 1")
     if lat:
         lines.append("batch-1 latency, 12L 90%, median ms: " + ", ".join(

@@ -5,6 +5,7 @@ Under OUT (default `bench-models/`, git-ignored: the folders take several GB):
                                       vocab 30522, 512 positions), transformers' own init
   bert-base-{12,6,3}L-unstructured{70,80,90,95}/   magnitude-pruned per layer with sparsebert.prune
   bert-base-{12,6,3}L-block4x1-90/    90% of aligned 4x1 blocks (out x in) pruned
+  bert-base-{12,6,3}L-block1x4-{80,90}/  80% / 90% of aligned 1x4 blocks pruned (int8 rows)
   onnx-bert-base-12L-dense/model.onnx torch.onnx legacy export (opset 17) of the dense 12-layer
                                       model, with its config.json: the ONNX Runtime baseline
 The 6- and 3-layer models are separate random models (not layer-dropped 12-layer ones): speed does
@@ -35,10 +36,14 @@ VARIANTS = {
     "unstructured90": (0.90, None),
     "unstructured95": (0.95, None),
     "block4x1-90": (0.90, "4x1"),
+    # 1x4: four consecutive input features of one output row, one VNNI K-quad (int8 kernels)
+    "block1x4-80": (0.80, "1x4"),
+    "block1x4-90": (0.90, "1x4"),
 }
 # What benchmarks/run_suite.py and benchmarks/head_to_head.py measure.
 SUITE = ("12L-dense", "12L-unstructured80", "12L-unstructured90", "12L-unstructured95",
-         "6L-unstructured90", "3L-unstructured90", "3L-unstructured70", "12L-block4x1-90")
+         "6L-unstructured90", "3L-unstructured90", "3L-unstructured70", "12L-block4x1-90",
+         "12L-block1x4-80", "12L-block1x4-90")
 ONNX_NAME = "onnx-bert-base-12L-dense"
 
 
