@@ -14,10 +14,10 @@ from typing import Iterable, Iterator, Sequence
 import numpy as np
 
 from .batching import DEFAULT_CHUNK_SIZE, check_positive, chunked, forward_bucketed, progress_bar
+from .dispatch import check_formats
 from .errors import CheckpointError, InputError
 from .loaders import read_checkpoint
 from .model import BertEncoder, EncoderOutput
-from .quant.checkpoint import read_quantization
 from .tokenizer import Tokenizer, default_max_length
 from .weights import build_weights
 
@@ -138,23 +138,15 @@ def load(
     tokenizer: tokenizer.json / vocab.txt path or folder, for checkpoints that ship none.
     max_length: truncation length for texts (default: the checkpoint's own setting, capped by
         max_position_embeddings).
-    formats: "auto" (default), "dense", "csr", "bsr", or a callable (name, weight) -> format, to force
-        the weight format of encoder linears; int8 checkpoints (`sparsebert quantize`) take "auto",
-        "dense" or "csr".
+    formats: the weight format of encoder linears (`sparsebert.dispatch.Formats`): "auto" (default:
+        timed on this CPU), "dense", "csr", "bsr", "bsrRxC", an int8 format ("int8", "int8-dense",
+        "int8-csr", "int8-vnni"), or a callable (name, weight) -> format name. Int8 checkpoints
+        (`sparsebert quantize`, QDQ or dynamic int8 ONNX) run their own codes with "auto", "dense"
+        or "csr"; weight-only int8 ONNX exports run in float unless an int8 format is named.
     """
     ckpt = read_checkpoint(path)
-    int8 = read_quantization(ckpt)  # None unless written by `sparsebert quantize`
-    weights = build_weights(ckpt.state_dict if int8 is None else int8.state_dict, ckpt.config, layers)
-    if int8 is not None:
-        formats_fn = int8.formats(weights, formats)
-    elif isinstance(formats, str) or formats is None:
-        fmt = formats or "auto"
-        formats_fn = lambda name, w: fmt  # noqa: E731
-    elif callable(formats):
-        formats_fn = formats
-    else:
-        raise ValueError(f"formats must be a string or a callable, got {formats!r}")
-    encoder = BertEncoder(weights, formats_fn)
+    weights = build_weights(ckpt.state_dict, ckpt.config, layers, ckpt.int8)
+    encoder = BertEncoder(weights, check_formats(formats))
     tok_path = Path(tokenizer) if tokenizer is not None else ckpt.tokenizer_path
     tok = None
     if tok_path is not None:

@@ -77,7 +77,7 @@ class Embedder:
     def __call__(self, batch):
         import numba
 
-        from .encode_job import check_texts, embed_rows
+        from .tables import check_texts, embed_rows
 
         numba.set_num_threads(self.threads)  # per calling thread in Numba: set where the work runs
         columns = _columns(batch)
@@ -140,7 +140,7 @@ class PieceEmbedder(Embedder):
         import numba
         import pyarrow as pa
 
-        from .encode_job import embed_rows
+        from .tables import embed_rows
         from .tables import Piece, read_piece
 
         numba.set_num_threads(self.threads)

@@ -49,7 +49,8 @@ import numpy as np
 from ..errors import CheckpointError
 from .onnx_graph import (  # noqa: F401  (_parse_model, _Graph, _in, _out: onnx_heads)
     _HOW_TO_EXPORT, _MAX_WALK, _Graph, _attr, _in, _nice_float, _out, _reached)
-from .onnx_quant import dequantize_graph, is_quantized
+from ..weights import Int8Weight
+from .onnx_quant import activation_quantization, dequantize_graph, is_quantized
 from .onnx_tensors import _parse_model, _tensor_to_array  # noqa: F401
 
 # onnx is a hard dependency (pyproject) but imported lazily so `import sparsebert` stays cheap.
@@ -92,20 +93,22 @@ def read_onnx(path: str | os.PathLike) -> OnnxCheckpoint:
     """Read a BERT encoder ONNX export; raise CheckpointError if it is not one or is damaged."""
     path = os.fspath(path)
     model = _parse_model(path)
-    int8 = {}
+    int8, activations = {}, "float"
     if is_quantized(model):  # int8 weights back to float for the walk; exact codes kept aside
         base = os.path.dirname(os.path.abspath(path))
+        activations = activation_quantization(model)
         int8 = dequantize_graph(model, lambda t: _tensor_to_array(t, base, path))
     graph = _Graph(model, path)
     ckpt = _BertWalker(graph).read()
     if int8:
-        ckpt = dataclasses.replace(ckpt, int8=_int8_by_name(ckpt.state_dict, int8))
+        ckpt = dataclasses.replace(ckpt, int8=_int8_by_name(ckpt.state_dict, int8, activations))
     return ckpt
 
 
-def _int8_by_name(state_dict, int8) -> dict:
-    """{linear name: (codes (out, in), scale (out,))} for the walker's weights that came from int8
-    codes: matched by value, since the walker stores each weight transposed to (out, in)."""
+def _int8_by_name(state_dict, int8, activations: str) -> dict:
+    """{linear name: Int8Weight (codes (out, in), scale (out,))} for the walker's weights that came
+    from int8 codes: matched by value, since the walker stores each weight transposed to (out, in).
+    This stays inside the reader: below the loaders every int8 weight travels by name."""
     by_bytes = {np.ascontiguousarray(codes.astype(np.float32) * scale[None, :]).T.tobytes(): (codes, scale)
                 for codes, scale in int8.values()}
     out = {}
@@ -113,7 +116,8 @@ def _int8_by_name(state_dict, int8) -> dict:
         if name.endswith(".weight") and w.ndim == 2:
             hit = by_bytes.get(np.ascontiguousarray(w).tobytes())
             if hit is not None:
-                out[name[: -len(".weight")]] = (np.ascontiguousarray(hit[0].T), hit[1])
+                out[name[: -len(".weight")]] = Int8Weight(np.ascontiguousarray(hit[0].T),
+                                                          hit[1].astype(np.float32), None, activations)
     return out
 
 
