@@ -13,7 +13,7 @@ from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
-from .batching import DEFAULT_CHUNK_SIZE, check_positive, chunked, forward_bucketed, progress_bar
+from .batching import DEFAULT_CHUNK_SIZE, check_positive, chunked, embed_encodings, pool, progress_bar  # noqa: F401 (pool: public)
 from .dispatch import check_formats
 from .errors import CheckpointError, InputError
 from .loaders import read_checkpoint
@@ -43,12 +43,15 @@ class Model:
         return self.encoder.sparsity_report()
 
     def tokenize(self, texts, text_pairs=None):
+        return self._tokenizer()(texts, text_pairs)
+
+    def _tokenizer(self) -> Tokenizer:
         if self.tokenizer is None:
             raise CheckpointError(
                 "this checkpoint ships no tokenizer; load it with "
                 "sparsebert.load(path, tokenizer='folder/with/tokenizer.json')"
             )
-        return self.tokenizer(texts, text_pairs)
+        return self.tokenizer
 
     def encode(
         self,
@@ -96,32 +99,13 @@ class Model:
 
     def _iter_encode(self, texts, batch_size, normalize, pooling, chunk_size, show_progress_bar):
         total = len(texts) if hasattr(texts, "__len__") else None
-
-        def head(out, ids, mask, types):
-            return pool(out.last_hidden_state, mask, pooling, normalize)
-
-        pad_id = self.tokenizer.pad_id if self.tokenizer is not None else 0
         with progress_bar(show_progress_bar, total, "encode") as bar:
             for chunk in chunked(texts, chunk_size):
-                encodings = self.tokenize(chunk).encodings
-                rows = forward_bucketed(self, encodings, batch_size, head, pad_id)
+                # Unpadded encodings: each length-sorted batch pads to its own longest, once.
+                encodings = self._tokenizer().encode(chunk)
+                emb = embed_encodings(self, encodings, batch_size, pooling, normalize, self.tokenizer.pad_id)
                 bar.update(len(chunk))
-                yield np.stack(rows).astype(np.float32, copy=False)
-
-
-def pool(hidden: np.ndarray, mask: np.ndarray, pooling: str = "mean", normalize: bool = True) -> np.ndarray:
-    """(B, T, H) hidden states + (B, T) mask → (B, H) sentence embeddings."""
-    m = mask.astype(np.float32)[:, :, None]
-    if pooling == "mean":
-        out = (hidden * m).sum(axis=1) / np.maximum(m.sum(axis=1), 1e-9)
-    elif pooling == "cls":
-        out = hidden[:, 0].copy()
-    else:
-        out = np.where(m > 0, hidden, -np.inf).max(axis=1)
-        out = np.where(np.isfinite(out), out, 0.0)
-    if normalize:
-        out /= np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
-    return out.astype(np.float32, copy=False)
+                yield emb
 
 
 def load(
