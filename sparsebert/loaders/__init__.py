@@ -152,7 +152,7 @@ def _read_onnx(onnx_path: Path, folder: Path) -> Checkpoint:
     # --- task heads (pipelines owner): classifier / qa_outputs / MLM after the encoder, HF-named ---
     from .onnx_heads import read_onnx_heads
 
-    heads = read_onnx_heads(onnx_path, config.hidden_size,
+    heads = read_onnx_heads(ckpt.graph, config.hidden_size,
                             ckpt.state_dict["embeddings.word_embeddings.weight"])
     state_dict = {**ckpt.state_dict, **heads}
     # --- end task heads ---
