@@ -13,7 +13,8 @@ from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
-from .batching import DEFAULT_CHUNK_SIZE, check_positive, chunked, embed_encodings, pool, progress_bar  # noqa: F401 (pool: public)
+from .batching import (DEFAULT_CHUNK_SIZE, check_positive, chunked, embed_encodings,  # noqa: F401
+                       pool, progress_bar)  # pool: public as sparsebert.pool
 from .dispatch import check_formats
 from .errors import CheckpointError, InputError
 from .loaders import read_checkpoint

@@ -18,7 +18,6 @@ import os
 import time
 from typing import Callable, Sequence
 
-import numpy as np
 
 from .batching import check_positive, progress_bar
 from .errors import SparseBertError

@@ -22,7 +22,6 @@ Left out: static per-token activation scales, quantized pooler and task heads
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 
