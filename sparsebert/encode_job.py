@@ -18,7 +18,6 @@ import os
 import time
 from typing import Callable, Sequence
 
-
 from .batching import check_positive, progress_bar
 from .errors import SparseBertError
 from .tables import (ROWS_PER_PIECE, OutputWriter, embed_rows, iter_pieces_rows, scan_input,
