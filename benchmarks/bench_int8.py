@@ -182,7 +182,7 @@ def bench_linears(*, pairs=15, batch=32, seq=128, threads=2, log=print) -> dict:
     """FP32 (format auto) vs int8 (format auto) per BERT-base linear, dense / 90% / 90% 1x4."""
     import numba
 
-    from sparsebert.linear import make_linear
+    from sparsebert.dispatch import make_linear
     from sparsebert.quant import Int8Linear
 
     numba.set_num_threads(threads)

@@ -35,7 +35,7 @@ import time  # noqa: E402
 import numba  # noqa: E402
 import numpy as np  # noqa: E402
 
-from sparsebert import linear  # noqa: E402
+from sparsebert import dispatch, linear  # noqa: E402
 
 DEFAULT_SHAPES = ((3072, 768), (768, 3072), (768, 768))
 DEFAULT_BATCHES = ((32, 128), (1, 128))
@@ -73,8 +73,8 @@ def benchmark_linear(shapes=DEFAULT_SHAPES, batches=DEFAULT_BATCHES, cases=DEFAU
             for fmt, sparsity in cases:
                 block = (1, 1) if fmt == "csr" else tuple(int(v) for v in fmt[3:].split("x"))
                 w = pruned_weight(rng, N, K, sparsity, block)
-                lin = linear.make_linear(w, bias, fmt)
-                dense_lin = linear.make_linear(w, bias, "dense")
+                lin = dispatch.make_linear(w, bias, fmt)
+                dense_lin = dispatch.make_linear(w, bias, "dense")
                 lin(x), np.matmul(w, x), dense_lin(x)  # warm caches and pages
                 t_dense, t_fmt, t_dlin = [], [], []
                 for _ in range(repeats):

@@ -13,11 +13,12 @@ from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
-from .batching import DEFAULT_CHUNK_SIZE, check_positive, chunked, forward_bucketed, progress_bar
+from .batching import (DEFAULT_CHUNK_SIZE, check_positive, chunked, embed_encodings,  # noqa: F401
+                       pool, progress_bar)  # pool: public as sparsebert.pool
+from .dispatch import check_formats
 from .errors import CheckpointError, InputError
 from .loaders import read_checkpoint
 from .model import BertEncoder, EncoderOutput
-from .quant.checkpoint import read_quantization
 from .tokenizer import Tokenizer, default_max_length
 from .weights import build_weights
 
@@ -43,12 +44,15 @@ class Model:
         return self.encoder.sparsity_report()
 
     def tokenize(self, texts, text_pairs=None):
+        return self._tokenizer()(texts, text_pairs)
+
+    def _tokenizer(self) -> Tokenizer:
         if self.tokenizer is None:
             raise CheckpointError(
                 "this checkpoint ships no tokenizer; load it with "
                 "sparsebert.load(path, tokenizer='folder/with/tokenizer.json')"
             )
-        return self.tokenizer(texts, text_pairs)
+        return self.tokenizer
 
     def encode(
         self,
@@ -96,32 +100,13 @@ class Model:
 
     def _iter_encode(self, texts, batch_size, normalize, pooling, chunk_size, show_progress_bar):
         total = len(texts) if hasattr(texts, "__len__") else None
-
-        def head(out, ids, mask, types):
-            return pool(out.last_hidden_state, mask, pooling, normalize)
-
-        pad_id = self.tokenizer.pad_id if self.tokenizer is not None else 0
         with progress_bar(show_progress_bar, total, "encode") as bar:
             for chunk in chunked(texts, chunk_size):
-                encodings = self.tokenize(chunk).encodings
-                rows = forward_bucketed(self, encodings, batch_size, head, pad_id)
+                # Unpadded encodings: each length-sorted batch pads to its own longest, once.
+                encodings = self._tokenizer().encode(chunk)
+                emb = embed_encodings(self, encodings, batch_size, pooling, normalize, self.tokenizer.pad_id)
                 bar.update(len(chunk))
-                yield np.stack(rows).astype(np.float32, copy=False)
-
-
-def pool(hidden: np.ndarray, mask: np.ndarray, pooling: str = "mean", normalize: bool = True) -> np.ndarray:
-    """(B, T, H) hidden states + (B, T) mask → (B, H) sentence embeddings."""
-    m = mask.astype(np.float32)[:, :, None]
-    if pooling == "mean":
-        out = (hidden * m).sum(axis=1) / np.maximum(m.sum(axis=1), 1e-9)
-    elif pooling == "cls":
-        out = hidden[:, 0].copy()
-    else:
-        out = np.where(m > 0, hidden, -np.inf).max(axis=1)
-        out = np.where(np.isfinite(out), out, 0.0)
-    if normalize:
-        out /= np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
-    return out.astype(np.float32, copy=False)
+                yield emb
 
 
 def load(
@@ -138,23 +123,15 @@ def load(
     tokenizer: tokenizer.json / vocab.txt path or folder, for checkpoints that ship none.
     max_length: truncation length for texts (default: the checkpoint's own setting, capped by
         max_position_embeddings).
-    formats: "auto" (default), "dense", "csr", "bsr", or a callable (name, weight) -> format, to force
-        the weight format of encoder linears; int8 checkpoints (`sparsebert quantize`) take "auto",
-        "dense" or "csr".
+    formats: the weight format of encoder linears (`sparsebert.dispatch.Formats`): "auto" (default:
+        timed on this CPU), "dense", "csr", "bsr", "bsrRxC", an int8 format ("int8", "int8-dense",
+        "int8-csr", "int8-vnni"), or a callable (name, weight) -> format name. Int8 checkpoints
+        (`sparsebert quantize`, QDQ or dynamic int8 ONNX) run their own codes with "auto", "dense"
+        or "csr"; weight-only int8 ONNX exports run in float unless an int8 format is named.
     """
     ckpt = read_checkpoint(path)
-    int8 = read_quantization(ckpt)  # None unless written by `sparsebert quantize`
-    weights = build_weights(ckpt.state_dict if int8 is None else int8.state_dict, ckpt.config, layers)
-    if int8 is not None:
-        formats_fn = int8.formats(weights, formats)
-    elif isinstance(formats, str) or formats is None:
-        fmt = formats or "auto"
-        formats_fn = lambda name, w: fmt  # noqa: E731
-    elif callable(formats):
-        formats_fn = formats
-    else:
-        raise ValueError(f"formats must be a string or a callable, got {formats!r}")
-    encoder = BertEncoder(weights, formats_fn)
+    weights = build_weights(ckpt.state_dict, ckpt.config, layers, ckpt.int8)
+    encoder = BertEncoder(weights, check_formats(formats))
     tok_path = Path(tokenizer) if tokenizer is not None else ckpt.tokenizer_path
     tok = None
     if tok_path is not None:

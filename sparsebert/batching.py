@@ -1,5 +1,9 @@
 """Throughput batching for texts: stream in chunks, sort by length, pad each batch to its own longest.
 
+The one encodings -> embeddings path: `embed_encodings` (tokenizer encodings in, pooled (n, H)
+float32 out) runs `forward_bucketed` with `pool` as its head; `Model.encode`, the Ray actors and
+(through `pool`) the server all use it, so tokenization happens once and padding once per batch.
+
 Every text-level API (`Model.encode`, the pipelines) runs the encoder through `forward_bucketed`:
 within a chunk, sequences are ordered by token count and cut into batches of `batch_size`, so a
 batch pads only to the longest of similar-length neighbours; results go back to input order.
@@ -65,6 +69,37 @@ def forward_bucketed(
         for r, res in zip(rows, head(out, ids, mask, types)):
             results[r] = res
     return results
+
+
+def pool(hidden: np.ndarray, mask: np.ndarray, pooling: str = "mean", normalize: bool = True) -> np.ndarray:
+    """(B, T, H) hidden states + (B, T) mask → (B, H) sentence embeddings."""
+    m = mask.astype(np.float32)[:, :, None]
+    if pooling == "mean":
+        out = (hidden * m).sum(axis=1) / np.maximum(m.sum(axis=1), 1e-9)
+    elif pooling == "cls":
+        out = hidden[:, 0].copy()
+    else:
+        out = np.where(m > 0, hidden, -np.inf).max(axis=1)
+        out = np.where(np.isfinite(out), out, 0.0)
+    if normalize:
+        out = l2_normalize(out)
+    return out.astype(np.float32, copy=False)
+
+
+def l2_normalize(emb: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit L2 norm, in place (all-zero rows stay zero); returns `emb`."""
+    emb /= np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
+    return emb
+
+
+def embed_encodings(model, encodings: Sequence, batch_size: int, pooling: str = "mean",
+                    normalize: bool = True, pad_id: int = 0) -> np.ndarray:
+    """Tokenizer encodings (anything with `.ids` and `.type_ids`) → (n, H) float32 pooled
+    embeddings in input order, run in length-sorted batches."""
+    def head(out, ids, mask, types):
+        return pool(out.last_hidden_state, mask, pooling, normalize)
+
+    return np.stack(forward_bucketed(model, encodings, batch_size, head, pad_id)).astype(np.float32, copy=False)
 
 
 class progress_bar:

@@ -191,10 +191,74 @@ def _add_run_command(sub) -> None:
 # --- end run ---------------------------------------------------------------------------------
 
 
+# --- tune: fill the tuning cache (sparsebert.tuning) by loading a model -------------------------
+
+
+def tune(path, *, layers=None, retune: bool = False) -> dict:
+    """Load the model at `path` with measured formats (filling the tuning cache) and run one
+    small forward pass (filling Numba's kernel cache); report what was measured or reused.
+    The library function behind `sparsebert tune PATH`."""
+    import time
+
+    import numpy as np
+
+    from .api import load
+    from .tuning import default_cache
+
+    cache = default_cache()
+    if retune:
+        cache.entries.clear()
+    t0 = time.perf_counter()
+    model = load(path, layers=layers, formats="auto")
+    load_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    ids = np.full((1, 8), 1000 % model.config.vocab_size, dtype=np.int64)
+    model(ids)
+    if any(layer.fused_ffn is not None for layer in model.encoder.layers):
+        from .ffn import warmup
+
+        warmup()  # the small call above takes the two-call FFN path
+    warm_s = time.perf_counter() - t0
+    choices = {}
+    rows = model.sparsity_report()["linears"]
+    choosing_s = sum((r.get("choice") or {}).get("seconds", 0.0) for r in rows)
+    for row in rows:
+        c = row.get("choice") or {}
+        if c.get("signature"):
+            choices.setdefault(c["signature"], {"format": row["format"], "chunk_cols": c.get(
+                "chunk_cols"), "by": c["by"], "timings_ms": c.get("timings_ms")})
+    return {"path": str(path), "cache": str(cache.path), "machine": cache.machine,
+            "machine_key": cache.key, "load_s": round(load_s, 3), "choosing_s": round(choosing_s, 3),
+            "first_call_s": round(warm_s, 3),
+            "measured": sum(c["by"] == "measured" for c in choices.values()),
+            "from_cache": sum(c["by"] == "cache" for c in choices.values()), "choices": choices}
+
+
+def _add_tune_command(sub) -> None:
+    from .tuning import cache_path
+
+    p = sub.add_parser("tune", help="time weight formats on this machine and cache the choice",
+                       description="Load a model with formats chosen by timing them on this CPU, "
+                                   "store the choices in the tuning cache (" + str(cache_path())
+                                   + ") and compile its kernels into Numba's cache, so later "
+                                   "loads and first calls are fast.")
+    p.add_argument("path", help="model: Hugging Face folder, .onnx file or deployment folder")
+    p.add_argument("--retune", action="store_true", help="measure again even if cached")
+    p.add_argument("--json", default=None, help="also write the result here")
+    p.set_defaults(func=_cmd_tune)
+
+
+def _cmd_tune(args) -> dict:
+    result = tune(args.path, retune=args.retune)
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    return result
+
+
 # Subcommands that live with their own feature: each module has `add_commands(subparsers)` and
 # imports its optional dependencies (torch, starlette, ray) only inside the command it runs, so
 # `sparsebert --help` and the runtime work without the extras.
-_COMMAND_MODULES = (".serve.cli", ".train.cli", ".tuning", ".quant.cli")
+_COMMAND_MODULES = (".serve.cli", ".train.cli", ".quant.cli")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -237,6 +301,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_encode)
     _add_tool_commands(sub)
     _add_run_command(sub)
+    _add_tune_command(sub)
     for module in _COMMAND_MODULES:
         importlib.import_module(module, __package__).add_commands(sub)
     return parser

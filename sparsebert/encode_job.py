@@ -18,40 +18,12 @@ import os
 import time
 from typing import Callable, Sequence
 
-import numpy as np
-
 from .batching import check_positive, progress_bar
 from .errors import SparseBertError
-from .tables import (ROWS_PER_PIECE, OutputWriter, check_text, iter_pieces_rows, make_table,
-                     scan_input, verify_output)
+from .tables import (ROWS_PER_PIECE, OutputWriter, embed_rows, iter_pieces_rows, scan_input,
+                     verify_output)
 
 MAX_BAD_LISTED = 20
-
-
-def embed_rows(model, ids: Sequence, texts: Sequence, errors: Sequence, id_type: str, *,
-               batch_size: int = 32, normalize: bool = True, pooling: str = "mean"):
-    """Rows with their text checks → an output table (id, embedding, error). Rows whose `errors`
-    entry is set are passed through with a null embedding. Should the model refuse a whole batch
-    (InputError from some text), each row is retried alone so only the culprit is marked bad."""
-    errors = list(errors)
-    emb = np.zeros((len(ids), model.config.hidden_size), dtype=np.float32)
-    good = [i for i, e in enumerate(errors) if e is None]
-    if good:
-        try:
-            emb[good] = model.encode([texts[i] for i in good], batch_size=batch_size,
-                                     normalize=normalize, pooling=pooling, chunk_size=len(good))
-        except SparseBertError:
-            for i in good:
-                try:
-                    emb[i] = model.encode([texts[i]], normalize=normalize, pooling=pooling)[0]
-                except SparseBertError as exc:
-                    errors[i] = f"{type(exc).__name__}: {str(exc)[:200]}"
-    return make_table(ids, emb, errors, id_type)
-
-
-def check_texts(values: Sequence, text_column: str = "text") -> tuple[list, list]:
-    checked = [check_text(v, text_column) for v in values]
-    return [t for t, _ in checked], [e for _, e in checked]
 
 
 def _local_tables(plan, model_path, *, layers, batch_size, normalize, pooling, threads):

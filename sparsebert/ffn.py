@@ -20,7 +20,7 @@ import numpy as np
 
 from .errors import InputError
 from .kernels import ffn_fused, ops
-from .linear import CSRLinear, _act_code
+from .linear import CSRLinear, act_code
 
 _NO_RESIDUAL = np.zeros((1, 1, 1), dtype=np.float32)
 _NO_NORM = np.zeros(1, dtype=np.float32)
@@ -31,7 +31,7 @@ class FusedFFN:
 
     def __init__(self, ffn_in: CSRLinear, ffn_out: CSRLinear, activation):
         self.ffn_in, self.ffn_out = ffn_in, ffn_out
-        self.act = _act_code(activation)
+        self.act = act_code(activation)
         self.activation = activation
         self.hidden = ffn_in.in_features
 

@@ -10,15 +10,19 @@ This module owns every decision about weight formats: the dense path goes throug
 - `BSRLinear`: block-pruned weights whose nonzeros fill aligned R x C blocks (4x1, 8x1, 2x2, 1x4);
   one activation load then feeds R output rows, so it runs ~2x the CSR rate per nonzero.
 
-`make_linear(..., format="auto")` takes the format and K-chunk width measured fastest on this
-machine (`sparsebert.tuning`, cached on disk per CPU); the cost model below, calibrated by hand on
-one dev machine (benchmarks/bench_linear.py), only prunes hopeless candidates before timing, and
+`build_linear(weight, bias, format)` builds one of them by name. Which format a model's linear gets
+is decided above this module, in `sparsebert.dispatch` ("auto": the format and K-chunk width
+measured fastest on this machine by `sparsebert.tuning`); the cost model below, calibrated by hand
+on one dev machine (benchmarks/bench_linear.py), only prunes hopeless candidates before timing, and
 `choose_format` still gives its prediction. `from_arrays` constructors validate raw compressed
 arrays (from a checkpoint) once, so the kernels can trust them.
 `warmup()` compiles (or loads from Numba's cache) every kernel signature the model uses, so JIT
 time is paid, and measured, at load rather than at the first call.
 
-Left out: int8 weights, per-call re-tuning.
+The helpers the int8 linears share (`act_code`, `check_out`, `check_call`, `describe`,
+`index_dtype`) are public. Int8 weights live in `sparsebert.quant.linear`.
+
+Left out: per-call re-tuning.
 """
 
 from __future__ import annotations
@@ -55,7 +59,7 @@ def index_dtype(columns: int):
     return np.uint16 if columns <= 1 << 16 else np.int32
 
 
-def _check_out(out, shape, x, residual) -> np.ndarray:
+def check_out(out, shape, x, residual) -> np.ndarray:
     """`out=` lets a caller reuse a workspace: a fresh 50 MB output costs ~5-10 ms of page
     faults per call here, a third of a 90%-sparse BSR layer. It must not overlap the inputs."""
     if not (isinstance(out, np.ndarray) and out.shape == shape and out.dtype == np.float32
@@ -70,7 +74,28 @@ def _check_out(out, shape, x, residual) -> np.ndarray:
     return out
 
 
-def _act_code(activation) -> int:
+def check_call(lin, x, residual, out):
+    """A linear call's inputs, checked once before its kernel trusts them: x (B, K, S), residual
+    and out (B, N, S); returns x and residual as C-contiguous float32."""
+    if not isinstance(x, np.ndarray) or x.ndim != 3 or x.shape[1] != lin.in_features:
+        raise InputError(
+            f"{lin.format} linear expects x of shape (B, {lin.in_features}, S), got "
+            f"{getattr(x, 'shape', type(x).__name__)}"
+        )
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    if residual is not None:
+        want = (x.shape[0], lin.out_features, x.shape[2])
+        if not isinstance(residual, np.ndarray) or residual.shape != want:
+            raise InputError(
+                f"residual must have shape {want}, got {getattr(residual, 'shape', residual)}"
+            )
+        residual = np.ascontiguousarray(residual, dtype=np.float32)
+    if out is not None:
+        check_out(out, (x.shape[0], lin.out_features, x.shape[2]), x, residual)
+    return x, residual
+
+
+def act_code(activation) -> int:
     try:
         return _ACT_CODES[activation]
     except KeyError:
@@ -111,7 +136,7 @@ class DenseLinear:
         if out is None:
             y = np.empty((B, self.out_features, S), dtype=np.float32)
         else:
-            y = _check_out(out, (B, self.out_features, S), x, residual)
+            y = check_out(out, (B, self.out_features, S), x, residual)
         res, has_res = (_NO_RESIDUAL, False) if residual is None else (residual, True)
         # Enough row chunks that every thread gets a few gemms, even at batch size 1. Sized from the
         # pool size, not the thread-local get_num_threads(): BLAS rounds differently per row split,
@@ -122,7 +147,7 @@ class DenseLinear:
         return y
 
     def describe(self) -> dict:
-        return _describe(self)
+        return describe_linear(self)
 
 
 class _SparseLinear:
@@ -170,25 +195,8 @@ class _SparseLinear:
         return int(self.data.size)
 
     def describe(self) -> dict:
-        return _describe(self)
+        return describe_linear(self)
 
-    def _check_call(self, x, residual, out):
-        if not isinstance(x, np.ndarray) or x.ndim != 3 or x.shape[1] != self.in_features:
-            raise InputError(
-                f"{self.format} linear expects x of shape (B, {self.in_features}, S), got "
-                f"{getattr(x, 'shape', type(x).__name__)}"
-            )
-        x = np.ascontiguousarray(x, dtype=np.float32)
-        if residual is not None:
-            want = (x.shape[0], self.out_features, x.shape[2])
-            if not isinstance(residual, np.ndarray) or residual.shape != want:
-                raise InputError(
-                    f"residual must have shape {want}, got {getattr(residual, 'shape', residual)}"
-                )
-            residual = np.ascontiguousarray(residual, dtype=np.float32)
-        if out is not None:
-            _check_out(out, (x.shape[0], self.out_features, x.shape[2]), x, residual)
-        return x, residual
 
 
 class CSRLinear(_SparseLinear):
@@ -206,7 +214,7 @@ class CSRLinear(_SparseLinear):
     def from_dense(cls, weight: np.ndarray, bias: np.ndarray, chunk_cols=None) -> "CSRLinear":
         """Keep the exact nonzeros of an (N, K) weight, row by row, columns sorted; K-chunks of
         `chunk_cols` columns (default: `spmm.k_chunk_columns`)."""
-        w = _check_dense(weight, bias)
+        w = check_dense(weight, bias)
         rows, cols = np.nonzero(w)
         indptr = np.zeros(w.shape[0] + 1, dtype=np.int64)
         np.cumsum(np.bincount(rows, minlength=w.shape[0]), out=indptr[1:])
@@ -226,9 +234,9 @@ class CSRLinear(_SparseLinear):
         return w
 
     def __call__(self, x: np.ndarray, *, activation=None, residual=None, out=None) -> np.ndarray:
-        x, residual = self._check_call(x, residual, out)
+        x, residual = check_call(self, x, residual, out)
         return spmm.spmm_csr(self.data, self.indices, self.indptr, x, self.bias,
-                             act=_act_code(activation), residual=residual, out=out,
+                             act=act_code(activation), residual=residual, out=out,
                              chunk_cols=self.chunk_cols)
 
 
@@ -249,7 +257,7 @@ class BSRLinear(_SparseLinear):
                    chunk_cols=None) -> "BSRLinear":
         """Store every aligned block holding a nonzero (zeros inside kept blocks are stored too);
         K-chunks of `chunk_cols` block columns (default: `spmm.k_chunk_columns`)."""
-        w = _check_dense(weight, bias)
+        w = check_dense(weight, bias)
         R, C = _check_block_shape(block_shape, *w.shape, CheckpointError)
         blocks = _blocks(w, R, C)  # (N/R, K/C, R, C)
         brow, bcol = np.nonzero(blocks.any(axis=(2, 3)))
@@ -279,9 +287,9 @@ class BSRLinear(_SparseLinear):
         return blocks.transpose(0, 2, 1, 3).reshape(self.out_features, self.in_features)
 
     def __call__(self, x: np.ndarray, *, activation=None, residual=None, out=None) -> np.ndarray:
-        x, residual = self._check_call(x, residual, out)
+        x, residual = check_call(self, x, residual, out)
         return spmm.spmm_bsr(self.data, self.indices, self.indptr, x, self.bias,
-                             act=_act_code(activation), residual=residual, out=out,
+                             act=act_code(activation), residual=residual, out=out,
                              chunk_cols=self.chunk_cols)
 
 
@@ -342,33 +350,18 @@ def predicted_cost(weight: np.ndarray, fmt) -> float:
 
 
 def choose_format(weight: np.ndarray) -> str:
-    """The format `make_linear(format="auto")` builds: "dense", "csr" or "bsrRxC"."""
+    """The cost model's pick: "dense", "csr" or "bsrRxC" (the tuner times the close ones)."""
     candidates = ["dense", "csr"] + fitting_block_shapes(weight)
     best = min(candidates, key=lambda f: predicted_cost(weight, f))
     return best if isinstance(best, str) else f"bsr{best[0]}x{best[1]}"
 
 
-def make_linear(weight: np.ndarray, bias: np.ndarray, format: str = "auto"):
-    """Build the Linear for one (N, K) weight and (N,) bias in the requested format.
-
-    "auto": the format and K-chunk width measured fastest on this machine (`sparsebert.tuning`,
-    cached); "bsr": the cheapest block shape by the cost model that fits the nonzeros exactly
-    (ValueError if none does); "bsrRxC": that block shape, storing any zeros inside kept blocks;
-    "dense", "csr" as named. The Linear's `choice` says how its format was chosen."""
-    if format not in FORMATS:
-        raise ValueError(f"unknown linear format {format!r}; expected one of {FORMATS}")
-    if format == "auto":
-        from . import tuning
-
-        return tuning.choose(_check_dense(weight, bias), bias)
-    lin = build_linear(weight, bias, format)
-    lin.choice = {"by": "forced", "requested": format}
-    return lin
-
-
 def build_linear(weight: np.ndarray, bias: np.ndarray, format: str, chunk_cols=None):
-    """make_linear without "auto": "dense", "csr", "bsr" or "bsrRxC", with K-chunks of
-    `chunk_cols` (block) columns for the sparse formats (default: `spmm.k_chunk_columns`)."""
+    """The Linear for one (N, K) weight and (N,) bias in a named format: "dense", "csr", "bsr"
+    (the cheapest block shape by the cost model that fits the nonzeros exactly; ValueError if none
+    does), or "bsrRxC" (that block shape, storing any zeros inside kept blocks), with K-chunks of
+    `chunk_cols` (block) columns for the sparse formats (default: `spmm.k_chunk_columns`).
+    "auto" is not decided here: `sparsebert.dispatch.make_linear` asks the tuner."""
     if format not in FORMATS or format == "auto":
         raise ValueError(f"unknown linear format {format!r}; expected one of {FORMATS[1:]}")
     if chunk_cols is not None and (isinstance(chunk_cols, bool) or not isinstance(chunk_cols, int)
@@ -379,7 +372,7 @@ def build_linear(weight: np.ndarray, bias: np.ndarray, format: str, chunk_cols=N
     if format == "csr":
         return CSRLinear.from_dense(weight, bias, chunk_cols)
     if format == "bsr":
-        shapes = fitting_block_shapes(_check_dense(weight, bias))
+        shapes = fitting_block_shapes(check_dense(weight, bias))
         if not shapes:
             raise ValueError(
                 f"no block shape in {BLOCK_SHAPES} holds every nonzero of this "
@@ -392,7 +385,8 @@ def build_linear(weight: np.ndarray, bias: np.ndarray, format: str, chunk_cols=N
     return BSRLinear.from_dense(weight, bias, block, chunk_cols)
 
 
-def _describe(lin) -> dict:
+def describe_linear(lin) -> dict:
+    """The sparsity-report row of any linear kind (format, shape, nnz, bytes, FLOPs, choice)."""
     N, K = lin.out_features, lin.in_features
     nnz = lin.nnz
     return {
@@ -436,7 +430,7 @@ def _check_block_shape(block_shape, N, K, error):
     return block
 
 
-def _check_dense(weight, bias) -> np.ndarray:
+def check_dense(weight, bias) -> np.ndarray:
     w = np.asarray(weight)
     if w.ndim != 2 or not np.issubdtype(w.dtype, np.floating):
         raise CheckpointError(f"weight must be a 2-D float array (N, K), got {w.dtype} {w.shape}")
@@ -516,7 +510,7 @@ def warmup(formats=("dense", "csr") + tuple(f"bsr{r}x{c}" for r, c in BLOCK_SHAP
     times = {}
     for fmt in formats:
         start = time.perf_counter()
-        lin = make_linear(w, b, fmt)
+        lin = build_linear(w, b, fmt)
         for act in EPILOGUES:
             lin(x, activation=act)
         lin(x, activation="gelu", residual=np.zeros((1, 8, 3), dtype=np.float32))

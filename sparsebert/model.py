@@ -5,7 +5,7 @@ I FFN size, V vocabulary. Activations between steps use the (B, F, T) feature-ma
 `sparsebert.kernels` (F = H or I); inputs and outputs use the familiar (B, T, H).
 
 What it leaves out: dropout (inference only), relative positions, decoders, past key/values.
-Weight matmuls go through `sparsebert.linear`, which picks dense, CSR or BSR for each one.
+Weight matmuls go through `sparsebert.dispatch`, which builds each one dense, CSR, BSR or int8.
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ import numpy as np
 from .config import BertConfig
 from .errors import CheckpointError, InputError
 from .kernels import attention, ops
+from .dispatch import check_formats, make_linear
 from .ffn import fuse_ffn
-from .linear import make_linear
 from .weights import BertWeights
 
 # Additive attention bias for padding keys: large enough that exp() underflows to 0, small enough
@@ -39,20 +39,19 @@ class EncoderOutput:
     pooler_output: np.ndarray | None  # (B, H) float32, None without a pooler
 
 
-def _linear(weight, bias, fmt):
-    """fmt: a format name for `make_linear`, or a builder (weight, bias) -> linear with the same call
-    interface (e.g. sparsebert.quant's int8 linears)."""
-    return fmt(weight, bias) if callable(fmt) else make_linear(weight, bias, fmt)
-
-
 class Layer:
     """One encoder layer: self-attention, then the feed-forward block, each with residual + LayerNorm."""
 
     def __init__(self, w, config: BertConfig, formats):
-        self.qkv = _linear(w.qkv_w, w.qkv_b, formats("qkv", w.qkv_w))
-        self.attn_out = _linear(w.attn_out_w, w.attn_out_b, formats("attn_out", w.attn_out_w))
-        self.ffn_in = _linear(w.ffn_in_w, w.ffn_in_b, formats("ffn_in", w.ffn_in_w))
-        self.ffn_out = _linear(w.ffn_out_w, w.ffn_out_b, formats("ffn_out", w.ffn_out_w))
+        """formats: (internal name, weight) -> format name (`sparsebert.dispatch`)."""
+        def build(name):
+            weight = getattr(w, f"{name}_w")
+            return make_linear(weight, getattr(w, f"{name}_b"), formats(name, weight), w.int8.get(name))
+
+        self.qkv = build("qkv")
+        self.attn_out = build("attn_out")
+        self.ffn_in = build("ffn_in")
+        self.ffn_out = build("ffn_out")
         self.attn_norm = w.attn_norm
         self.ffn_norm = w.ffn_norm
         self.heads = config.num_attention_heads
@@ -135,9 +134,9 @@ class BertEncoder:
     serialise on a lock (`_kernel_lock`)."""
 
     def __init__(self, weights: BertWeights, formats=None):
-        """`formats(name, weight)` picks each linear's format ("auto" when None): a format name, or
-        a builder (weight, bias) -> linear."""
-        formats = formats or (lambda name, w: "auto")
+        """`formats` picks each encoder linear's format: None ("auto"), a format name, or a function
+        (internal name, weight) -> format name; see `sparsebert.dispatch`."""
+        formats = check_formats(formats)
         self.config = weights.config
         self.weights = weights
         self.layers = tuple(Layer(w, weights.config, formats) for w in weights.layers)

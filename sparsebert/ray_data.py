@@ -77,7 +77,7 @@ class Embedder:
     def __call__(self, batch):
         import numba
 
-        from .encode_job import check_texts, embed_rows
+        from .tables import check_texts, embed_rows
 
         numba.set_num_threads(self.threads)  # per calling thread in Numba: set where the work runs
         columns = _columns(batch)
@@ -92,8 +92,7 @@ class Embedder:
         return embed_rows(self.model, ids, texts, errors, id_type, **self.options)
 
     def _embed_tokens(self, ids, rows, id_type):
-        from .api import pool
-        from .batching import forward_bucketed
+        from .batching import embed_encodings
         from .tables import make_table
 
         vocab = self.model.config.vocab_size
@@ -111,12 +110,9 @@ class Embedder:
                 errors.append(None)
             encodings.append(_Tokens(tokens, np.zeros_like(tokens)))
         opts = self.options
-
-        def head(out, ids_, mask, types):
-            return pool(out.last_hidden_state, mask, opts["pooling"], opts["normalize"])
-
         pad_id = self.model.tokenizer.pad_id if self.model.tokenizer is not None else 0
-        emb = np.stack(forward_bucketed(self.model, encodings, opts["batch_size"], head, pad_id))
+        emb = embed_encodings(self.model, encodings, opts["batch_size"], opts["pooling"],
+                              opts["normalize"], pad_id)
         return make_table(ids, emb, errors, id_type)
 
 
@@ -140,7 +136,7 @@ class PieceEmbedder(Embedder):
         import numba
         import pyarrow as pa
 
-        from .encode_job import embed_rows
+        from .tables import embed_rows
         from .tables import Piece, read_piece
 
         numba.set_num_threads(self.threads)

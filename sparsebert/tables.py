@@ -414,3 +414,32 @@ def iter_pieces_rows(plan: InputPlan) -> Iterator[tuple]:
     """(ids, texts, errors) per piece, in input order: the local reading loop."""
     for piece in plan.pieces:
         yield read_piece(piece, plan.text_column, plan.id_column)
+
+
+# --- rows -> output table: what the local job and the Ray actors both run on each piece ---------
+
+
+def embed_rows(model, ids: Sequence, texts: Sequence, errors: Sequence, id_type: str, *,
+               batch_size: int = 32, normalize: bool = True, pooling: str = "mean"):
+    """Rows with their text checks → an output table (id, embedding, error). Rows whose `errors`
+    entry is set are passed through with a null embedding. Should the model refuse a whole batch
+    (InputError from some text), each row is retried alone so only the culprit is marked bad."""
+    errors = list(errors)
+    emb = np.zeros((len(ids), model.config.hidden_size), dtype=np.float32)
+    good = [i for i, e in enumerate(errors) if e is None]
+    if good:
+        try:
+            emb[good] = model.encode([texts[i] for i in good], batch_size=batch_size,
+                                     normalize=normalize, pooling=pooling, chunk_size=len(good))
+        except SparseBertError:
+            for i in good:
+                try:
+                    emb[i] = model.encode([texts[i]], normalize=normalize, pooling=pooling)[0]
+                except SparseBertError as exc:
+                    errors[i] = f"{type(exc).__name__}: {str(exc)[:200]}"
+    return make_table(ids, emb, errors, id_type)
+
+
+def check_texts(values: Sequence, text_column: str = "text") -> tuple[list, list]:
+    checked = [check_text(v, text_column) for v in values]
+    return [t for t, _ in checked], [e for _, e in checked]

@@ -83,6 +83,12 @@ class Tokenizer:
         return self._tok.id_to_token(int(idx))
 
     def __call__(self, texts: Sequence[str], text_pairs: Sequence[str] | None = None) -> Batch:
+        encodings = self.encode(texts, text_pairs)
+        ids, mask, types = collate(encodings, self.pad_id)
+        return Batch(ids, mask, types, tuple(e.offsets for e in encodings), tuple(encodings))
+
+    def encode(self, texts: Sequence[str], text_pairs: Sequence[str] | None = None) -> list:
+        """Checked texts → `tokenizers.Encoding`s, truncated, not padded (`collate` pads)."""
         texts = _check_texts(texts, "texts")
         if text_pairs is not None:
             text_pairs = _check_texts(text_pairs, "text_pairs")
@@ -90,11 +96,8 @@ class Tokenizer:
                 raise InputError(
                     f"got {len(texts)} texts but {len(text_pairs)} text_pairs; they must pair up"
                 )
-            encodings = self._tok.encode_batch(list(zip(texts, text_pairs)))
-        else:
-            encodings = self._tok.encode_batch(texts)
-        ids, mask, types = collate(encodings, self.pad_id)
-        return Batch(ids, mask, types, tuple(e.offsets for e in encodings), tuple(encodings))
+            return self._tok.encode_batch(list(zip(texts, text_pairs)))
+        return self._tok.encode_batch(texts)
 
 
 def collate(encodings: Sequence, pad_id: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -1,6 +1,6 @@
 """Weight format and K-chunk width chosen by timing them on this machine, cached on disk.
 
-`make_linear(format="auto")` calls `choose(weight, bias)`. For each distinct (shape, sparsity,
+`sparsebert.dispatch.make_linear(format="auto")` calls `choose(weight, bias)`. For each distinct (shape, sparsity,
 block structure) a model has, it times the candidate formats (dense BLAS, CSR, and every block
 shape whose aligned blocks hold all the nonzeros) on a (8, K, 128) activation, then two other
 K-chunk widths for the fastest sparse format, and keeps the fastest. The hand-calibrated cost
@@ -15,8 +15,8 @@ with a warning and rewritten; an unwritable one only costs re-tuning. Each Linea
 format was chosen (`choice` in `describe()` and the sparsity report): "measured" with the timings,
 "cache" with the timings measured earlier, or "forced" (`formats=`).
 
-`tune(path)` (the `sparsebert tune PATH` command) loads a model, which fills the cache, and runs
-one small forward pass so Numba's on-disk cache holds every kernel the model uses.
+The tuner measures linears and never loads a model: `sparsebert tune PATH` (`sparsebert.cli.tune`)
+loads one with formats="auto", which fills this cache.
 
 Left out: re-tuning per batch size (one representative shape is timed; batch 1 takes the same
 choice), generating register-tile widths per machine (the widths are compiled in; only the
@@ -35,6 +35,9 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+
+from . import linear
+from .kernels import spmm
 
 CACHE_VERSION = 1
 _TUNE_BATCH, _TUNE_SEQ = 8, 128  # B=8 x 128 takes the same kernel paths as B=32 x 128
@@ -195,9 +198,6 @@ def _time_call(lin, x) -> float:
 
 def measure(weight: np.ndarray, bias: np.ndarray, fitting: list) -> tuple:
     """Time the candidates on one weight; returns (entry, fastest linear)."""
-    from . import linear
-    from .kernels import spmm
-
     N, K = weight.shape
     predicted = {"dense": 1.0, "csr": linear.predicted_cost(weight, "csr")}
     for shape in fitting:
@@ -253,8 +253,6 @@ def _label(lin) -> str:
 def choose(weight: np.ndarray, bias: np.ndarray, cache: TuningCache | None = None):
     """The fastest Linear for this weight on this machine: from the cache, else measured (and
     cached). The Linear's `choice` says which, with the timings."""
-    from . import linear
-
     t0 = time.perf_counter()
     cache = default_cache() if cache is None else cache
     mask = weight != 0
@@ -274,56 +272,3 @@ def choose(weight: np.ndarray, bias: np.ndarray, cache: TuningCache | None = Non
     cache.put(sig, entry)
     lin.choice = {"by": "measured", "signature": sig, **entry, "seconds": time.perf_counter() - t0}
     return lin
-
-
-def tune(path, *, layers=None, retune: bool = False) -> dict:
-    """Load the model at `path` with measured formats (filling the tuning cache) and run one
-    small forward pass (filling Numba's kernel cache); report what was measured or reused."""
-    from .api import load
-
-    cache = default_cache()
-    if retune:
-        cache.entries.clear()
-    t0 = time.perf_counter()
-    model = load(path, layers=layers, formats="auto")
-    load_s = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    ids = np.full((1, 8), 1000 % model.config.vocab_size, dtype=np.int64)
-    model(ids)
-    if any(layer.fused_ffn is not None for layer in model.encoder.layers):
-        from .ffn import warmup
-
-        warmup()  # the small call above takes the two-call FFN path
-    warm_s = time.perf_counter() - t0
-    choices = {}
-    rows = model.sparsity_report()["linears"]
-    choosing_s = sum((r.get("choice") or {}).get("seconds", 0.0) for r in rows)
-    for row in rows:
-        c = row.get("choice") or {}
-        if c.get("signature"):
-            choices.setdefault(c["signature"], {"format": row["format"], "chunk_cols": c.get(
-                "chunk_cols"), "by": c["by"], "timings_ms": c.get("timings_ms")})
-    return {"path": str(path), "cache": str(cache.path), "machine": cache.machine,
-            "machine_key": cache.key, "load_s": round(load_s, 3), "choosing_s": round(choosing_s, 3),
-            "first_call_s": round(warm_s, 3),
-            "measured": sum(c["by"] == "measured" for c in choices.values()),
-            "from_cache": sum(c["by"] == "cache" for c in choices.values()), "choices": choices}
-
-
-def add_commands(sub) -> None:
-    p = sub.add_parser("tune", help="time weight formats on this machine and cache the choice",
-                       description="Load a model with formats chosen by timing them on this CPU, "
-                                   "store the choices in the tuning cache (" + str(cache_path())
-                                   + ") and compile its kernels into Numba's cache, so later "
-                                   "loads and first calls are fast.")
-    p.add_argument("path", help="model: Hugging Face folder, .onnx file or deployment folder")
-    p.add_argument("--retune", action="store_true", help="measure again even if cached")
-    p.add_argument("--json", default=None, help="also write the result here")
-    p.set_defaults(func=_cmd_tune)
-
-
-def _cmd_tune(args) -> dict:
-    result = tune(args.path, retune=args.retune)
-    if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-    return result

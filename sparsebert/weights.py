@@ -11,6 +11,11 @@ transpose their (in, out) initializers before handing the dict over.)
 
 Task-head tensors (classifier, qa_outputs, cls.predictions...) are kept aside, unchecked, in `heads` for
 the pipelines to claim; anything else unexpected is an error.
+
+Int8 checkpoints (a `sparsebert quantize` folder, an int8 ONNX export) arrive as float tensors (codes
+* scale, what the file computes) plus, beside them, each quantized linear's `Int8Weight` by checkpoint
+name; `build_weights` stacks those like the float weights (Q, K and V into qkv) and hands them to the
+model in `LayerWeights.int8`, where `sparsebert.dispatch` builds int8 linears from them.
 """
 
 from __future__ import annotations
@@ -32,6 +37,22 @@ class LayerNormWeights:
 
 
 @dataclasses.dataclass(frozen=True)
+class Int8Weight:
+    """A linear's weight as stored int8: W = codes * scale[:, None] / smooth[None, :]."""
+
+    codes: np.ndarray  # (N, K) int8, symmetric, in [-127, 127]
+    scale: np.ndarray  # (N,) float32, per output channel
+    smooth: np.ndarray | None = None  # (K,) float32 SmoothQuant factors, None for ones
+    # What the checkpoint does with activations: "per-token" (quantized at run time, w8a8) or
+    # "float" (a weight-only export: activations stay float, so the model runs the float weight).
+    activations: str = "per-token"
+
+    def dequantized(self) -> np.ndarray:
+        w = self.codes.astype(np.float32) * self.scale[:, None]
+        return w if self.smooth is None else w / self.smooth[None, :]
+
+
+@dataclasses.dataclass(frozen=True)
 class LayerWeights:
     qkv_w: np.ndarray  # (3H, H): rows [0,H) query, [H,2H) key, [2H,3H) value
     qkv_b: np.ndarray  # (3H,)
@@ -43,6 +64,8 @@ class LayerWeights:
     ffn_out_w: np.ndarray  # (H, I)
     ffn_out_b: np.ndarray  # (H,)
     ffn_norm: LayerNormWeights
+    # Int8 form of linears the checkpoint stores quantized, by internal name (qkv, attn_out, ...).
+    int8: Mapping[str, Int8Weight] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -140,8 +163,11 @@ def build_weights(
     state_dict: Mapping[str, np.ndarray],
     config: BertConfig,
     layers: Sequence[int] | None = None,
+    int8: Mapping[str, Int8Weight] | None = None,
 ) -> BertWeights:
-    """Map, check and freeze a checkpoint's tensors. `layers` keeps a subset of encoder layers."""
+    """Map, check and freeze a checkpoint's tensors. `layers` keeps a subset of encoder layers.
+    `int8`: the int8 form of quantized linears by checkpoint name (`encoder.layer.0.attention.self.
+    query`; see `sparsebert.loaders.Checkpoint.int8`), carried into `LayerWeights.int8`."""
     sd = normalize_names(state_dict)
     H, I = config.hidden_size, config.intermediate_size
 
@@ -217,6 +243,7 @@ def build_weights(
                 ffn_out_w=t["ffn_out_w"],
                 ffn_out_b=t["ffn_out_b"],
                 ffn_norm=LayerNormWeights(t["ffn_norm_g"], t["ffn_norm_b"]),
+                int8=_layer_int8(int8 or {}, idx),
             )
         )
     return BertWeights(
@@ -231,6 +258,38 @@ def build_weights(
         heads=heads,
         source_layers=kept,
     )
+
+
+# Internal linear -> the checkpoint linears (within `encoder.layer.{i}.`) stacked into it, in order.
+INT8_STACKS = {
+    "qkv": ("attention.self.query", "attention.self.key", "attention.self.value"),
+    "attn_out": ("attention.output.dense",),
+    "ffn_in": ("intermediate.dense",),
+    "ffn_out": ("output.dense",),
+}
+
+
+def _layer_int8(int8: Mapping[str, Int8Weight], idx: int) -> dict[str, Int8Weight]:
+    """The int8 weights of checkpoint layer `idx` by internal name, Q, K and V stacked as qkv_w is.
+    A linear only part of whose stack is int8 (e.g. per-input-channel ONNX scales on K) stays float."""
+    out = {}
+    for internal, subs in INT8_STACKS.items():
+        parts = [int8.get(f"encoder.layer.{idx}.{sub}") for sub in subs]
+        if any(p is None for p in parts):
+            continue
+        smooth = [p.smooth for p in parts]
+        if any(s is None for s in smooth) and any(s is not None for s in smooth) or \
+                any(not np.array_equal(s, smooth[0]) for s in smooth if s is not None):
+            raise CheckpointError(f"layer {idx} {internal}: the linears sharing this input must all "
+                                  "carry the same input_smooth, or none")
+        modes = {p.activations for p in parts}
+        if len(modes) != 1:
+            raise CheckpointError(f"layer {idx} {internal}: its linears disagree on activation "
+                                  f"quantization ({sorted(modes)})")
+        out[internal] = Int8Weight(np.concatenate([p.codes for p in parts]),
+                                   np.concatenate([p.scale for p in parts]).astype(np.float32),
+                                   smooth[0], modes.pop())
+    return out
 
 
 # Largest |weight| accepted. Trained BERT tensors stay below ~100; the bound keeps every activation

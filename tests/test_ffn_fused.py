@@ -15,7 +15,7 @@ from scipy.special import erf
 from sparsebert.errors import InputError
 from sparsebert.ffn import fuse_ffn, worth_fusing
 from sparsebert.kernels import ffn_fused
-from sparsebert.linear import make_linear
+from sparsebert.dispatch import make_linear
 
 KERNELS = Path(ffn_fused.__file__).resolve().parent
 

@@ -18,9 +18,9 @@ from sparsebert.linear import (
     block_fill,
     choose_format,
     fitting_block_shapes,
-    make_linear,
     warmup,
 )
+from sparsebert.dispatch import make_linear
 
 _erf = np.vectorize(math.erf)
 

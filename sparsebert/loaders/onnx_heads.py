@@ -2,9 +2,10 @@
 
 `sparsebert.loaders.onnx_reader` recovers the encoder and pooler; the head after them is found here
 by walking back from each graph output through shape-only ops (Squeeze, Split, Reshape, Unsqueeze)
-to the linear that produced it. The graph is indexed by the reader's `_Graph`, so external data,
-Constant/Identity weights and inference no-ops (Dropout, Identity, same-type Cast) are handled the
-same way as for the encoder:
+to the linear that produced it. It runs on the graph `onnx_reader` already parsed and indexed, with
+the same pattern matchers (`onnx_patterns`: linear, LayerNorm, activation), so external data,
+Constant/Identity weights, inference no-ops (Dropout, Identity, same-type Cast) and Gemm attributes
+are handled exactly as for the encoder:
 
     sequence classifier: Tanh (pooler) -> Gemm | MatMul+Add       -> classifier.weight/bias
     token classifier:    hidden states -> MatMul+Add              -> classifier.weight/bias
@@ -23,12 +24,11 @@ layers than the MLM transform.
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 
 from ..errors import CheckpointError
-from .onnx_reader import _BertWalker, _Graph, _in, _out, _parse_model
+from .onnx_graph import _Graph, _in, _out
+from .onnx_patterns import Patterns
 
 # Ops that only move or select values between the head linear and a graph output (Dropout,
 # Identity and same-type Casts are already bypassed by _Graph).
@@ -40,17 +40,15 @@ _MAX_ACTIVATION_NODES = 16
 
 
 def read_onnx_heads(
-    path: str | os.PathLike, hidden_size: int, word_embeddings: np.ndarray | None = None
+    g: _Graph, hidden_size: int, word_embeddings: np.ndarray | None = None
 ) -> dict[str, np.ndarray]:
-    """Head tensors ({} for a bare encoder export) with `bert.`-free Hugging Face names.
+    """Head tensors ({} for a bare encoder export) with `bert.`-free Hugging Face names, from the
+    graph `onnx_reader.read_onnx` parsed (`OnnxCheckpoint.graph`).
 
     `word_embeddings` (V, H) is the encoder's table: an MLM decoder equal to it is tied and not
     returned; without it, the decoder weight is always returned.
     """
-    path = os.fspath(path)
-    g = _Graph(_parse_model(path), path)
-    walker = _BertWalker(g)
-    walker.hidden = hidden_size  # the LayerNorm / linear / activation matchers check this width
+    patterns = Patterns(g, hidden_size)  # the LayerNorm / linear / activation matchers check this width
 
     heads: dict[str, np.ndarray] = {}
     for output in g.output_names:
@@ -60,12 +58,12 @@ def read_onnx_heads(
             through_split |= node.op_type == "Split"
             name = _in(node, 0)
             node = g.producer.get(name)
-        linear = _linear(node, g, hidden_size)
+        linear = _linear(node, patterns)
         if linear is None:
             continue
         weight, bias, x = linear
         src = g.producer.get(x)
-        mlm = None if through_split else _mlm_transform(walker, x)
+        mlm = None if through_split else _mlm_transform(patterns, x)
         if mlm is not None:
             prefix = "cls.predictions"
             found = dict(mlm)
@@ -86,59 +84,39 @@ def read_onnx_heads(
         for key, value in found.items():
             if key in heads and not np.array_equal(heads[key], value):
                 raise CheckpointError(
-                    f"{path!r} has two different {prefix} heads; export one task head per model"
+                    f"{g.path!r} has two different {prefix} heads; export one task head per model"
                 )
         heads.update(found)
     return heads
 
 
-def _linear(node, g: _Graph, hidden_size: int):
-    """(weight (out, in) float32, bias (out,), input name) if `node` ends a linear layer on H features."""
+def _linear(node, patterns: Patterns):
+    """(weight (out, in) float32, bias (out,), input name) if `node` ends a linear layer on H
+    features: a Gemm, a MatMul (exporters drop an all-zero bias), or the bias Add after a MatMul."""
     if node is None or len(node.input) < 2:
         return None
-    if node.op_type == "Gemm":
-        w = g.float_const(_in(node, 1), f"weight of Gemm {node.name!r}")
-        b = g.float_const(_in(node, 2), f"bias of Gemm {node.name!r}") if _in(node, 2) else None
-        trans_b = next((a.i for a in node.attribute if a.name == "transB"), 0)
-        if w is None or w.ndim != 2:
-            return None
-        w = w if trans_b else w.T
-        x = _in(node, 0)
-    elif node.op_type == "Add":
-        b = mm = None
-        for i in (0, 1):
-            mm = g.producer.get(_in(node, i))
-            if mm is None or mm.op_type != "MatMul":
-                continue
-            cand = g.float_const(_in(node, 1 - i), f"bias of {node.name!r}")
-            if cand is not None and cand.ndim == 1:
-                b = cand
-                break
-        if b is None:
-            return None
-        w = g.float_const(_in(mm, 1), f"weight of MatMul {mm.name!r}")
-        if w is None or w.ndim != 2:
-            return None
-        w, x = w.T, _in(mm, 0)
-    elif node.op_type == "MatMul":  # exporters drop an all-zero bias
-        w = g.float_const(_in(node, 1), f"weight of MatMul {node.name!r}")
-        if w is None or w.ndim != 2:
-            return None
-        w, b, x = w.T, None, _in(node, 0)
-    else:
+    g = patterns.g
+    mm = node
+    if node.op_type == "Add":
+        mm = next((p for p in (g.producer.get(_in(node, i)) for i in (0, 1))
+                   if p is not None and p.op_type == "MatMul"), None)
+    if mm is None or mm.op_type not in ("MatMul", "Gemm"):
         return None
-    if w.shape[1] != hidden_size:
+    lin = patterns.linear(mm)
+    if lin is None or lin.weight.shape[1] != patterns.hidden:
         return None
-    if b is None:
-        b = np.zeros(w.shape[0], dtype=np.float32)
-    if b.shape != (w.shape[0],):
-        return None
-    return np.ascontiguousarray(w, dtype=np.float32), np.ascontiguousarray(b, dtype=np.float32), x
+    bias = lin.bias
+    if lin.out != _out(node):
+        if node.op_type == "Add":
+            return None  # this Add is not the MatMul's bias
+        bias = np.zeros(lin.weight.shape[0], dtype=np.float32)  # the head ends at its biasless MatMul
+    return (np.ascontiguousarray(lin.weight, dtype=np.float32),
+            np.ascontiguousarray(bias, dtype=np.float32), _in(mm, 0))
 
 
-def _mlm_transform(walker: _BertWalker, x: str) -> dict[str, np.ndarray] | None:
+def _mlm_transform(patterns: Patterns, x: str) -> dict[str, np.ndarray] | None:
     """The MLM transform (dense H x H -> activation -> LayerNorm) whose output is `x`, if it is one."""
-    g = walker.g
+    g = patterns.g
     ln_in = _layer_norm_input(g, x)
     if ln_in is None:
         return None
@@ -154,9 +132,9 @@ def _mlm_transform(walker: _BertWalker, x: str) -> dict[str, np.ndarray] | None:
             continue
         seen.add(id(node))
         if node.op_type in ("MatMul", "Gemm", "Add"):
-            linear = _linear(node, g, walker.hidden)
+            linear = _linear(node, patterns)
             if linear is not None:
-                if linear[0].shape == (walker.hidden, walker.hidden) and dense is None:
+                if linear[0].shape == (patterns.hidden, patterns.hidden) and dense is None:
                     dense = (node, linear)
                 continue
         if node.op_type in ("MatMul", "Gemm", "LayerNormalization", "Softmax"):
@@ -168,8 +146,8 @@ def _mlm_transform(walker: _BertWalker, x: str) -> dict[str, np.ndarray] | None:
     hits, crossed = g.walk_to(_out(node), {"LayerNormalization", "ReduceMean", "Sub"}, strict=False)
     if not any(_in(n, s) == ln_in for n, s in hits):
         return None
-    walker._activation(crossed, "masked-LM head transform")  # raises on an unknown activation
-    ln = walker._layer_norm(ln_in, "masked-LM head transform LayerNorm")
+    patterns.activation(crossed, "masked-LM head transform")  # raises on an unknown activation
+    ln = patterns.layer_norm(ln_in, "masked-LM head transform LayerNorm")
     if ln.out != x:
         return None
     return {

@@ -42,6 +42,15 @@ def is_quantized(model) -> bool:
                for n in model.graph.node)
 
 
+def activation_quantization(model) -> str:
+    """"per-token" when the graph quantizes activations (QDQ pairs, DynamicQuantizeLinear): the
+    file is w8a8, and sparsebert's int8 linears quantize activations per token instead; "float" for
+    a weight-only export, whose activations stay float (Cast + Mul or DequantizeLinear of weights
+    only), so the model runs the float weights it computes."""
+    quantizes = {"QuantizeLinear", "DynamicQuantizeLinear", "MatMulInteger"}
+    return "per-token" if any(n.op_type in quantizes for n in model.graph.node) else "float"
+
+
 def dequantize_graph(model, to_array) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Rewrite `model` (an onnx ModelProto, in place) into its float equivalent; `to_array(tensor)`
     decodes an initializer (external data included). Returns {float initializer name: (codes int8

@@ -2,16 +2,27 @@
 
 - `quantize(src, dst)` (CLI: `sparsebert quantize SRC DST`): symmetric per-output-channel int8
   weights (exact zeros stay zeros, so pruning survives), activations quantized per token at run
-  time; writes a folder `sparsebert.load` reads (see `checkpoint.py` for the format) and a QDQ ONNX
+  time; writes a folder `sparsebert.load` reads (`sparsebert/loaders/int8_folder.py`) and a QDQ ONNX
   file ONNX Runtime runs (`onnx_export.py`), so the two can be compared.
 - `quantize_model(model)`: the same, in memory.
-- `Int8Linear`: the int8 linear (dense or CSR codes) the model runs; kernels in `kernels/int8.py`.
+- `Int8Linear`: the int8 linear (dense, CSR or VNNI codes) the model runs; kernels in
+  `kernels/int8.py` and `kernels/int8_vnni.py`. It is runtime: `sparsebert.dispatch` builds it for
+  int8 checkpoints, including int8 ONNX exports made by other tools (`loaders/onnx_quant.py`).
 
-Left out (see each module): static calibration of activation scales, BSR int8, reading int8 ONNX
-exports made by other tools, int8 task heads.
+The tools (quantize, calibrate, QDQ export) load on first use: `import sparsebert` imports only
+`linear.py` from this package.
+
+Left out (see each module): static calibration of activation scales, BSR int8, int8 task heads.
 """
 
-from .checkpoint import quantize, quantize_model, read_quantization
-from .linear import Int8Linear, quantize_weight
+import importlib
 
-__all__ = ["Int8Linear", "quantize", "quantize_model", "quantize_weight", "read_quantization"]
+__all__ = ["Int8Linear", "quantize", "quantize_model", "quantize_weight"]
+_HOME = {"Int8Linear": ".linear", "quantize_weight": ".linear", "quantize": ".checkpoint",
+         "quantize_model": ".checkpoint"}
+
+
+def __getattr__(name):
+    if name in _HOME:
+        return getattr(importlib.import_module(_HOME[name], __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -36,7 +36,7 @@ class _Recorder:
 def smoothing_factors(model, texts, alpha: float = 0.5, batch_size: int = 32) -> dict:
     """{(layer index, linear name): smooth (K,) float32} for the model's encoder linears, from
     the activations `texts` produce (at least one text)."""
-    from ..linear import make_linear
+    from ..api import Model
     from ..model import BertEncoder
 
     if not 0.0 <= alpha <= 1.0:
@@ -44,18 +44,15 @@ def smoothing_factors(model, texts, alpha: float = 0.5, batch_size: int = 32) ->
     texts = list(texts)
     if not texts or not all(isinstance(t, str) for t in texts):
         raise InputError("calibration needs a non-empty list of texts")
+    # A dense float copy of the model whose encoder linears also record their inputs.
+    encoder = BertEncoder(model.encoder.weights, "dense")
     recorders = {}
-
-    def formats(name, w):
-        def build(weight, bias):
-            rec = _Recorder(make_linear(weight, bias, "dense"))
-            recorders[(len(recorders) // 4, name)] = (rec, weight)
-            return rec
-        return build
-
-    from ..api import Model
-
-    probe = Model(BertEncoder(model.encoder.weights, formats), model.tokenizer)
+    for i, (layer, w) in enumerate(zip(encoder.layers, model.encoder.weights.layers)):
+        for name in ("qkv", "attn_out", "ffn_in", "ffn_out"):
+            rec = _Recorder(getattr(layer, name))
+            setattr(layer, name, rec)
+            recorders[(i, name)] = (rec, getattr(w, f"{name}_w"))
+    probe = Model(encoder, model.tokenizer)
     probe.encode(texts, batch_size=batch_size)
     out = {}
     for key, (rec, weight) in recorders.items():

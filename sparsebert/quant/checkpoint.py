@@ -1,4 +1,5 @@
-"""Quantized checkpoints: `quantize(src, dst)` writes one, `read_quantization` reads one back exactly.
+"""Quantized checkpoints: `quantize(src, dst)` writes one; `sparsebert.loaders` reads it back exactly
+(`loaders/int8_folder.py`); `quantize_model` quantizes a loaded model in memory.
 
 A quantized folder is a Hugging Face folder whose model.safetensors holds every encoder linear
 weight as `<name>.weight_int8` (int8 codes, (out, in)) + `<name>.weight_scale` (float32, (out,))
@@ -10,10 +11,8 @@ whose config.json carries
                      "weights": "symmetric-per-channel", "activations": "dynamic-per-token",
                      "linears": ["encoder.layer.0.attention.self.query", ...]}
 
-Loading validates that section and every listed tensor, rebuilds float weights codes * scale
-for the shape checks of `sparsebert.weights`, and hands the model int8 linears built from the
-stored codes and scales (checked to reproduce those float weights bit for bit), so nothing
-passes through a lossy round trip. Other readers (transformers) will not load this folder: the
+Loading validates that section and every listed tensor, and hands the model int8 linears built
+from the stored codes and scales, so nothing passes through a lossy round trip. Other readers (transformers) will not load this folder: the
 QDQ ONNX beside it (`sparsebert.quant.onnx_export`) is the portable form.
 
 Left out: static per-token activation scales, quantized pooler and task heads
@@ -22,22 +21,16 @@ Left out: static per-token activation scales, quantized pooler and task heads
 
 from __future__ import annotations
 
-import dataclasses
 import json
-import os
 import shutil
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import CheckpointError
+from ..loaders.int8_folder import METHOD, SECTION
 from ..weights import normalize_names
-from .linear import FORMATS, Int8Linear, quantize_weight
-
-METHOD = "sparsebert-int8"
-VERSION = 1
-SECTION = {"method": METHOD, "version": VERSION, "weights": "symmetric-per-channel",
-           "activations": "dynamic-per-token"}
+from .linear import FORMATS, quantize_weight
 # Encoder linears (within encoder.layer.{i}.) and the internal linear each feeds (Q, K, V stack).
 LINEARS = {
     "attention.self.query": "qkv",
@@ -134,126 +127,13 @@ def quantize(src, dst, *, calibration_texts=None, alpha: float = 0.6, overwrite:
     return summary
 
 
-@dataclasses.dataclass(frozen=True)
-class QuantizedCheckpoint:
-    state_dict: dict  # float view: `<name>.weight` = codes * scale, for sparsebert.weights
-    codes: dict  # linear name -> int8 (out, in)
-    scales: dict  # linear name -> float32 (out,)
-    smooth: dict  # linear name -> float32 (in,), for calibrated checkpoints
-
-    def formats(self, weights, fmt="auto"):
-        """A `formats` callable for BertEncoder that builds each encoder linear from the stored
-        codes and scales (Q, K and V stacked as `sparsebert.weights` stacks them)."""
-        fmt = "auto" if fmt is None else fmt
-        if fmt not in FORMATS:
-            raise ValueError(f"a quantized checkpoint takes formats in {FORMATS}, got {fmt!r}")
-        by_id = {}
-        for layer, src in zip(weights.layers, weights.source_layers):
-            parts: dict[str, list[str]] = {}
-            for sub, internal in LINEARS.items():
-                parts.setdefault(internal, []).append(f"encoder.layer.{src}.{sub}")
-            for internal, names in parts.items():
-                w = getattr(layer, f"{internal}_w")
-                if not all(n in self.codes for n in names):
-                    continue  # float in the file (e.g. a per-input-channel weight scale): stays float
-                codes = np.concatenate([self.codes[n] for n in names])
-                scale = np.concatenate([self.scales[n] for n in names])
-                sm = [self.smooth.get(n) for n in names]
-                if any(v is None for v in sm) and any(v is not None for v in sm) or \
-                        any(not np.array_equal(v, sm[0]) for v in sm if v is not None):
-                    raise CheckpointError(f"layer {src} {internal}: the linears sharing this input "
-                                          "must all carry the same input_smooth, or none")
-                if not np.array_equal(_dequantize(codes, scale, sm[0]), w):
-                    raise CheckpointError(f"layer {src} {internal}: stored codes do not reproduce the "
-                                          "weights the model was built from")
-                by_id[id(w)] = (codes, scale, sm[0])
-
-        def formats(name, w):
-            if id(w) not in by_id:
-                return "auto"
-            codes, scale, sm = by_id[id(w)]
-            return lambda weight, bias: Int8Linear(codes, scale, bias, fmt, sm)
-
-        return formats
-
-
-def _dequantize(codes, scale, smooth):
-    w = codes.astype(np.float32) * scale[:, None]
-    return w if smooth is None else w / smooth[None, :]
-
-
-def read_quantization(ckpt) -> QuantizedCheckpoint | None:
-    """The quantized view of a checkpoint from `sparsebert.loaders.read_checkpoint`, or None when
-    its config.json has no "quantization" section. Raises CheckpointError on any inconsistency."""
-    if ckpt.kind == "onnx" and ckpt.int8:  # an int8 ONNX export (loaders/onnx_quant.py)
-        codes = {n: c for n, (c, _) in ckpt.int8.items()}
-        scales = {n: s.astype(np.float32) for n, (_, s) in ckpt.int8.items()}
-        return QuantizedCheckpoint(normalize_names(ckpt.state_dict), codes, scales, {})
-    if ckpt.kind != "safetensors":
-        return None
-    cfg = Path(ckpt.source) / "config.json"
-    try:
-        raw = json.loads(cfg.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None  # the config reader already accepted or refused this file
-    section = raw.get("quantization") if isinstance(raw, dict) else None
-    if section is None:
-        return None
-    if not isinstance(section, dict) or section.get("method") != METHOD:
-        raise CheckpointError(
-            f"{os.fspath(cfg)!r} has a quantization section sparsebert does not know "
-            f"({section!r:.200}); expected method {METHOD!r} written by `sparsebert quantize`"
-        )
-    for key, want in SECTION.items():
-        if section.get(key) != want:
-            raise CheckpointError(f"{os.fspath(cfg)!r}: quantization {key} is {section.get(key)!r}, "
-                                  f"this sparsebert reads {want!r}")
-    names = section.get("linears")
-    if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
-        raise CheckpointError(f"{os.fspath(cfg)!r}: quantization linears must be a non-empty list of names")
-    state = normalize_names(ckpt.state_dict)
-    codes, scales, smooth, float_view = {}, {}, {}, {}
-    listed = set(names)
-    for key, value in state.items():
-        base = key.rsplit(".", 1)[0]
-        if key.endswith((".weight_int8", ".weight_scale", ".input_smooth")):
-            if base not in listed:
-                raise CheckpointError(f"tensor {key!r} is not among the quantized linears of config.json")
-            continue
-        if key.endswith(".weight") and base in listed:
-            raise CheckpointError(f"{key!r} is stored in float although config.json lists it as int8")
-        float_view[key] = value
-    for n in names:
-        q, s = state.get(n + ".weight_int8"), state.get(n + ".weight_scale")
-        if q is None or s is None:
-            raise CheckpointError(f"quantized linear {n!r} lacks {n}.weight_int8 or {n}.weight_scale")
-        if q.dtype != np.int8 or q.ndim != 2:
-            raise CheckpointError(f"{n}.weight_int8 must be a 2-D int8 tensor, got {q.dtype} {q.shape}")
-        if s.shape != (q.shape[0],) or s.dtype != np.float32 or not np.isfinite(s).all() or (s < 0).any():
-            raise CheckpointError(f"{n}.weight_scale must be finite, non-negative float32 of shape "
-                                  f"({q.shape[0]},), got {s.dtype} {s.shape}")
-        if q.min(initial=0) < -127:
-            raise CheckpointError(f"{n}.weight_int8 holds -128; symmetric codes lie in [-127, 127]")
-        sm = state.get(n + ".input_smooth")
-        if sm is not None and (sm.shape != (q.shape[1],) or sm.dtype != np.float32
-                               or not np.isfinite(sm).all() or not (sm > 0).all()):
-            raise CheckpointError(f"{n}.input_smooth must be finite, positive float32 of shape "
-                                  f"({q.shape[1]},), got {sm.dtype} {sm.shape}")
-        codes[n], scales[n] = q, s
-        if sm is not None:
-            smooth[n] = sm
-        float_view[n + ".weight"] = _dequantize(q, s, sm)
-    return QuantizedCheckpoint(float_view, codes, scales, smooth)
-
-
 def quantize_model(model, fmt: str = "auto"):
     """An in-memory int8 copy of a loaded `sparsebert.Model` (same weights, quantized as
     `quantize` would write them; the original model is untouched)."""
     from ..api import Model
     from ..model import BertEncoder
 
-    def formats(name, w):
-        return lambda weight, bias: Int8Linear.from_float(weight, bias, fmt)
-
-    encoder = BertEncoder(model.encoder.weights, formats)
+    if fmt not in FORMATS:
+        raise ValueError(f"int8 linear format must be one of {FORMATS}, got {fmt!r}")
+    encoder = BertEncoder(model.encoder.weights, "int8" if fmt == "auto" else f"int8-{fmt}")
     return Model(encoder, model.tokenizer, model.source)

@@ -27,9 +27,9 @@ import threading
 import numba
 import numpy as np
 
-from ..errors import CheckpointError, InputError
+from ..errors import CheckpointError
 from ..kernels import int8 as k8
-from ..linear import _act_code, _check_out, index_dtype
+from ..linear import act_code, check_call, describe_linear, index_dtype
 
 FORMATS = ("auto", "dense", "csr", "vnni", "gemm", "amx", "bsr1x4")
 # "auto" on VNNI CPUs takes "bsr1x4" when at most this fraction of K-quads holds a nonzero. One
@@ -259,35 +259,23 @@ class Int8Linear:
         return self.to_codes().astype(np.float32) * self.scale[:, None] / self.smooth[None, :]
 
     def describe(self) -> dict:
-        N, K = self.out_features, self.in_features
-        return {
-            "format": self.format,
-            "shape": (N, K),
-            "block_shape": (1, 4) if self.format == "int8-bsr1x4" else None,
-            "nnz": self.nnz,
-            "sparsity": 1.0 - self.nnz / (N * K),
-            "nbytes": int(self.nbytes),
-            "dense_nbytes": 4 * (N * K + N),
-            "flops_per_token": 2 * self.stored_macs,
-            "flops_skipped_per_token": 2 * (N * K - self.stored_macs),
-            "k_chunks": int(self.indptr.shape[0]) if self.format in ("int8-vnni", "int8-bsr1x4") else 1,
-        }
+        # The shared row, with this kind's own format name (the block shape is not a bsr format
+        # here) and the K-chunks of the chunked kernels.
+        row = describe_linear(self)
+        row.update(format=self.format,
+                   block_shape=(1, 4) if self.format == "int8-bsr1x4" else None,
+                   k_chunks=int(self.indptr.shape[0]) if self.format in ("int8-vnni", "int8-bsr1x4")
+                   else 1)
+        return row
 
     def __call__(self, x: np.ndarray, *, activation=None, residual=None, out=None) -> np.ndarray:
-        if not isinstance(x, np.ndarray) or x.ndim != 3 or x.shape[1] != self.in_features:
-            raise InputError(f"{self.format} linear expects x of shape (B, {self.in_features}, S), got "
-                             f"{getattr(x, 'shape', type(x).__name__)}")
-        x = np.ascontiguousarray(x, dtype=np.float32)
+        x, residual = check_call(self, x, residual, out)
         B, K, S = x.shape
         shape = (B, self.out_features, S)
-        if residual is not None:
-            if not isinstance(residual, np.ndarray) or residual.shape != shape:
-                raise InputError(f"residual must have shape {shape}, got {getattr(residual, 'shape', residual)}")
-            residual = np.ascontiguousarray(residual, dtype=np.float32)
-        y = np.empty(shape, dtype=np.float32) if out is None else _check_out(out, shape, x, residual)
+        y = np.empty(shape, dtype=np.float32) if out is None else out
         if y.size == 0:
             return y
-        act = _act_code(activation)
+        act = act_code(activation)
         res, has_res = (_NO_RESIDUAL, False) if residual is None else (residual, True)
         x_scale = _SCRATCH.get("x_scale", (B, S), np.float32)
         # Enough row chunks that every thread gets several tasks, even at batch size 1.

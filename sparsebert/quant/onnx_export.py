@@ -40,16 +40,14 @@ def export_qdq(folder, out_path) -> Path:
 
     from ..export import export_bert_onnx
     from ..loaders import read_checkpoint
-    from .checkpoint import read_quantization
 
     folder, out_path = Path(folder), Path(out_path)
     ckpt = read_checkpoint(folder)
-    q = read_quantization(ckpt)
-    if q is None:
+    if ckpt.kind != "safetensors" or not ckpt.int8:
         raise CheckpointError(f"{str(folder)!r} is not a quantized folder (no quantization section)")
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        save_file({k: np.ascontiguousarray(v) for k, v in q.state_dict.items()
+        save_file({k: np.ascontiguousarray(v) for k, v in ckpt.state_dict.items()
                    if v.dtype.kind == "f" and not k.startswith(("classifier.", "qa_outputs.", "cls."))},
                   str(tmp / "model.safetensors"))
         cfg = ckpt.config.to_dict()
@@ -59,8 +57,8 @@ def export_qdq(folder, out_path) -> Path:
         model = onnx.load(str(tmp / "model.onnx"))
 
     by_bytes = {}
-    for name, codes in q.codes.items():
-        w = q.state_dict[name + ".weight"]
+    for name in ckpt.int8:
+        w = ckpt.state_dict[name + ".weight"]
         by_bytes[np.ascontiguousarray(w.T).tobytes()] = name
     graph = model.graph
     inits = {i.name: i for i in graph.initializer}
@@ -76,7 +74,7 @@ def export_qdq(folder, out_path) -> Path:
             new_nodes.append(node)
             continue
         p = f"qdq{rewritten}"
-        codes, scale, smooth = q.codes[name], q.scales[name], q.smooth.get(name)
+        codes, scale, smooth = ckpt.int8[name].codes, ckpt.int8[name].scale, ckpt.int8[name].smooth
         graph.initializer.extend([
             numpy_helper.from_array(np.ascontiguousarray(codes.T), f"{p}_w_int8"),
             numpy_helper.from_array(scale, f"{p}_w_scale"),
@@ -104,8 +102,8 @@ def export_qdq(folder, out_path) -> Path:
             helper.make_node("MatMul", [f"{p}_xq", f"{p}_w"], list(node.output), name=node.name),
         ]
         rewritten += 1
-    if rewritten != len(q.codes):
-        raise CheckpointError(f"found {rewritten} of {len(q.codes)} encoder MatMuls in the float export")
+    if rewritten != len(ckpt.int8):
+        raise CheckpointError(f"found {rewritten} of {len(ckpt.int8)} encoder MatMuls in the float export")
     del graph.node[:]
     graph.node.extend(new_nodes)
     used = {i for n in graph.node for i in n.input}

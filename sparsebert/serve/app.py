@@ -1,5 +1,8 @@
 """The ASGI application (Starlette): embeddings and pipeline endpoints over one dynamic batcher.
 
+This module is the HTTP plumbing (body limits, auth, queueing, disconnects, metrics, routes) and
+the model thread; what each endpoint accepts and answers is in `protocols.py`.
+
 Endpoints (wire-compatible with what clients already speak):
 - POST /v1/embeddings: OpenAI embeddings API (`input` str or list of str, `model`, `encoding_format`
   float or base64, `dimensions` only equal to the model's width, `usage` token counts); the `openai`
@@ -11,7 +14,7 @@ Endpoints (wire-compatible with what clients already speak):
 - GET /health, GET /info (model, layers, sparsity, formats, version, limits), GET /metrics
   (Prometheus text).
 
-Embeddings are `Model.encode`'s arithmetic (mean pooling over the mask, then L2 normalisation), run
+Embeddings are `Model.encode`'s arithmetic (`batching.pool`: mean over the mask, then L2 normalisation), run
 on batches formed across requests by `batcher.Batcher`. Errors are JSON in the OpenAI shape,
 `{"error": {"message", "type", "param", "code"}}`: 413 for a body, input count or input length over a
 limit, 422 for malformed or empty inputs, 401 without the API key, 503 with Retry-After when the
@@ -24,7 +27,6 @@ reranking endpoints, TEI's left truncation, streaming responses, TLS (put a prox
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import dataclasses
 import hmac
@@ -39,9 +41,12 @@ from starlette.routing import Route
 
 from .. import __version__
 from ..errors import SparseBertError
+from ..batching import l2_normalize, pool
 from ..tokenizer import collate
 from .batcher import Batcher, QueueFull, ShuttingDown
 from .metrics import ServerMetrics
+from .protocols import (HTTPError, error_body, jsonable, openai_request, openai_response,
+                        predict_request, tei_request)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,21 +75,8 @@ class ServeConfig:
                              f"({self.max_queue}): such a request could never be queued")
 
 
-class HTTPError(Exception):
-    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None,
-                 headers: dict | None = None):
-        super().__init__(message)
-        self.status, self.message, self.param, self.code, self.headers = status, message, param, code, headers
-
-
-_ERROR_TYPES = {401: "authentication_error", 404: "not_found_error", 413: "request_too_large",
-                422: "invalid_request_error", 503: "overloaded_error"}
-
-
 def _error_response(err: HTTPError) -> JSONResponse:
-    body = {"error": {"message": err.message, "type": _ERROR_TYPES.get(err.status, "server_error"),
-                      "param": err.param, "code": err.code}}
-    return JSONResponse(body, status_code=err.status, headers=err.headers)
+    return JSONResponse(error_body(err), status_code=err.status, headers=err.headers)
 
 
 class EmbeddingServer:
@@ -110,10 +102,8 @@ class EmbeddingServer:
         if key is None:  # embeddings: payloads are tokenizer encodings
             ids, mask, types = collate(payloads, self.model.tokenizer.pad_id)
             hidden = self.model(ids, mask, types).last_hidden_state  # (B, T, H)
-            m = mask.astype(np.float32)[:, :, None]
             # Model.encode's mean pooling, normalised later per request (normalize is per request)
-            pooled = (hidden * m).sum(axis=1) / np.maximum(m.sum(axis=1), 1e-9)
-            return list(pooled.astype(np.float32, copy=False))
+            return list(pool(hidden, mask, "mean", normalize=False))
         options = dict(key)
         try:
             return self.pipeline(list(payloads), **options)
@@ -159,29 +149,6 @@ class EmbeddingServer:
             raise HTTPError(422, f"request body must be a JSON object, got {type(body).__name__}",
                             code="invalid_body")
         return body
-
-    def _texts(self, value, field: str) -> list[str]:
-        if value is None:
-            raise HTTPError(422, f"'{field}' is required: a string or a list of strings", field)
-        texts = [value] if isinstance(value, str) else value
-        if not isinstance(texts, list):
-            raise HTTPError(422, f"'{field}' must be a string or a list of strings, got "
-                                 f"{type(value).__name__}", field)
-        if not texts:
-            raise HTTPError(422, f"'{field}' is empty: send at least one string", field)
-        if len(texts) > self.config.max_inputs:
-            raise HTTPError(413, f"'{field}' has {len(texts)} inputs; the limit is "
-                                 f"{self.config.max_inputs} per request (split the request)",
-                            field, "too_many_inputs")
-        for i, t in enumerate(texts):
-            if not isinstance(t, str):
-                hint = "; token-id inputs are not supported, send text" if isinstance(t, (int, list)) else ""
-                raise HTTPError(422, f"'{field}[{i}]' must be a string, got {type(t).__name__}{hint}",
-                                f"{field}[{i}]")
-            if not t.strip():
-                raise HTTPError(422, f"'{field}[{i}]' is empty or whitespace: send non-empty text",
-                                f"{field}[{i}]")
-        return texts
 
     def _tokenize(self, texts: list[str], field: str, truncate: bool) -> list:
         encodings = self.model.tokenizer.backend.encode_batch(texts)
@@ -245,52 +212,21 @@ class EmbeddingServer:
         lengths = [len(e.ids) for e in encodings]
         rows = await self._submit(request, lengths, encodings)
         emb = np.stack(rows)
-        if normalize:  # Model.encode's normalisation, same formula
-            emb /= np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
+        if normalize:  # Model.encode's normalisation
+            l2_normalize(emb)
         tokens = int(sum(lengths))
         self.metrics.inputs.inc(endpoint, amount=len(texts))
         self.metrics.tokens.inc(amount=tokens)
         return emb, tokens
 
     async def openai_embeddings(self, request: Request) -> Response:
-        body = await self._read_json(request)
-        texts = self._texts(body.get("input"), "input")
-        fmt = body.get("encoding_format", "float")
-        if fmt is None:
-            fmt = "float"
-        if fmt not in ("float", "base64"):
-            raise HTTPError(422, f"'encoding_format' must be 'float' or 'base64', got {fmt!r}",
-                            "encoding_format")
-        dims = body.get("dimensions")
-        if dims is not None and (isinstance(dims, bool) or dims != self.dim):
-            raise HTTPError(422, f"'dimensions' {dims!r} is not supported: this model returns "
-                                 f"{self.dim}-dimensional embeddings only (omit 'dimensions')",
-                            "dimensions", "unsupported_dimensions")
-        model = body.get("model")
-        if model is not None and not isinstance(model, str):
-            raise HTTPError(422, f"'model' must be a string, got {type(model).__name__}", "model")
+        texts, fmt = openai_request(await self._read_json(request), self.dim, self.config.max_inputs)
         emb, tokens = await self._embed_texts(request, texts, "input", "/v1/embeddings", True,
                                               self.config.auto_truncate)
-        if fmt == "float":
-            vectors = emb.tolist()
-        else:
-            vectors = [base64.b64encode(row.astype("<f4").tobytes()).decode("ascii") for row in emb]
-        data = [{"object": "embedding", "index": i, "embedding": v} for i, v in enumerate(vectors)]
-        return JSONResponse({"object": "list", "data": data, "model": self.config.model_name,
-                             "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})
+        return JSONResponse(openai_response(emb, fmt, self.config.model_name, tokens))
 
     async def tei_embed(self, request: Request) -> Response:
-        body = await self._read_json(request)
-        texts = self._texts(body.get("inputs"), "inputs")
-        normalize = body.get("normalize", True)
-        truncate = body.get("truncate", False)
-        for name, value in (("normalize", normalize), ("truncate", truncate)):
-            if not isinstance(value, bool):
-                raise HTTPError(422, f"'{name}' must be true or false, got {value!r}", name)
-        direction = body.get("truncation_direction", "Right")
-        if direction not in ("Right", "right"):
-            raise HTTPError(422, f"'truncation_direction' {direction!r} is not supported; only 'Right'",
-                            "truncation_direction")
+        texts, normalize, truncate = tei_request(await self._read_json(request), self.config.max_inputs)
         emb, _ = await self._embed_texts(request, texts, "inputs", "/embed", normalize,
                                          truncate or self.config.auto_truncate)
         return JSONResponse(emb.tolist())
@@ -298,47 +234,15 @@ class EmbeddingServer:
     async def predict(self, request: Request) -> Response:
         if self.pipeline is None:
             raise HTTPError(404, "this server runs no task pipeline; start it with --task", code="no_task")
-        body = await self._read_json(request)
-        inputs = body.get("inputs")
-        params = body.get("parameters") or {}
-        if not isinstance(params, dict):
-            raise HTTPError(422, f"'parameters' must be an object, got {type(params).__name__}", "parameters")
-        unknown = sorted(set(params) - set(self.pipeline.defaults))
-        if unknown:
-            raise HTTPError(422, f"unknown parameters {unknown} for {self.pipeline.task}; it accepts "
-                                 f"{sorted(self.pipeline.defaults)}", "parameters")
-        single = not isinstance(inputs, list)
-        items = [inputs] if single else inputs
-        qa = self.pipeline.task == "question-answering"
-        if qa:
-            items = self._qa_inputs(items)
-        else:
-            items = self._texts(inputs, "inputs")
+        items, single, key = predict_request(await self._read_json(request), self.pipeline,
+                                             self.config.max_inputs)
         lengths = [max(1, len(json.dumps(x)) // 4) for x in items]  # rough token estimate for batching
-        try:
-            key = tuple(sorted(params.items()))
-            hash(key)
-        except TypeError:
-            raise HTTPError(422, "'parameters' values must be strings, numbers or booleans", "parameters") from None
         results = await self._submit(request, lengths, items, key)
         for i, r in enumerate(results):
             if isinstance(r, Exception):
                 raise HTTPError(422, f"inputs[{i}]: {r}", f"inputs[{i}]")
         self.metrics.inputs.inc("/predict", amount=len(items))
-        return JSONResponse(_jsonable(results[0] if single else results))
-
-    def _qa_inputs(self, items: list) -> list:
-        if not items:
-            raise HTTPError(422, "'inputs' is empty: send at least one {question, context} object", "inputs")
-        if len(items) > self.config.max_inputs:
-            raise HTTPError(413, f"'inputs' has {len(items)} inputs; the limit is {self.config.max_inputs}",
-                            "inputs", "too_many_inputs")
-        for i, x in enumerate(items):
-            if not (isinstance(x, dict) and isinstance(x.get("question"), str)
-                    and isinstance(x.get("context"), str) and x["question"].strip() and x["context"].strip()):
-                raise HTTPError(422, f"'inputs[{i}]' must be an object with non-empty string 'question' "
-                                     "and 'context'", f"inputs[{i}]")
-        return [{"question": x["question"], "context": x["context"]} for x in items]
+        return JSONResponse(jsonable(results[0] if single else results))
 
     async def health(self, request: Request) -> Response:
         if self.batcher._closing:
@@ -348,7 +252,7 @@ class EmbeddingServer:
     async def info(self, request: Request) -> Response:
         report = self.model.sparsity_report()
         cfg = self.model.config
-        return JSONResponse(_jsonable({
+        return JSONResponse(jsonable({
             "model": self.config.model_name,
             "source": str(self.model.source) if self.model.source is not None else None,
             "version": __version__,
@@ -388,15 +292,3 @@ class EmbeddingServer:
 
 class _ClientGone(Exception):
     """The client disconnected while its texts were queued."""
-
-
-def _jsonable(x):
-    if isinstance(x, dict):
-        return {str(k): _jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_jsonable(v) for v in x]
-    if isinstance(x, np.ndarray):
-        return x.tolist()
-    if isinstance(x, np.generic):
-        return x.item()
-    return x
