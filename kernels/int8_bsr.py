@@ -41,6 +41,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from .int8_gemm import _dequant_block
+from .int8_vnni import pack_weight
 from .jit import parallel_kernel
 from .spmm import chunk_entries
 
@@ -162,15 +163,10 @@ def spmm_int8_bsr4x4(wq, gidx, ptr, chunk_quads, rowsum, XP, S, w_scale, x_scale
 
 def pack_bsr1x4(codes: np.ndarray, chunk_quads: int = CHUNK_QUADS):
     """(N, K) int8 codes -> (wq int32 (nnzb,), gidx uint16, ptr (n_chunks, N + 1), chunk_quads,
-    rowsum int32 (N,)): every K-quad of a row holding a nonzero code is one block."""
-    N, K = codes.shape
-    KQ = -(-K // 4)
-    padded = np.zeros((N, KQ * 4), dtype=np.int8)
-    padded[:, :K] = codes
-    quads = padded.reshape(N, KQ, 4)
-    keep = quads.any(axis=2)
-    rows, cols = np.nonzero(keep)
-    return _chunked(quads[rows, cols].reshape(-1, 4), keep, cols, KQ, chunk_quads, codes)
+    rowsum int32 (N,)): every K-quad of a row holding a nonzero code is one block. This is the
+    layout `int8_vnni.pack_weight` already builds (one int32 word per kept quad, K-chunk then row),
+    so it is that function."""
+    return pack_weight(codes, chunk_quads)
 
 
 def pack_bsr4x4(codes: np.ndarray, chunk_quads: int = CHUNK_QUADS):

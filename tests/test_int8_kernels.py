@@ -10,7 +10,6 @@ On a CPU that has AVX512-VNNI (or AMX-INT8) the tests must run: `test_host_detec
 fails if sparsebert's detection would make them skip there.
 """
 
-import math
 import sys
 
 import numpy as np
@@ -19,6 +18,7 @@ import pytest
 from sparsebert.kernels import int8 as k8
 from sparsebert.quant import Int8Linear
 from sparsebert.quant.linear import host_has_vnni
+from test_int8 import reference_linear  # the float64 model of an Int8Linear call
 
 NO_RES = np.zeros((1, 1, 1), np.float32)
 NO_CODES = np.zeros((1, 1, 1), np.int8)
@@ -149,17 +149,6 @@ def test_extreme_sums_do_not_saturate(kind):
     np.testing.assert_array_equal(got, _reference(codes, q).astype(np.float32))
 
 
-def _reference_linear(lin, x, act, residual):
-    z = x / lin.smooth[None, :, None]
-    xs = np.abs(z).max(axis=1) / np.float32(127)
-    q = np.clip(np.rint(z / np.where(xs > 0, xs, 1)[:, None, :]), -127, 127)
-    w = lin.to_codes().astype(np.float64) * lin.scale[:, None]
-    y = np.einsum("nk,bks->bns", w, q * xs[:, None, :].astype(np.float64)) + lin.bias[None, :, None]
-    if act == "gelu":
-        y = 0.5 * y * (1.0 + np.vectorize(math.erf)(y / math.sqrt(2.0)))
-    return y if residual is None else y + residual
-
-
 @needs_vnni
 @pytest.mark.parametrize("fmt", ["gemm", "amx", "bsr1x4"])
 def test_int8_linear_kinds_fused_epilogue(fmt):
@@ -179,7 +168,7 @@ def test_int8_linear_kinds_fused_epilogue(fmt):
     res = rng.standard_normal((B, N, S)).astype(np.float32)
     for act, r in ((None, None), ("gelu", res)):
         y = lin(x, activation=act, residual=r)
-        want = _reference_linear(lin, x, act, r)
+        want = reference_linear(lin, x, act, r)
         np.testing.assert_allclose(y, want, atol=1e-5 * np.abs(want).max(), rtol=0)
 
 
