@@ -24,6 +24,7 @@ from .errors import CheckpointError, InputError
 from .kernels import attention, ops
 from .dispatch import check_formats, make_linear
 from .ffn import fuse_ffn
+from .hugepages import move_to_huge_pages
 from .weights import BertWeights
 
 # Additive attention bias for padding keys: large enough that exp() underflows to 0, small enough
@@ -143,6 +144,8 @@ class BertEncoder:
         self.pooler = (
             make_linear(weights.pooler_w, weights.pooler_b, "dense") if weights.pooler_w is not None else None
         )
+        moved = [lin for layer in self.layers for lin in layer.linears.values()]
+        move_to_huge_pages(moved + ([self.pooler] if self.pooler is not None else []))
         self._scratch = _Scratch()
         # No token-type path: an empty table tells the embedding kernel to add nothing.
         H = self.config.hidden_size
