@@ -45,7 +45,7 @@ def main() -> None:
     print(f"cpu: {machine()['cpu']}")
     for path in args.models:
         encoders = {}
-        for name, move in (("huge", real), ("plain", lambda objects: 0)):
+        for name, move in (("huge", real), ("plain", lambda objects, keep=(): 0)):
             model_module.move_to_huge_pages = move
             try:
                 encoders[name] = sparsebert.load(path).encoder

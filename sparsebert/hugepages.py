@@ -28,20 +28,23 @@ MIN_BYTES = 64 << 10  # smaller arrays fit a few 4 KiB pages: not worth a copy
 _ALIGN = 64  # every array starts on a cache line (AMX tile rows are 64 bytes)
 
 
-def _large_arrays(objects) -> list[tuple[object, str, np.ndarray]]:
+def _large_arrays(objects, keep) -> list[tuple[object, str, np.ndarray]]:
+    kept = {id(a) for a in keep}
     found = []
     for obj in objects:
         for name, value in vars(obj).items():
             if (isinstance(value, np.ndarray) and value.nbytes >= MIN_BYTES and value.flags.c_contiguous
-                    and not value.flags.writeable):
+                    and not value.flags.writeable and id(value) not in kept):
                 found.append((obj, name, value))
     return found
 
 
-def move_to_huge_pages(objects) -> int:
+def move_to_huge_pages(objects, keep=()) -> int:
     """Move the large read-only C-contiguous array attributes of `objects` into one mapping advised
-    for transparent huge pages (see the module docstring); returns the bytes moved."""
-    found = _large_arrays(objects)
+    for transparent huge pages (see the module docstring); returns the bytes moved. Arrays in
+    `keep` (ones something else also holds, such as the float weights a dense linear runs on
+    as they are) stay where they are: a copy would double their memory."""
+    found = _large_arrays(objects, keep)
     if not found:
         return 0
     offsets, total, seen = {}, 0, {}

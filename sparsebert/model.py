@@ -144,8 +144,11 @@ class BertEncoder:
         self.pooler = (
             make_linear(weights.pooler_w, weights.pooler_b, "dense") if weights.pooler_w is not None else None
         )
+        # The linears' own arrays; float weights a dense linear runs on as loaded stay in place.
         moved = [lin for layer in self.layers for lin in layer.linears.values()]
-        move_to_huge_pages(moved + ([self.pooler] if self.pooler is not None else []))
+        held = [a for lw in weights.layers for a in vars(lw).values() if isinstance(a, np.ndarray)]
+        move_to_huge_pages(moved + ([self.pooler] if self.pooler is not None else []),
+                           keep=held + [weights.pooler_w])
         self._scratch = _Scratch()
         # No token-type path: an empty table tells the embedding kernel to add nothing.
         H = self.config.hidden_size

@@ -42,13 +42,33 @@ def test_large_read_only_arrays_move_with_their_values():
         a.w[0, 0] = 1.0
 
 
+def test_kept_arrays_stay_in_place():
+    held = frozen(np.ones((300, 300), np.float32))
+    other = frozen(np.zeros((300, 300), np.float32))
+    obj = types.SimpleNamespace(weight=held, packed=other)
+    assert move_to_huge_pages([obj], keep=[held]) >= other.nbytes
+    assert obj.weight is held and obj.packed is not other
+
+
+def test_dense_model_keeps_one_copy_of_its_float_weights(tmp_path):
+    pytest.importorskip("torch")
+    from make_checkpoints import make_random_bert
+
+    import sparsebert
+
+    path = make_random_bert(tmp_path / "m", hidden=128, layers=1, heads=4, intermediate=512, vocab=200)
+    model = sparsebert.load(path, formats="dense")
+    lin, w = model.encoder.layers[0].ffn_in, model.encoder.weights.layers[0]
+    assert lin.weight is w.ffn_in_w
+
+
 def test_nothing_to_move_is_a_no_op():
     obj = types.SimpleNamespace(x=frozen(np.zeros(MIN_BYTES // 4 - 1, np.float32)))
     keep = obj.x
     assert move_to_huge_pages([obj]) == 0 and obj.x is keep
 
 
-@pytest.mark.parametrize("formats", [None, "int8"])
+@pytest.mark.parametrize("formats", ["csr", "int8"])
 def test_model_outputs_do_not_change(tmp_path, monkeypatch, formats):
     """An encoder built with and without the move gives the same bits (fp32 and int8 linears)."""
     pytest.importorskip("torch")
@@ -65,7 +85,7 @@ def test_model_outputs_do_not_change(tmp_path, monkeypatch, formats):
     assert all(isinstance(_root(a), mmap.mmap) for a in _large(encoder.layers[0].ffn_in))
     moved = encoder(ids).last_hidden_state
     assert hugepages.move_to_huge_pages is model_module.move_to_huge_pages
-    monkeypatch.setattr(model_module, "move_to_huge_pages", lambda objects: 0)
+    monkeypatch.setattr(model_module, "move_to_huge_pages", lambda objects, keep=(): 0)
     plain = model_module.BertEncoder(w, formats)(ids).last_hidden_state
     assert np.array_equal(moved, plain)
 
