@@ -6,7 +6,9 @@ renamed when complete:
   sparsebert/        `sparsebert.quant.quantize` of the Hugging Face folder (symmetric per-channel
                      int8 weights, zeros kept, so a pruned model stays sparse), without the QDQ export
   ort_dynamic.onnx   onnxruntime `quantize_dynamic(per_channel=True, weight_type=QInt8)`: ONNX
-                     Runtime's one-line int8 (MatMulInteger + DynamicQuantizeLinear)
+                     Runtime's one-line int8 (MatMulInteger + DynamicQuantizeLinear), the same
+                     call as `sparsebert benchmark --engine onnxruntime-int8`
+                     (`sparsebert.ort_files.quantize_dynamic_int8`)
   ort_static_qdq.onnx  onnxruntime `quantize_static` in QDQ format (per-channel QInt8 weights, QUInt8
                      activations, MatMul only) calibrated on a few batches of random token ids:
                      the file OpenVINO runs as int8 (its int8 route for ONNX models)
@@ -22,14 +24,11 @@ from pathlib import Path
 
 import numpy as np
 
+from sparsebert.ort_files import atomic_file, quantize_dynamic_int8
+
 
 def _atomic_file(final: Path, make) -> str:
-    if final.is_file():
-        return "exists"
-    tmp = final.with_name(final.name + ".partial.onnx")
-    make(tmp)
-    os.replace(tmp, final)
-    return "built"
+    return "built" if atomic_file(final, make) else "exists"
 
 
 class _RandomIds:
@@ -67,13 +66,11 @@ def prepare_int8(models_dir: Path, name: str, float_onnx: Path, log, *, peers: b
     if not peers:
         return paths
     from onnxruntime.quantization import (CalibrationMethod, QuantFormat, QuantType,
-                                          quantize_dynamic, quantize_static)
+                                          quantize_static)
 
     paths["ort_dynamic"] = out / "ort_dynamic.onnx"
     t0 = time.perf_counter()
-    status = _atomic_file(paths["ort_dynamic"], lambda tmp: quantize_dynamic(
-        str(float_onnx), str(tmp), per_channel=True, weight_type=QuantType.QInt8,
-        op_types_to_quantize=["MatMul"]))
+    status = _atomic_file(paths["ort_dynamic"], lambda tmp: quantize_dynamic_int8(float_onnx, tmp))
     log(f"{name}: ORT quantize_dynamic {status} ({time.perf_counter() - t0:.0f} s)")
 
     def static(tmp):

@@ -127,10 +127,16 @@ def _add_tool_commands(sub) -> None:
     p.add_argument("--formats", choices=formats, default="auto")
     p.set_defaults(func=cmd_inspect)
 
+    from .benchmark import ENGINES
+
     p = sub.add_parser("benchmark", help="throughput and latency on random inputs",
                        description="Time a model on sparsebert or ONNX Runtime with random token ids.")
-    p.add_argument("path", help="model folder or .onnx file (onnxruntime: .onnx or folder with model.onnx)")
-    p.add_argument("--engine", choices=("sparsebert", "onnxruntime"), default="sparsebert")
+    p.add_argument("path", help="model: Hugging Face folder, .onnx file or folder with model.onnx")
+    p.add_argument("--engine", choices=ENGINES, default="sparsebert",
+                   help="sparsebert: this runtime; onnxruntime: ONNX Runtime in float32 on the "
+                        "ONNX file, or on an export of a Hugging Face folder made once and cached "
+                        "(needs sparsebert[train]); onnxruntime-int8: ONNX Runtime's dynamic int8 "
+                        "(quantize_dynamic, per-channel int8 weights) of that float file, cached")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--seq-len", type=int, default=128)
     p.add_argument("--time", type=float, default=10.0, help="seconds of timed batches")

@@ -1,7 +1,9 @@
 """Export a Hugging Face BertModel folder to ONNX in the flavours real-world exports come in.
 
-Needs the dev extra (torch, transformers; onnxscript for dynamo): it makes the ONNX Runtime
-baseline of benchmarks and the reference exports of tests. Not needed to run sparsebert.
+Needs torch and transformers (the `[train]` extra; the dynamo flavour also onnxscript, from `[dev]`):
+it makes the ONNX Runtime baseline of benchmarks, the file `sparsebert benchmark --engine onnxruntime`
+runs for a Hugging Face folder (`sparsebert.ort_files`) and the reference exports of tests. Not needed
+to run sparsebert.
 
 Flavours (all output `last_hidden_state` and `pooler_output`, with dynamic batch and sequence axes):
   legacy14        torch.onnx.export(dynamo=False), opset 14: LayerNorm decomposed into

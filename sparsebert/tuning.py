@@ -95,13 +95,19 @@ def machine_key(m: dict | None = None) -> str:
     return hashlib.sha256(json.dumps(m, sort_keys=True).encode()).hexdigest()[:20]
 
 
-def cache_path() -> Path:
-    """$SPARSEBERT_CACHE_DIR/tuning.json, else $XDG_CACHE_HOME/sparsebert/, else ~/.cache/sparsebert/."""
+def cache_dir() -> Path:
+    """sparsebert's cache root: $SPARSEBERT_CACHE_DIR, else $XDG_CACHE_HOME/sparsebert/, else
+    ~/.cache/sparsebert/ (the ONNX files of `sparsebert.ort_files` live under it too)."""
     base = os.environ.get("SPARSEBERT_CACHE_DIR")
     if not base:
         base = os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"),
                             "sparsebert")
-    return Path(base) / "tuning.json"
+    return Path(base)
+
+
+def cache_path() -> Path:
+    """tuning.json under `cache_dir()`."""
+    return cache_dir() / "tuning.json"
 
 
 class TuningCache:

@@ -119,7 +119,7 @@ def test_imports_have_no_cycle():
 TOOLS = ("sparsebert.quant.checkpoint", "sparsebert.quant.calibrate", "sparsebert.quant.onnx_export",
          "sparsebert.quant.cli", "sparsebert.serve", "sparsebert.train", "sparsebert.ray_data",
          "sparsebert.encode_job", "sparsebert.tuning_cli", "sparsebert.cli", "sparsebert.benchmark",
-         "sparsebert.prune", "sparsebert.export", "sparsebert.demo",
+         "sparsebert.prune", "sparsebert.export", "sparsebert.ort_files", "sparsebert.demo",
          "torch", "transformers", "starlette", "uvicorn", "ray", "pyarrow", "onnx", "onnxruntime")
 
 

@@ -86,6 +86,18 @@ def test_benchmark_onnxruntime(src, tmp_path, capsys):
     assert json.loads(out)["engine"] == "onnxruntime"
 
 
+def test_benchmark_onnxruntime_int8_of_a_hugging_face_folder(src, tmp_path, capsys, monkeypatch):
+    # The user's own comparison in one command: the folder is exported and quantized on the fly.
+    pytest.importorskip("onnxruntime")
+    monkeypatch.setenv("SPARSEBERT_CACHE_DIR", str(tmp_path / "cache"))
+    code, out, err = _run(capsys, "benchmark", src, "--engine", "onnxruntime-int8",
+                          "--batch-size", "2", "--seq-len", "8", "--time", "0.05")
+    assert code == 0, err
+    result = json.loads(out)
+    assert result["engine"] == "onnxruntime-int8" and result["export_s"] > 0
+    assert result["model"]["onnx_file"].startswith(str(tmp_path / "cache"))
+
+
 def test_inspect_through_a_subprocess(src, tmp_path):
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     proc = subprocess.run([sys.executable, "-m", "sparsebert.cli", "inspect", src, "--json"],
@@ -105,7 +117,7 @@ def test_inspect_through_a_subprocess(src, tmp_path):
     (["prune", "{tmp}/missing", "{dst}", "--sparsity", "0.5"], "does not exist"),
     (["inspect", "{tmp}/missing"], "does not exist"),
     (["benchmark", "{src}", "--batch-size", "0"], "batch_size"),
-    (["benchmark", "{src}", "--engine", "onnxruntime", "--time", "0.05"], "model.onnx"),
+    (["benchmark", "{tmp}", "--engine", "onnxruntime", "--time", "0.05"], "model.onnx"),
 ])
 def test_bad_arguments_exit_2_with_one_line(src, tmp_path, capsys, argv_tail, match):
     argv = [a.format(src=src, dst=tmp_path / "dst", tmp=tmp_path) for a in argv_tail]
