@@ -9,7 +9,7 @@ from numba import prange
 from .jit import kernel, parallel_kernel
 from .spmm_epilogue import copy_row, epilogue_inplace, pack_panel, pack_sequences, zero_rows
 
-# Built against: numeric.py 6c0311da66f4dbb7, spmm_epilogue.py 84df407a011b8901, jit.py fdcc4a930e6e2fee
+# Built against: numeric.py 6c0311da66f4dbb7, spmm_epilogue.py 84df407a011b8901, jit.py cb457540cb65f18d
 
 
 

@@ -6,13 +6,9 @@
   non-zero loop as gathers instead of the token loop, and makes results depend on vector width.
 - SLP vectorisation is off in Numba by default; our token-tile loops need it to become AVX2 code.
   It must be switched on before the first kernel compiles, hence at import of this module.
-- On AVX-512 CPUs, LLVM's preference for 256-bit vectors is dropped (`_wide_vector_features`), so
-  those loops become zmm code. Numba reads that setting when it is imported: sparsebert/__init__.py
-  imports this module first.
 """
 
 import os
-import sys
 
 # GNU OpenMP (Numba's "omp" threading layer) spins idle workers for ~300k iterations after each
 # parallel region. Our forward pass runs ~100 short regions, and whenever another process wants a
@@ -23,41 +19,10 @@ import sys
 if "OMP_WAIT_POLICY" not in os.environ and "GOMP_SPINCOUNT" not in os.environ:
     os.environ["GOMP_SPINCOUNT"] = "20000"
 
-
-
-def _wide_vector_features() -> str | None:
-    """The host's LLVM feature string with "-prefer-256-bit", on CPUs with AVX-512F; else None.
-
-    LLVM's tuning for Intel AVX-512 server cores (Skylake-X to Sapphire Rapids) prefers 256-bit
-    vectors in auto-vectorised code, so the SLP-vectorised register tiles of our fp32 kernels
-    used ymm: the CSR micro-kernel ran 8 ymm FMAs per nonzero where 4 zmm FMAs do the same work.
-    Dropping the preference lets LLVM use zmm (same results bit for bit: the lanes are tokens).
-    SPARSEBERT_VECTOR_WIDTH=256 keeps LLVM's default; a NUMBA_CPU_FEATURES the user set wins."""
-    if os.environ.get("SPARSEBERT_VECTOR_WIDTH", "512") == "256":
-        return None
-    try:
-        import llvmlite.binding as ll
-
-        features = ll.get_host_cpu_features()
-    except (ImportError, RuntimeError):
-        return None
-    if not features.get("avx512f"):
-        return None
-    return features.flatten() + ",-prefer-256-bit"
-
-
-if "NUMBA_CPU_FEATURES" not in os.environ and "numba" not in sys.modules:
-    _features = _wide_vector_features()
-    if _features is not None:
-        os.environ["NUMBA_CPU_FEATURES"] = _features  # read by numba at import
-
 import numba  # noqa: E402
 from numba.core import config as _numba_config  # noqa: E402
 
 _numba_config.SLP_VECTORIZE = 1
-# If numba was imported before sparsebert, it has read its environment already and keeps LLVM's
-# default: setting its config afterwards made LLVM emit scalar FMAs for the tiles (measured), worse
-# than leaving it alone. `import sparsebert` first (or set NUMBA_CPU_FEATURES) to get zmm code.
 
 FASTMATH = {"nsz", "arcp", "contract", "afn"}
 

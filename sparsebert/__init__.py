@@ -1,8 +1,5 @@
 """sparsebert: CPU inference for sparse (pruned) BERT encoders with Numba CSR/BSR kernels."""
 
-# First: the compiler options (and the environment numba reads when it is imported) are set there.
-from .kernels import jit as _jit  # noqa: F401  isort: skip
-
 from .config import BertConfig
 from .errors import (
     CheckpointError,

@@ -276,35 +276,3 @@ def _erf_fast(v):
     from scipy.special import erf
 
     return erf(v)
-
-
-def test_tiles_use_the_widest_vectors_the_cpu_has():
-    """On AVX-512 CPUs the register tiles compile to zmm FMAs (kernels/jit.py drops LLVM's 256-bit
-    preference); ymm code does the same work at half the width. Compiled here in a subprocess with
-    a private cache, so the check sees fresh code, not a cached copy from another setting."""
-    import subprocess
-    import sys
-
-    import llvmlite.binding as ll
-
-    if not ll.get_host_cpu_features().get("avx512f"):
-        pytest.skip("no AVX-512F on this CPU: ymm is the widest vector")
-    code = (
-        "import re, numpy as np, sparsebert\n"
-        "from sparsebert.kernels import _spmm_generated as g\n"
-        "u = np.uint64\n"
-        "y = np.zeros(64, np.float32); x = np.ones(64 * 4, np.float32)\n"
-        "g._tile_csr_w64(y, u(0), u(64), x, u(0), u(64), np.ones(4, np.float32),"
-        " np.arange(4, dtype=np.uint16), u(0), u(4))\n"
-        "assert y[0] == 4.0\n"
-        "asm = g._tile_csr_w64.inspect_asm(g._tile_csr_w64.signatures[0])\n"
-        "print(len(re.findall(r'vfmadd\\w+\\s+[^\\n]*zmm', asm)))\n"
-    )
-    env = {k: v for k, v in os.environ.items() if k not in ("NUMBA_CPU_FEATURES", "SPARSEBERT_VECTOR_WIDTH")}
-    import tempfile
-
-    with tempfile.TemporaryDirectory() as cache:
-        env["NUMBA_CACHE_DIR"] = cache
-        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stderr[-2000:]
-    assert int(out.stdout.split()[-1]) >= 4, "the CSR tile's FMAs are not on zmm registers"
