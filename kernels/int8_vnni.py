@@ -38,7 +38,7 @@ from numba import prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from .int8 import token_scales
+from .int8 import _ONE, _QMAX, _ZERO
 from .jit import helper, kernel, parallel_kernel
 from .spmm import chunk_entries
 from .spmm_epilogue import epilogue_inplace
@@ -102,10 +102,30 @@ def _code_byte(x, m, r):
     return np.uint32(np.int32(min(max(v, np.float32(-127.0)), np.float32(127.0))) + _OFFSET)
 
 
+@helper
+def _tile_token_scales(xf, b, K, S, s0, width, inv_smooth, x_scale, inv):
+    # token_scales (kernels/int8.py) for the tokens [s0, s0 + width) of sequence b only: the same
+    # max and reciprocal per token, so the same bits; inv[j] for token s0 + j.
+    us = np.uint64(S)
+    uw = np.uint64(width)
+    amax = np.zeros(TILE, dtype=np.float32)
+    base = (np.uint64(b) * np.uint64(K)) * us + np.uint64(s0)
+    for k in range(np.uint64(K)):
+        o = base + k * us
+        m = inv_smooth[k]
+        for j in range(uw):
+            amax[j] = max(amax[j], abs(xf[o + j] * m))
+    for j in range(width):
+        sc = amax[j] / _QMAX
+        x_scale[b, s0 + j] = sc
+        inv[j] = _ONE / sc if sc > _ZERO else _ZERO
+
+
 @parallel_kernel
 def quantize_pack(X, smooth, XP, x_scale):
     # X (B, K, S) float32 -> XP (B, KQ, SP, 4) uint8 = code + 128 (codes as kernels/int8.py's
-    # quantize_tokens), padding 128; x_scale (B, S). Each token's quad is assembled as one
+    # quantize_tokens), padding 128; x_scale (B, S). One task per (sequence, 64-token tile), so a
+    # single sequence still spreads over the threads. Each token's quad is assembled as one
     # little-endian uint32 from four feature rows, so the token loop stores contiguous words
     # and vectorises (byte stores 4 apart did not).
     B, K, S = X.shape
@@ -117,25 +137,33 @@ def quantize_pack(X, smooth, XP, x_scale):
         inv_smooth[k] = np.float32(1.0) / smooth[k]
     us, usp = np.uint64(S), np.uint64(SP)
     pad = np.uint32(0x80808080)
-    for b in prange(B):
-        inv = token_scales(xf, b, K, S, inv_smooth, x_scale)
+    n_tiles = (SP + TILE - 1) // TILE
+    for task in prange(B * n_tiles):
+        b = task // n_tiles
+        s0 = (task - b * n_tiles) * TILE
+        width = max(0, min(TILE, S - s0))
+        inv = np.zeros(TILE, dtype=np.float32)
+        if width > 0:
+            _tile_token_scales(xf, b, K, S, s0, width, inv_smooth, x_scale, inv)
+        uw = np.uint64(width)
+        end = np.uint64(min(SP, s0 + TILE))
         for q in range(KQ):
-            d = (np.uint64(b) * np.uint64(KQ) + np.uint64(q)) * usp
+            d = (np.uint64(b) * np.uint64(KQ) + np.uint64(q)) * usp + np.uint64(s0)
             k0 = 4 * q
-            o0 = (np.uint64(b) * np.uint64(K) + np.uint64(min(k0, K - 1))) * us
-            o1 = (np.uint64(b) * np.uint64(K) + np.uint64(min(k0 + 1, K - 1))) * us
-            o2 = (np.uint64(b) * np.uint64(K) + np.uint64(min(k0 + 2, K - 1))) * us
-            o3 = (np.uint64(b) * np.uint64(K) + np.uint64(min(k0 + 3, K - 1))) * us
+            o0 = (np.uint64(b) * np.uint64(K) + np.uint64(min(k0, K - 1))) * us + np.uint64(s0)
+            o1 = (np.uint64(b) * np.uint64(K) + np.uint64(min(k0 + 1, K - 1))) * us + np.uint64(s0)
+            o2 = (np.uint64(b) * np.uint64(K) + np.uint64(min(k0 + 2, K - 1))) * us + np.uint64(s0)
+            o3 = (np.uint64(b) * np.uint64(K) + np.uint64(min(k0 + 3, K - 1))) * us + np.uint64(s0)
             # Features past K (the last quad of a K not divisible by 4) read row K - 1 through a
             # zero multiplier: code 0, byte 128.
             m0, m1, m2, m3 = inv_smooth[k0], inv_smooth[k0 + 1], inv_smooth[k0 + 2], inv_smooth[k0 + 3]
-            for s in range(us):
-                r = inv[s]
-                pw[d + s] = (_code_byte(xf[o0 + s], m0, r) | (_code_byte(xf[o1 + s], m1, r) << 8)
-                             | (_code_byte(xf[o2 + s], m2, r) << 16)
-                             | (_code_byte(xf[o3 + s], m3, r) << 24))
-            for s in range(us, usp):
-                pw[d + s] = pad
+            for j in range(uw):
+                r = inv[j]
+                pw[d + j] = (_code_byte(xf[o0 + j], m0, r) | (_code_byte(xf[o1 + j], m1, r) << 8)
+                             | (_code_byte(xf[o2 + j], m2, r) << 16)
+                             | (_code_byte(xf[o3 + j], m3, r) << 24))
+            for j in range(uw, end - np.uint64(s0)):
+                pw[d + j] = pad
 
 
 @kernel
