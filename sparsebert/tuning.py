@@ -15,6 +15,8 @@ with a warning and rewritten; an unwritable one only costs re-tuning. Each Linea
 format was chosen (`choice` in `describe()` and the sparsity report): "measured" with the timings,
 "cache" with the timings measured earlier, or "forced" (`formats=`).
 
+The int8 kernel kinds are timed the same way, into the same file (`sparsebert.tuning_int8`).
+
 The tuner measures linears and never loads a model: `sparsebert tune PATH` (`sparsebert.cli.tune`)
 loads one with formats="auto", which fills this cache.
 
@@ -54,7 +56,8 @@ def kernel_version() -> str:
     here = Path(__file__).resolve().parent
     files = sorted(_KERNEL_DIR.glob("*.py")) if _KERNEL_DIR.is_dir() else sorted(
         (here / "kernels").glob("*.py"))
-    for f in files + [here / "linear.py", Path(__file__).resolve()]:
+    for f in files + [here / "linear.py", here / "quant" / "linear.py", here / "tuning_int8.py",
+                      Path(__file__).resolve()]:
         h.update(f.name.encode())
         h.update(f.read_bytes())
     return h.hexdigest()[:16]
@@ -192,7 +195,8 @@ def signature(mask: np.ndarray, fitting: list) -> str:
     return f"{N}x{K} d{density:.2f} blocks {blocks}"
 
 
-def _time_call(lin, x) -> float:
+def time_call(lin, x) -> float:
+    """Best of `_REPEATS` calls of lin(x), in seconds, after one untimed call."""
     lin(x)  # first call: compiles or loads the kernel, touches the output pages
     best = float("inf")
     for _ in range(_REPEATS):
@@ -219,7 +223,7 @@ def measure(weight: np.ndarray, bias: np.ndarray, fitting: list) -> tuple:
         return _entry(lin, {}), lin
     for fmt in candidates:
         lin = linear.build_linear(weight, bias, fmt)
-        timings[_label(lin)] = _time_call(lin, x)
+        timings[_label(lin)] = time_call(lin, x)
         built[_label(lin)] = lin
     sparse = [k for k in timings if k != "dense"]
     if sparse:
@@ -234,7 +238,7 @@ def measure(weight: np.ndarray, bias: np.ndarray, fitting: list) -> tuple:
                 continue  # panels under 8 KiB: loop overhead only, never faster here
             alt = linear.build_linear(weight, bias, lin.format if block == (1, 1)
                                       else f"bsr{block[0]}x{block[1]}", chunk_cols=cols)
-            timings[_label(alt)] = _time_call(alt, x)
+            timings[_label(alt)] = time_call(alt, x)
             built[_label(alt)] = alt
     lin = built[min(timings, key=timings.get)]
     return _entry(lin, timings), lin

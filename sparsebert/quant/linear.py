@@ -13,11 +13,16 @@ Kernel kinds (`format`, shown by `inspect` and `sparsity_report`): on AVX512-VNN
 (AMX-INT8 tiles, where Linux grants them) or "gemm" (register-blocked `vpdpbusd`) for dense-ish
 weights, "bsr1x4" (one `vpdpbusd` broadcast per stored 1x4 block) when few K-quads hold a nonzero
 (`kernels/int8_gemm.py`, `kernels/int8_bsr.py`); "vnni" (the one-row quad tile) only when forced;
-elsewhere "dense" and "csr".
+elsewhere "dense" and "csr". All kinds give the same outputs bit for bit (the same activation
+codes, exact int32 sums, the same float epilogue): the choice is speed only.
+
+Which kind a model runs is chosen by timing them on this machine (`sparsebert.tuning_int8`, asked
+by `sparsebert.dispatch.make_linear` for int8 "auto"). An `Int8Linear(format="auto")` built
+directly, outside the model, decides without timing, by the thresholds below (one-core
+measurements on Sapphire Rapids, benchmarks/bench_int8_gemm.py).
 
 Left out: static per-token activation scales, asymmetric (zero-point) weights, per-group scales,
-keeping activations int8 between layers, timing the kinds per layer (the thresholds below are
-one-core measurements on Sapphire Rapids, benchmarks/bench_int8_gemm.py).
+keeping activations int8 between layers.
 """
 
 from __future__ import annotations
@@ -32,13 +37,13 @@ from ..kernels import int8 as k8
 from ..linear import act_code, check_call, describe_linear, index_dtype
 
 FORMATS = ("auto", "dense", "csr", "vnni", "gemm", "amx", "bsr1x4")
-# "auto" on VNNI CPUs takes "bsr1x4" when at most this fraction of K-quads holds a nonzero. One
-# core, Sapphire Rapids, BERT-base FFN linears: a stored 1x4 block runs at ~0.4x the dense VNNI
-# kernel's rate per multiply-add, so it wins below ~0.4 of the quads; against AMX, 80% 1x4 (0.2)
-# ran at 0.7-0.95x the dense AMX kernel's speed and 90% at 1.2-1.5x.
+# Untimed "auto" on VNNI CPUs takes "bsr1x4" when at most this fraction of K-quads holds a
+# nonzero. One core, Sapphire Rapids, BERT-base FFN linears: a stored 1x4 block runs at ~0.4x the
+# dense VNNI kernel's rate per multiply-add, so it wins below ~0.4 of the quads; against AMX, 80%
+# 1x4 (0.2) ran at 0.7-0.95x the dense AMX kernel's speed and 90% at 1.2-1.5x.
 BSR1X4_MAX_QUADS = {"amx": 0.15, "gemm": 0.4}
-# Portable kernels (no AVX512-VNNI): CSR from this sparsity on; below, the dense int8 kernel does
-# less work per stored value than the CSR row loop.
+# Untimed "auto", portable kernels (no AVX512-VNNI): CSR from this sparsity on; below, the dense
+# int8 kernel does less work per stored value than the CSR row loop.
 CSR_FROM_SPARSITY = 0.5
 
 
@@ -52,16 +57,30 @@ def host_has_vnni() -> bool:
         return False
 
 
-def _auto_vnni_kind(codes: np.ndarray) -> str:
-    from ..kernels import int8_gemm
-
+def quad_fraction(codes: np.ndarray) -> float:
+    """The fraction of (row, K-quad) 1x4 blocks of (N, K) codes that hold a nonzero: the share of
+    the dense multiply-adds the "bsr1x4" kind stores (K padded to a multiple of 4)."""
     N, K = codes.shape
     KQ = -(-K // 4)
     padded = np.zeros((N, KQ * 4), dtype=np.int8)
     padded[:, :K] = codes
-    quads = padded.reshape(N, KQ, 4).any(axis=2).mean()
-    dense = "amx" if int8_gemm.amx_available() else "gemm"
-    return "bsr1x4" if quads <= BSR1X4_MAX_QUADS[dense] else dense
+    return float(padded.reshape(N, KQ, 4).any(axis=2).mean())
+
+
+def dense_vnni_kind() -> str:
+    """The dense kind of a VNNI CPU: "amx" where this process may use AMX tiles, else "gemm"."""
+    from ..kernels import int8_gemm
+
+    return "amx" if int8_gemm.amx_available() else "gemm"
+
+
+def untimed_kind(codes: np.ndarray) -> str:
+    """What "auto" means without timing: the thresholds above, by CPU features and sparsity."""
+    if host_has_vnni():
+        dense = dense_vnni_kind()
+        return "bsr1x4" if quad_fraction(codes) <= BSR1X4_MAX_QUADS[dense] else dense
+    N, K = codes.shape
+    return "csr" if 1.0 - np.count_nonzero(codes) / (N * K) >= CSR_FROM_SPARSITY else "dense"
 
 
 _NO_RESIDUAL = np.zeros((1, 1, 1), dtype=np.float32)
@@ -97,6 +116,21 @@ class _Codes(threading.local):
 _SCRATCH = _Codes()
 
 
+def check_codes(codes) -> tuple[int, int]:
+    """(N, K) of valid weight codes: a 2-D int8 array, positive shape, no -128."""
+    if not isinstance(codes, np.ndarray) or codes.dtype != np.int8 or codes.ndim != 2:
+        raise CheckpointError(
+            f"int8 weight codes must be a 2-D int8 array, got "
+            f"{getattr(codes, 'dtype', type(codes).__name__)} {getattr(codes, 'shape', '')}"
+        )
+    N, K = codes.shape
+    if N < 1 or K < 1:
+        raise CheckpointError(f"int8 weight shape must be positive, got {(N, K)}")
+    if codes.min(initial=0) < -127:
+        raise CheckpointError("int8 weight codes hold -128; symmetric quantization uses [-127, 127]")
+    return N, K
+
+
 def _check_smooth(smooth, K) -> np.ndarray:
     s = np.asarray(smooth)
     if s.shape != (K,) or not np.issubdtype(s.dtype, np.floating) or not np.isfinite(s).all() \
@@ -110,8 +144,9 @@ class Int8Linear:
     """Y[b] (N, S) = act(W (N, K) @ X[b] (K, S) + bias) (+ residual) with W int8 codes x per-row
     scale and X quantized per token on the fly. Build with `from_float` or from stored codes.
 
-    Formats: see the module docstring; "auto" takes "amx" / "gemm" / "bsr1x4" where the CPU has
-    AVX512-VNNI, else "dense" (token-major codes) or "csr" (chosen from 50% sparsity).
+    Formats: see the module docstring; "auto" (untimed: `untimed_kind`) takes "amx" / "gemm" /
+    "bsr1x4" where the CPU has AVX512-VNNI, else "dense" (token-major codes) or "csr" (from 50%
+    sparsity). `sparsebert.tuning_int8.choose_int8` times the kinds instead.
 
     smooth (K,) (SmoothQuant, Xiao et al. 2023): the codes stand for W * smooth[None, :] and the
     activations are quantized as X / smooth[:, None]; the product is the same, but outlier input
@@ -125,16 +160,7 @@ class Int8Linear:
         smooth float (K,) > 0 (ones when None)."""
         if format not in FORMATS:
             raise ValueError(f"unknown int8 linear format {format!r}; expected one of {FORMATS}")
-        if not isinstance(codes, np.ndarray) or codes.dtype != np.int8 or codes.ndim != 2:
-            raise CheckpointError(
-                f"int8 weight codes must be a 2-D int8 array, got "
-                f"{getattr(codes, 'dtype', type(codes).__name__)} {getattr(codes, 'shape', '')}"
-            )
-        N, K = codes.shape
-        if N < 1 or K < 1:
-            raise CheckpointError(f"int8 weight shape must be positive, got {(N, K)}")
-        if codes.min(initial=0) < -127:
-            raise CheckpointError("int8 weight codes hold -128; symmetric quantization uses [-127, 127]")
+        N, K = check_codes(codes)
         scale = np.asarray(scale)
         if scale.shape != (N,) or not np.issubdtype(scale.dtype, np.floating):
             raise CheckpointError(f"weight scale must be a float array of shape ({N},), got "
@@ -150,10 +176,7 @@ class Int8Linear:
         self.bias = np.ascontiguousarray(bias, dtype=np.float32)
         nnz = int(np.count_nonzero(codes))
         if format == "auto":
-            if host_has_vnni():
-                format = _auto_vnni_kind(codes)
-            else:
-                format = "csr" if 1.0 - nnz / (N * K) >= CSR_FROM_SPARSITY else "dense"
+            format = untimed_kind(codes)
         elif format in ("vnni", "gemm", "bsr1x4", "amx") and not host_has_vnni():
             raise ValueError(f"format {format!r} needs a CPU with AVX512-VNNI; use 'auto', 'dense' or 'csr'")
         if format == "amx":
