@@ -11,7 +11,8 @@ their own modules and know nothing of each other or of this choice:
   same file).
 
 A new kernel plugs in here: give its Linear class the call interface of `sparsebert.linear`
-(`lin(x, activation=, residual=, out=)`, `describe()`), add its format name to `FLOAT_FORMATS` or
+(`lin(x, activation=, residual=, out=)`, `describe()`; the checks and the describe row every kind
+shares are in `sparsebert.linear_contract`), add its format name to `FLOAT_FORMATS` or
 `INT8_FORMATS`, and one branch to `make_linear`.
 
 `formats`, the user's choice (`sparsebert.load(path, formats=...)`), is one type, `Formats`:
@@ -46,7 +47,7 @@ from typing import Callable, Union
 
 import numpy as np
 
-from . import linear, tuning, tuning_int8
+from . import linear, linear_contract, tuning, tuning_int8
 from .quant.linear import Int8Linear, quantize_weight
 from .weights import Int8Weight
 
@@ -99,7 +100,7 @@ def make_linear(weight: np.ndarray, bias: np.ndarray, format: str = "auto",
         codes, scale = quantize_weight(weight)
         return _int8_linear(codes, scale, bias, _int8_kind(format), None, format)
     if format == "auto":
-        return tuning.choose(linear.check_dense(weight, bias), bias)
+        return tuning.choose(linear_contract.check_dense(weight, bias), bias)
     lin = linear.build_linear(weight, bias, format)
     lin.choice = {"by": "forced", "requested": format}
     return lin

@@ -20,7 +20,8 @@ import numpy as np
 
 from .errors import InputError
 from .kernels import ffn_fused, ops
-from .linear import CSRLinear, act_code
+from .linear import CSRLinear
+from .linear_contract import act_code
 
 _NO_RESIDUAL = np.zeros((1, 1, 1), dtype=np.float32)
 _NO_NORM = np.zeros(1, dtype=np.float32)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 
 from .api import load
-from .linear import fitting_block_shapes
+from .linear_cost import fitting_block_shapes
 
 
 def inspect_model(path: str | os.PathLike, *, layers=None, formats="auto") -> dict:

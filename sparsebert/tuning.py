@@ -4,8 +4,8 @@
 block structure) a model has, it times the candidate formats (dense BLAS, CSR, and every block
 shape whose aligned blocks hold all the nonzeros) on a (8, K, 128) activation, then two other
 K-chunk widths for the fastest sparse format, and keeps the fastest. The hand-calibrated cost
-model in `sparsebert.linear` only prunes hopeless candidates (predicted > 1.5x the best), so the
-dense BLAS path and CSR are always timed against each other when they are close.
+model in `sparsebert.linear_cost` only prunes hopeless candidates (predicted > 1.5x the best), so
+the dense BLAS path and CSR are always timed against each other when they are close.
 
 Results go to a JSON file (`cache_path()`; never pickle) under a key made of the CPU model, the
 ISA features LLVM compiles for, the Numba thread count and a hash of the kernel sources: a model
@@ -38,7 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import linear
+from . import linear, linear_cost
 from .kernels import spmm
 
 CACHE_VERSION = 1
@@ -56,8 +56,10 @@ def kernel_version() -> str:
     here = Path(__file__).resolve().parent
     files = sorted(_KERNEL_DIR.glob("*.py")) if _KERNEL_DIR.is_dir() else sorted(
         (here / "kernels").glob("*.py"))
-    for f in files + [here / "linear.py", here / "quant" / "linear.py", here / "tuning_int8.py",
-                      Path(__file__).resolve()]:
+    # The linear kinds, the checks their kernels trust and the cost model that prunes candidates
+    # all change what is timed, so they count as kernel sources too.
+    for f in files + [here / "linear.py", here / "linear_contract.py", here / "linear_cost.py",
+                      here / "quant" / "linear.py", here / "tuning_int8.py", Path(__file__).resolve()]:
         h.update(f.name.encode())
         h.update(f.read_bytes())
     return h.hexdigest()[:16]
@@ -209,9 +211,9 @@ def time_call(lin, x) -> float:
 def measure(weight: np.ndarray, bias: np.ndarray, fitting: list) -> tuple:
     """Time the candidates on one weight; returns (entry, fastest linear)."""
     N, K = weight.shape
-    predicted = {"dense": 1.0, "csr": linear.predicted_cost(weight, "csr")}
+    predicted = {"dense": 1.0, "csr": linear_cost.predicted_cost(weight, "csr")}
     for shape in fitting:
-        predicted[f"bsr{shape[0]}x{shape[1]}"] = linear.predicted_cost(weight, shape)
+        predicted[f"bsr{shape[0]}x{shape[1]}"] = linear_cost.predicted_cost(weight, shape)
     floor = min(predicted.values())
     candidates = [f for f, c in predicted.items() if c <= _PRUNE_FACTOR * floor]
     if np.count_nonzero(weight) > _DENSE_ABOVE * N * K:
@@ -266,7 +268,7 @@ def choose(weight: np.ndarray, bias: np.ndarray, cache: TuningCache | None = Non
     t0 = time.perf_counter()
     cache = default_cache() if cache is None else cache
     mask = weight != 0
-    fitting = linear.fitting_block_shapes_of_mask(mask)
+    fitting = linear_cost.fitting_block_shapes_of_mask(mask)
     sig = signature(mask, fitting)
     entry = cache.get(sig)
     if entry is not None:

@@ -3,7 +3,8 @@
 `_Graph` indexes producers and consumers, resolves constants (initializers, Constant and Identity
 nodes, float Casts of weights) and bounded forward walks between anchors; `_bypass_no_ops` removes
 inference no-ops (Dropout, Identity, Casts to the type a tensor already has) before any walk, using
-the element types `_elem_types` infers. Left out: recognising BERT patterns (`onnx_reader`).
+the element types `_elem_types` infers. Left out: recognising BERT patterns (`onnx_patterns`,
+`onnx_embeddings`, `onnx_reader`).
 """
 
 from __future__ import annotations

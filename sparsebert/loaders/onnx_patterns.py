@@ -10,7 +10,8 @@ Each matcher recognises one exported form and returns its weights in PyTorch ori
 - `heads(q_out)`: the attention head count from the reshape of a Q projection.
 
 They are stateless apart from the graph and the hidden width they check against; the BERT walker
-(`onnx_reader`) and the task-head reader (`onnx_heads`) both use them on the same parsed graph.
+(`onnx_reader`, with its embeddings stage `onnx_embeddings`) and the task-head reader (`onnx_heads`)
+all use them on the same parsed graph.
 """
 
 from __future__ import annotations

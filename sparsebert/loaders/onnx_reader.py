@@ -26,15 +26,16 @@ A biasless Gemm/MatMul (exporters drop all-zero biases) gets an explicit zero bi
 
 The reader is three stages, one module each: `onnx_tensors` (protobuf and tensor decoding,
 external `.onnx.data` with every location checked to stay inside the model's folder),
-`onnx_graph` (the graph index, constants and no-op bypass) and this module (the BERT walker).
-Int8 exports are first turned back into their float graph by `onnx_quant`, which keeps the exact
-codes and scales aside (`OnnxCheckpoint.int8`).
+`onnx_graph` (the graph index, constants and no-op bypass) and this module (the BERT walker), which
+matches with `onnx_patterns` and leaves the embeddings, from the `input_ids` Gather to their
+LayerNorm, to `onnx_embeddings`; this module walks the layers and the pooler from there, checks
+that nothing was skipped and assembles the config. Int8 exports are first turned back into their
+float graph by `onnx_quant`, which keeps the exact codes and scales aside (`OnnxCheckpoint.int8`).
 
 What this module deliberately leaves out: graphs rewritten by onnxruntime's transformer optimizer
 (fused Attention, SkipLayerNormalization, EmbedLayerNormalization, FastGelu), quantized patterns
-`onnx_quant` does not know, and task heads (see `onnx_heads`). They raise `CheckpointError` instead of yielding a partial model.
-A folded token-type constant (export without `token_type_ids`, table reduced to its row 0) comes
-back as a one-row `embeddings.token_type_embeddings.weight` with `type_vocab_size` 1.
+`onnx_quant` does not know, and task heads (see `onnx_heads`). They raise `CheckpointError`
+instead of yielding a partial model.
 """
 
 from __future__ import annotations
@@ -46,12 +47,12 @@ from collections import deque
 import numpy as np
 
 from ..errors import CheckpointError
-from .onnx_graph import (  # noqa: F401  (_parse_model, _Graph, _in, _out: onnx_heads)
-    _HOW_TO_EXPORT, _Graph, _attr, _in, _out, _reached)
 from ..weights import Int8Weight
+from .onnx_embeddings import read_embeddings
+from .onnx_graph import _HOW_TO_EXPORT, _Graph, _in, _out, _reached
 from .onnx_patterns import MatchedLayerNorm, MatchedLinear, Patterns
 from .onnx_quant import activation_quantization, dequantize_graph, is_quantized
-from .onnx_tensors import _parse_model, _tensor_to_array  # noqa: F401
+from .onnx_tensors import _parse_model, _tensor_to_array
 
 # onnx is a hard dependency (pyproject) but imported lazily so `import sparsebert` stays cheap.
 
@@ -204,157 +205,15 @@ class _BertWalker(Patterns):
                 f"unpack; {_HOW_TO_EXPORT}"
             )
 
-    # -- embeddings --------------------------------------------------------------------------
-
-    def _table(self, node) -> np.ndarray | None:
-        """The float table of an embedding Gather (axis 0, constant 2-D data), else None."""
-        if node.op_type != "Gather" or len(node.input) < 2 or _attr(node, "axis", 0) != 0:
-            return None
-        table = self.g.float_const(_in(node, 0), "embedding table")
-        if table is None or table.ndim != 2:
-            return None
-        return table
-
-    def _word_gather(self):
-        candidates = []
-        for node in self.g.nodes:
-            if node.op_type != "Gather" or len(node.input) < 2:
-                continue
-            source = self.g.source_input(_in(node, 1))
-            if source is None:
-                continue
-            if self.g.const(_in(node, 0)) is None:
-                continue
-            candidates.append((source, node))
-        named = [n for s, n in candidates if s == "input_ids"]
-        if not named:
-            named = [n for s, n in candidates
-                     if not any(k in s.lower() for k in ("token_type", "mask", "position", "segment"))]
-        if len(named) != 1:
-            raise self.fail(
-                f"the word-embedding Gather was not found (expected one Gather of a constant table "
-                f"indexed by the graph input 'input_ids'; graph inputs are {list(self.g.input_names)},"
-                f" candidate Gathers {[n.name for _, n in candidates]})"
-            )
-        node = named[0]
-        table = self._table(node)
-        if table is None:
-            raise self.fail(
-                f"the word-embedding Gather {node.name!r} does not read a 2-D float table along "
-                f"axis 0"
-            )
-        return node, table
-
-    def _add_terms(self, tensor: str, depth: int = 0) -> list[str]:
-        node = self.g.producer.get(tensor)
-        if node is not None and node.op_type == "Add" and depth < 8 and self.g.const(tensor) is None:
-            return [t for i in node.input for t in self._add_terms(i, depth + 1)]
-        return [tensor]
+    # -- embeddings (onnx_embeddings) -------------------------------------------------------
 
     def _embeddings(self, config: dict) -> str:
-        word_node, word = self._word_gather()
-        vocab, self.hidden = word.shape
-        if vocab == 0 or self.hidden == 0:
-            raise CheckpointError(
-                f"{self.g.path!r}: the word-embedding table has shape {word.shape}; an empty "
-                f"table cannot be a trained model: re-export it"
-            )
-        self.sd["embeddings.word_embeddings.weight"] = word
-
-        # Climb the chain of Adds that sums the embedding terms; it ends at the LayerNorm.
-        cur = _out(word_node)
-        terms: list[str] = []
-        for _ in range(8):
-            adds = self.g.users(cur, "Add")
-            if len(adds) != 1 or len(self.g.users(cur)) != 1:
-                break
-            add = adds[0][0]
-            other = self.g.other_input(add, cur)
-            if other is None:
-                raise self.fail(f"embedding Add {add.name!r} is not binary")
-            terms.extend(self._add_terms(other))
-            cur = _out(add)
-        if not terms:
-            raise self.fail(
-                f"the word embeddings ({_out(word_node)!r}) are not summed with position "
-                f"embeddings before a LayerNorm"
-            )
-
-        tables: list[tuple[object, np.ndarray]] = []
-        folded: list[np.ndarray] = []
-        for term in terms:
-            node = self.g.producer.get(term)
-            table = self._table(node) if node is not None else None
-            if table is not None:
-                tables.append((node, table))
-                continue
-            value = self.g.float_const(term, "embedding constant")
-            if value is not None and value.size == self.hidden:
-                folded.append(value.reshape(1, self.hidden))
-                continue
-            if value is not None:
-                raise CheckpointError(
-                    f"{self.g.path!r}: the embedding term {term!r} is a constant of shape "
-                    f"{value.shape}, i.e. position embeddings folded for one fixed sequence length; "
-                    f"the position table cannot be recovered from it. Re-export with a dynamic "
-                    f"sequence axis (dynamic_axes / dynamic_shapes on dimension 1)"
-                )
-            raise self.fail(
-                f"embedding term {term!r} added to the word embeddings is neither a Gather of a "
-                f"constant table nor a folded constant of {self.hidden} values"
-            )
-        for node, table in tables:
-            if table.shape[1] != self.hidden:
-                raise CheckpointError(
-                    f"{self.g.path!r}: embedding table {_in(node, 0)!r} has shape {table.shape}, "
-                    f"but the word embeddings have width {self.hidden}; the export is inconsistent"
-                )
-
-        # Tables indexed by a graph input are named by that input (position_ids -> position,
-        # anything else -> token type); tables indexed by computed ids are the module defaults:
-        # arange positions and all-zero token types.
-        position, token_type, computed = [], [], []
-        for node, table in tables:
-            source = self.g.source_input(_in(node, 1))
-            if source is None:
-                computed.append((node, table))
-            elif "position" in source.lower():
-                position.append((node, table))
-            else:
-                token_type.append((node, table))
-        if not position and computed:
-            if len(computed) == 2 and not token_type and not folded:
-                # Position tables have max_position_embeddings rows, token-type tables a handful.
-                computed.sort(key=lambda nt: nt[1].shape[0])
-                if computed[0][1].shape[0] == computed[1][1].shape[0]:
-                    raise self.fail(
-                        "two embedding tables of equal size are indexed by computed ids; position "
-                        "and token-type embeddings cannot be told apart"
-                    )
-            position.append(computed.pop())
-        token_type.extend(computed)
-        if len(position) != 1:
-            raise self.fail(
-                f"expected one position-embedding Gather added to the word embeddings, found "
-                f"{len(position)} (terms {terms!r})"
-            )
-        if len(folded) + len(token_type) > 1:
-            raise self.fail(f"more than one token-type term added to the word embeddings ({terms!r})")
-
-        position_table = position[0][1]
-        self.sd["embeddings.position_embeddings.weight"] = position_table
-        config.update(vocab_size=int(vocab), max_position_embeddings=int(position_table.shape[0]))
-        if token_type:
-            table = token_type[0][1]
-            self.sd["embeddings.token_type_embeddings.weight"] = table
-            config["type_vocab_size"] = int(table.shape[0])
-        elif folded:
-            self.sd["embeddings.token_type_embeddings.weight"] = np.ascontiguousarray(folded[0])
-            config["type_vocab_size"] = 1
-
-        ln = self.layer_norm(cur, "embeddings LayerNorm")
-        self._store_ln("embeddings.LayerNorm", ln)
-        return ln.out
+        emb = read_embeddings(self.g)
+        self.hidden = emb.hidden
+        self.sd.update(emb.tables)
+        config.update(emb.config)
+        self._store_ln("embeddings.LayerNorm", emb.layer_norm)
+        return emb.layer_norm.out
 
     # -- LayerNorm ---------------------------------------------------------------------------
 

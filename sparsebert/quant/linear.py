@@ -1,4 +1,5 @@
-"""INT8 linears with the call interface of `sparsebert.linear` (`lin(x, activation=, residual=, out=)`).
+"""INT8 linears with the call interface of `sparsebert.linear` (`lin(x, activation=, residual=, out=)`),
+checked by the helpers every kind shares (`sparsebert.linear_contract`).
 
 `quantize_weight` makes symmetric per-output-channel codes: scale[n] = max|W[n]| / 127,
 codes = rint(W / scale) (ties to even), so every exact zero stays an exact zero and a pruned weight
@@ -34,7 +35,7 @@ import numpy as np
 
 from ..errors import CheckpointError
 from ..kernels import int8 as k8
-from ..linear import act_code, check_call, describe_linear, index_dtype
+from ..linear_contract import act_code, check_call, describe_linear, index_dtype
 
 FORMATS = ("auto", "dense", "csr", "vnni", "gemm", "amx", "bsr1x4")
 # Untimed "auto" on VNNI CPUs takes "bsr1x4" when at most this fraction of K-quads holds a
