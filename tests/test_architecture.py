@@ -132,3 +132,21 @@ def test_import_sparsebert_loads_no_tools():
     bad = sorted(m for m in loaded if any(m == t or m.startswith(t + ".") for t in TOOLS))
     assert not bad, f"`import sparsebert` loads tools built on top of it: {bad}"
     assert "sparsebert.model" in loaded  # the runtime itself does load
+
+
+def test_repository_kernels_folder_does_not_shadow_another_kernels_package(tmp_path):
+    """Run from the repository root (`python -m ...`), the root is on sys.path and this repo's
+    `kernels/` folder is importable as a top-level `kernels`, the name of Hugging Face's package that
+    transformers >= 5.25 imports. The folder must hand such an import over to the other package."""
+    import subprocess
+    import sys
+
+    site = tmp_path / "site" / "kernels"
+    site.mkdir(parents=True)
+    (site / "__init__.py").write_text("MARK = 'the other kernels'\n")
+    code = ("import sys; sys.path.insert(1, sys.argv[1]); import kernels; print(kernels.MARK); "
+            "import sparsebert.kernels.ops")
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "site")], cwd=ROOT, capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "the other kernels"
