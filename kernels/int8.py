@@ -48,26 +48,24 @@ _ONE = np.float32(1.0)
 
 
 @helper
-def token_scales(xf, b, K, S, inv_smooth, x_scale):
-    # Per-token scales of sequence b of flat X (B, K, S): x_scale[b, s] = max_k |X * inv_smooth[k]|
-    # / 127; returns the reciprocals used for the codes (0 for an all-zero token). Codes are
-    # x * (1 / scale), one explicit reciprocal per token: fastmath's `arcp` would otherwise divide
-    # in one loop and multiply by a hoisted reciprocal in another, and two layouts' codes could
-    # differ in the last place before rounding.
-    uk, us = np.uint64(K), np.uint64(S)
-    amax = np.zeros(S, dtype=np.float32)
-    base = np.uint64(b) * uk * us
-    for k in range(uk):
+def token_scales(xf, b, K, S, s0, width, inv_smooth, x_scale, inv):
+    # Per-token scales of the tokens [s0, s0 + width) of sequence b of flat X (B, K, S):
+    # x_scale[b, s] = max_k |X * inv_smooth[k]| / 127, and into inv[s - s0] the reciprocals used for
+    # the codes (0 for an all-zero token). Codes are x * (1 / scale), one explicit reciprocal per
+    # token: fastmath's `arcp` would otherwise divide in one loop and multiply by a hoisted
+    # reciprocal in another, and two layouts' codes could differ in the last place before rounding.
+    us, uw = np.uint64(S), np.uint64(width)
+    amax = np.zeros(width, dtype=np.float32)
+    base = np.uint64(b) * np.uint64(K) * us + np.uint64(s0)
+    for k in range(np.uint64(K)):
         o = base + k * us
         m = inv_smooth[k]
-        for s in range(us):
-            amax[s] = max(amax[s], abs(xf[o + s] * m))
-    inv = np.empty(S, dtype=np.float32)
-    for s in range(us):
-        sc = amax[s] / _QMAX
-        x_scale[b, s] = sc
-        inv[s] = _ONE / sc if sc > _ZERO else _ZERO
-    return inv
+        for j in range(uw):
+            amax[j] = max(amax[j], abs(xf[o + j] * m))
+    for j in range(width):
+        sc = amax[j] / _QMAX
+        x_scale[b, s0 + j] = sc
+        inv[j] = _ONE / sc if sc > _ZERO else _ZERO
 
 
 @parallel_kernel
@@ -83,7 +81,8 @@ def quantize_tokens(X, smooth, Q, QT, x_scale, token_major):
     for k in range(K):
         inv_smooth[k] = _ONE / smooth[k]
     for b in prange(B):
-        inv = token_scales(xf, b, K, S, inv_smooth, x_scale)
+        inv = np.empty(S, dtype=np.float32)
+        token_scales(xf, b, K, S, 0, S, inv_smooth, x_scale, inv)
         base = np.uint64(b) * uk * us
         if token_major:
             qf = QT.reshape(QT.size)

@@ -38,7 +38,7 @@ from numba import prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from .int8 import _ONE, _QMAX, _ZERO
+from .int8 import token_scales
 from .jit import helper, kernel, parallel_kernel
 from .spmm import chunk_entries
 from .spmm_epilogue import epilogue_inplace
@@ -102,25 +102,6 @@ def _code_byte(x, m, r):
     return np.uint32(np.int32(min(max(v, np.float32(-127.0)), np.float32(127.0))) + _OFFSET)
 
 
-@helper
-def _tile_token_scales(xf, b, K, S, s0, width, inv_smooth, x_scale, inv):
-    # token_scales (kernels/int8.py) for the tokens [s0, s0 + width) of sequence b only: the same
-    # max and reciprocal per token, so the same bits; inv[j] for token s0 + j.
-    us = np.uint64(S)
-    uw = np.uint64(width)
-    amax = np.zeros(TILE, dtype=np.float32)
-    base = (np.uint64(b) * np.uint64(K)) * us + np.uint64(s0)
-    for k in range(np.uint64(K)):
-        o = base + k * us
-        m = inv_smooth[k]
-        for j in range(uw):
-            amax[j] = max(amax[j], abs(xf[o + j] * m))
-    for j in range(width):
-        sc = amax[j] / _QMAX
-        x_scale[b, s0 + j] = sc
-        inv[j] = _ONE / sc if sc > _ZERO else _ZERO
-
-
 @parallel_kernel
 def quantize_pack(X, smooth, XP, x_scale):
     # X (B, K, S) float32 -> XP (B, KQ, SP, 4) uint8 = code + 128 (codes as kernels/int8.py's
@@ -144,7 +125,7 @@ def quantize_pack(X, smooth, XP, x_scale):
         width = max(0, min(TILE, S - s0))
         inv = np.zeros(TILE, dtype=np.float32)
         if width > 0:
-            _tile_token_scales(xf, b, K, S, s0, width, inv_smooth, x_scale, inv)
+            token_scales(xf, b, K, S, s0, width, inv_smooth, x_scale, inv)
         uw = np.uint64(width)
         end = np.uint64(min(SP, s0 + TILE))
         for q in range(KQ):
