@@ -361,7 +361,10 @@ def spmm_csr(data, indices, ptr, chunk_cols, x, bias, act, residual, has_residua
     # Packing pays when many rows reuse the panel; a task with few rows (small batches split
     # into many row chunks) reads X in place.
     pack = chunk * 1 >= 256
-    for task in prange(n_tiles * n_row_chunks if short else B * n_tiles * n_row_chunks):
+    n_tasks = n_tiles * n_row_chunks
+    if not short:
+        n_tasks *= B
+    for task in prange(n_tasks):
         b = task // (n_tiles * n_row_chunks)
         rest = task - b * n_tiles * n_row_chunks
         t = rest // n_row_chunks
@@ -1026,7 +1029,10 @@ def spmm_bsr4x1(data, indices, ptr, chunk_cols, x, bias, act, residual, has_resi
     # Packing pays when many rows reuse the panel; a task with few rows (small batches split
     # into many row chunks) reads X in place.
     pack = chunk * 4 >= 256
-    for task in prange(n_tiles * n_row_chunks if short else B * n_tiles * n_row_chunks):
+    n_tasks = n_tiles * n_row_chunks
+    if not short:
+        n_tasks *= B
+    for task in prange(n_tasks):
         b = task // (n_tiles * n_row_chunks)
         rest = task - b * n_tiles * n_row_chunks
         t = rest // n_row_chunks
@@ -1795,7 +1801,10 @@ def spmm_bsr8x1(data, indices, ptr, chunk_cols, x, bias, act, residual, has_resi
     # Packing pays when many rows reuse the panel; a task with few rows (small batches split
     # into many row chunks) reads X in place.
     pack = chunk * 8 >= 256
-    for task in prange(n_tiles * n_row_chunks if short else B * n_tiles * n_row_chunks):
+    n_tasks = n_tiles * n_row_chunks
+    if not short:
+        n_tasks *= B
+    for task in prange(n_tasks):
         b = task // (n_tiles * n_row_chunks)
         rest = task - b * n_tiles * n_row_chunks
         t = rest // n_row_chunks
@@ -2334,7 +2343,10 @@ def spmm_bsr2x2(data, indices, ptr, chunk_cols, x, bias, act, residual, has_resi
     # Packing pays when many rows reuse the panel; a task with few rows (small batches split
     # into many row chunks) reads X in place.
     pack = chunk * 2 >= 256
-    for task in prange(n_tiles * n_row_chunks if short else B * n_tiles * n_row_chunks):
+    n_tasks = n_tiles * n_row_chunks
+    if not short:
+        n_tasks *= B
+    for task in prange(n_tasks):
         b = task // (n_tiles * n_row_chunks)
         rest = task - b * n_tiles * n_row_chunks
         t = rest // n_row_chunks
@@ -3193,7 +3205,10 @@ def spmm_bsr1x4(data, indices, ptr, chunk_cols, x, bias, act, residual, has_resi
     # Packing pays when many rows reuse the panel; a task with few rows (small batches split
     # into many row chunks) reads X in place.
     pack = chunk * 1 >= 256
-    for task in prange(n_tiles * n_row_chunks if short else B * n_tiles * n_row_chunks):
+    n_tasks = n_tiles * n_row_chunks
+    if not short:
+        n_tasks *= B
+    for task in prange(n_tasks):
         b = task // (n_tiles * n_row_chunks)
         rest = task - b * n_tiles * n_row_chunks
         t = rest // n_row_chunks

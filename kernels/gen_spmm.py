@@ -130,7 +130,10 @@ def spmm_{name}(data, indices, ptr, chunk_cols, x, bias, act, residual, has_resi
     # Packing pays when many rows reuse the panel; a task with few rows (small batches split
     # into many row chunks) reads X in place.
     pack = chunk * {R} >= {P}
-    for task in prange(n_tiles * n_row_chunks if short else B * n_tiles * n_row_chunks):
+    n_tasks = n_tiles * n_row_chunks
+    if not short:
+        n_tasks *= B
+    for task in prange(n_tasks):
         b = task // (n_tiles * n_row_chunks)
         rest = task - b * n_tiles * n_row_chunks
         t = rest // n_row_chunks
