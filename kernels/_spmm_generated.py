@@ -8,8 +8,9 @@ from numba import prange
 
 from .jit import kernel, parallel_kernel
 from .spmm_epilogue import copy_row, epilogue_inplace, pack_panel, pack_sequences, zero_rows
+from .spmm_zmm import tile_csr_z64, tile_bsr4x1_z64
 
-# Built against: numeric.py 6c0311da66f4dbb7, spmm_epilogue.py 84df407a011b8901, jit.py cb457540cb65f18d
+# Built against: numeric.py 6c0311da66f4dbb7, spmm_epilogue.py 84df407a011b8901, jit.py cb457540cb65f18d, spmm_zmm.py 19555bb18465a4cb
 
 
 
@@ -401,6 +402,105 @@ def spmm_csr(data, indices, ptr, chunk_cols, x, bias, act, residual, has_residua
                     src, soff, sstride = panel, np.uint64(0), np.uint64(64)
                 for br in range(br0, br1):
                     _tile_csr_w64(yf, np.uint64((b * N + br * 1) * S + col), us, src, soff, sstride,
+                                      data, indices, np.uint64(ptr[c, br]), np.uint64(ptr[c, br + 1]))
+        else:
+            # Tail tiles own columns [col, col + width) and compute 8 columns from s0; the last
+            # is shifted left to end at S (S >= 64 here). Writing only owned columns means no
+            # two tasks write the same element.
+            b0, nb = b, 1
+            col = n_full * 64 + (t - n_full) * 8
+            width = min(8, S - col)
+            s0 = min(col, S - 8)
+            scratch = np.zeros(max(br1 - br0, 0) * 8, dtype=np.float32)
+            for c in range(n_chunks):
+                for br in range(br0, br1):
+                    _tile_csr_w8(scratch, np.uint64((br - br0) * 8), np.uint64(8), xf,
+                                      xoff0 + np.uint64(c * kc * S + s0), us, data, indices, np.uint64(ptr[c, br]),
+                                      np.uint64(ptr[c, br + 1]))
+            for br in range(br0, br1):
+                for r in range(1):
+                    copy_row(scratch, np.uint64(((br - br0) * 1 + r) * 8 + col - s0), yf,
+                             np.uint64((b * N + br * 1 + r) * S + col), np.uint64(width))
+        for br in range(br0, br1):
+            for r in range(1):
+                for i in range(nb):
+                    ro = np.uint64(((b0 + i) * N + br * 1 + r) * S + col)
+                    epilogue_inplace(yf, ro, np.uint64(width), bias[br * 1 + r], act, rf, ro, has_residual)
+
+
+@parallel_kernel
+def spmm_csr_z(data, indices, ptr, chunk_cols, x, bias, act, residual, has_residual, n_row_chunks, y):
+    # Y[b] (N, S) = act(W (N, K) @ X[b] (K, S) + bias[:, None]) (+ residual[b]) for every b.
+    # W in CSR: row n holds data[p] at column indices[p] (any column order; repeats add up).
+    # Entries are grouped by K-chunk: chunk c covers block columns [c * chunk_cols, (c + 1) *
+    # chunk_cols), its entries for block row i are [ptr[c, i], ptr[c, i + 1]) (ptr (n_chunks,
+    # block rows + 1)), and their indices count from the chunk's first block column. A task
+    # copies the chunk's slice of its X tile into a contiguous L1-sized panel (X rows in place
+    # are S floats apart, which would leave half the L1 sets unused) and sweeps its rows over it,
+    # while the rows' partial sums wait in L2.
+    # Trusts (validated by sparsebert.linear): float32 C-contiguous x (B, K, S), y (B, N, S),
+    # residual (B, N, S) if has_residual, bias (N,); every ptr range inside the entry arrays,
+    # indices in range; act 0 none, 1 gelu, 2 gelu_tanh, 3 relu; n_row_chunks >= 1.
+    B, K, S = x.shape
+    N = y.shape[1]
+    n_brows = N // 1
+    n_chunks = ptr.shape[0]
+    chunk = (n_brows + n_row_chunks - 1) // n_row_chunks
+    kc = chunk_cols * 1  # X rows per K-chunk
+    yf = y.reshape(-1)
+    rf = residual.reshape(-1)
+    xf = x.reshape(-1)
+    us = np.uint64(S)
+    # Short sequences (S < 64): g whole sequences side by side in one zero-padded (K, 64) panel,
+    # so the full-width tile runs on them. Otherwise (sequence, token tile) pairs: n_full tiles
+    # of 64 tokens, then tails of 8.
+    short = S < 64
+    g = 64 // S if short else 1
+    n_full = S // 64
+    n_tiles = (B + g - 1) // g if short else n_full + (S - n_full * 64 + 7) // 8
+    # Packing pays when many rows reuse the panel; a task with few rows (small batches split
+    # into many row chunks) reads X in place.
+    pack = chunk * 1 >= 256
+    n_tasks = n_tiles * n_row_chunks
+    if not short:
+        n_tasks *= B
+    for task in prange(n_tasks):
+        b = task // (n_tiles * n_row_chunks)
+        rest = task - b * n_tiles * n_row_chunks
+        t = rest // n_row_chunks
+        br0 = (rest - t * n_row_chunks) * chunk
+        br1 = min(br0 + chunk, n_brows)
+        xoff0 = np.uint64(b * K * S)
+        # Each path leaves raw sums in the columns [col, col + width) of rows br0*1 .. br1*1 of
+        # sequences b0 .. b0 + nb - 1; one epilogue at the end of the task finishes them all (one
+        # inlined copy of the activations instead of one per path: a third of the compile time).
+        if short:
+            b0 = t * g
+            nb = min(g, B - b0)
+            col, width = 0, S
+            panel = pack_sequences(x, b0, nb, 64)
+            scratch = np.zeros(max(br1 - br0, 0) * 64, dtype=np.float32)
+            for c in range(n_chunks):
+                for br in range(br0, br1):
+                    tile_csr_z64(scratch, np.uint64((br - br0) * 64), np.uint64(64), panel,
+                                      np.uint64(c * kc * 64), np.uint64(64), data, indices, np.uint64(ptr[c, br]),
+                                      np.uint64(ptr[c, br + 1]))
+            for br in range(br0, br1):
+                for r in range(1):
+                    for i in range(nb):
+                        copy_row(scratch, np.uint64(((br - br0) * 1 + r) * 64 + i * S), yf,
+                                 np.uint64(((b0 + i) * N + br * 1 + r) * S), us)
+        elif t < n_full:
+            b0, nb, col, width = b, 1, t * 64, 64
+            panel = np.empty(kc * 64 if pack else 0, dtype=np.float32)
+            zero_rows(yf, (b * N + br0 * 1) * S + col, max(br1 - br0, 0) * 1, S, 64)
+            for c in range(n_chunks):
+                src, soff, sstride = xf, xoff0 + np.uint64(c * kc * S + col), us  # X in place
+                if pack:
+                    pack_panel(xf, soff, S, min(kc, K - c * kc), 64, panel)
+                    src, soff, sstride = panel, np.uint64(0), np.uint64(64)
+                for br in range(br0, br1):
+                    tile_csr_z64(yf, np.uint64((b * N + br * 1) * S + col), us, src, soff, sstride,
                                       data, indices, np.uint64(ptr[c, br]), np.uint64(ptr[c, br + 1]))
         else:
             # Tail tiles own columns [col, col + width) and compute 8 columns from s0; the last
@@ -1076,6 +1176,106 @@ def spmm_bsr4x1(data, indices, ptr, chunk_cols, x, bias, act, residual, has_resi
             # two tasks write the same element.
             b0, nb = b, 1
             col = n_full * 32 + (t - n_full) * 8
+            width = min(8, S - col)
+            s0 = min(col, S - 8)
+            scratch = np.zeros(max(br1 - br0, 0) * 32, dtype=np.float32)
+            for c in range(n_chunks):
+                for br in range(br0, br1):
+                    _tile_bsr4x1_w8(scratch, np.uint64((br - br0) * 32), np.uint64(8), xf,
+                                      xoff0 + np.uint64(c * kc * S + s0), us, data, indices, np.uint64(ptr[c, br]),
+                                      np.uint64(ptr[c, br + 1]))
+            for br in range(br0, br1):
+                for r in range(4):
+                    copy_row(scratch, np.uint64(((br - br0) * 4 + r) * 8 + col - s0), yf,
+                             np.uint64((b * N + br * 4 + r) * S + col), np.uint64(width))
+        for br in range(br0, br1):
+            for r in range(4):
+                for i in range(nb):
+                    ro = np.uint64(((b0 + i) * N + br * 4 + r) * S + col)
+                    epilogue_inplace(yf, ro, np.uint64(width), bias[br * 4 + r], act, rf, ro, has_residual)
+
+
+@parallel_kernel
+def spmm_bsr4x1_z(data, indices, ptr, chunk_cols, x, bias, act, residual, has_residual, n_row_chunks, y):
+    # Y[b] (N, S) = act(W (N, K) @ X[b] (K, S) + bias[:, None]) (+ residual[b]) for every b.
+    # W in BSR with 4x1 blocks (N % 4 == 0, K % 1 == 0): block p of block row i covers
+    # rows 4*i.. and columns 1*indices[p]..; its value (r, c) is data[4*p + 1*r + c].
+    # Entries are grouped by K-chunk: chunk c covers block columns [c * chunk_cols, (c + 1) *
+    # chunk_cols), its entries for block row i are [ptr[c, i], ptr[c, i + 1]) (ptr (n_chunks,
+    # block rows + 1)), and their indices count from the chunk's first block column. A task
+    # copies the chunk's slice of its X tile into a contiguous L1-sized panel (X rows in place
+    # are S floats apart, which would leave half the L1 sets unused) and sweeps its rows over it,
+    # while the rows' partial sums wait in L2.
+    # Trusts (validated by sparsebert.linear): float32 C-contiguous x (B, K, S), y (B, N, S),
+    # residual (B, N, S) if has_residual, bias (N,); every ptr range inside the entry arrays,
+    # indices in range; act 0 none, 1 gelu, 2 gelu_tanh, 3 relu; n_row_chunks >= 1.
+    B, K, S = x.shape
+    N = y.shape[1]
+    n_brows = N // 4
+    n_chunks = ptr.shape[0]
+    chunk = (n_brows + n_row_chunks - 1) // n_row_chunks
+    kc = chunk_cols * 1  # X rows per K-chunk
+    yf = y.reshape(-1)
+    rf = residual.reshape(-1)
+    xf = x.reshape(-1)
+    us = np.uint64(S)
+    # Short sequences (S < 64): g whole sequences side by side in one zero-padded (K, 64) panel,
+    # so the full-width tile runs on them. Otherwise (sequence, token tile) pairs: n_full tiles
+    # of 64 tokens, then tails of 8.
+    short = S < 64
+    g = 64 // S if short else 1
+    n_full = S // 64
+    n_tiles = (B + g - 1) // g if short else n_full + (S - n_full * 64 + 7) // 8
+    # Packing pays when many rows reuse the panel; a task with few rows (small batches split
+    # into many row chunks) reads X in place.
+    pack = chunk * 4 >= 256
+    n_tasks = n_tiles * n_row_chunks
+    if not short:
+        n_tasks *= B
+    for task in prange(n_tasks):
+        b = task // (n_tiles * n_row_chunks)
+        rest = task - b * n_tiles * n_row_chunks
+        t = rest // n_row_chunks
+        br0 = (rest - t * n_row_chunks) * chunk
+        br1 = min(br0 + chunk, n_brows)
+        xoff0 = np.uint64(b * K * S)
+        # Each path leaves raw sums in the columns [col, col + width) of rows br0*4 .. br1*4 of
+        # sequences b0 .. b0 + nb - 1; one epilogue at the end of the task finishes them all (one
+        # inlined copy of the activations instead of one per path: a third of the compile time).
+        if short:
+            b0 = t * g
+            nb = min(g, B - b0)
+            col, width = 0, S
+            panel = pack_sequences(x, b0, nb, 64)
+            scratch = np.zeros(max(br1 - br0, 0) * 256, dtype=np.float32)
+            for c in range(n_chunks):
+                for br in range(br0, br1):
+                    tile_bsr4x1_z64(scratch, np.uint64((br - br0) * 256), np.uint64(64), panel,
+                                      np.uint64(c * kc * 64), np.uint64(64), data, indices, np.uint64(ptr[c, br]),
+                                      np.uint64(ptr[c, br + 1]))
+            for br in range(br0, br1):
+                for r in range(4):
+                    for i in range(nb):
+                        copy_row(scratch, np.uint64(((br - br0) * 4 + r) * 64 + i * S), yf,
+                                 np.uint64(((b0 + i) * N + br * 4 + r) * S), us)
+        elif t < n_full:
+            b0, nb, col, width = b, 1, t * 64, 64
+            panel = np.empty(kc * 64 if pack else 0, dtype=np.float32)
+            zero_rows(yf, (b * N + br0 * 4) * S + col, max(br1 - br0, 0) * 4, S, 64)
+            for c in range(n_chunks):
+                src, soff, sstride = xf, xoff0 + np.uint64(c * kc * S + col), us  # X in place
+                if pack:
+                    pack_panel(xf, soff, S, min(kc, K - c * kc), 64, panel)
+                    src, soff, sstride = panel, np.uint64(0), np.uint64(64)
+                for br in range(br0, br1):
+                    tile_bsr4x1_z64(yf, np.uint64((b * N + br * 4) * S + col), us, src, soff, sstride,
+                                      data, indices, np.uint64(ptr[c, br]), np.uint64(ptr[c, br + 1]))
+        else:
+            # Tail tiles own columns [col, col + width) and compute 8 columns from s0; the last
+            # is shifted left to end at S (S >= 64 here). Writing only owned columns means no
+            # two tasks write the same element.
+            b0, nb = b, 1
+            col = n_full * 64 + (t - n_full) * 8
             width = min(8, S - col)
             s0 = min(col, S - 8)
             scratch = np.zeros(max(br1 - br0, 0) * 32, dtype=np.float32)

@@ -9,8 +9,9 @@ one token tile at a time: a task packs its (H, TW) slice of X into a contiguous 
 (I, TW) intermediate into a scratch buffer, which stays in L2 (I x TW x 4 B: 768 KiB for BERT-base
 at TW = 64, 384 KiB for MiniLM), and runs the second matmul straight from it. The unfused path
 writes all of F (B, I, S) to memory (12.6 MB at B = 8 x 128 for BERT-base) and reads it back.
-Both matmuls use the CSR register tiles of `_spmm_generated.py` (64 tokens wide); a partial tile
-at the end of a sequence runs on a zero-padded panel and writes back only its own columns.
+Both matmuls use a 64-token CSR register tile (`spmm_zmm`'s on AVX-512, else
+`_spmm_generated.py`'s); a partial tile at the end of a sequence runs on a zero-padded panel and
+writes back only its own columns.
 
 Weights are CSR grouped by K-chunk as `sparsebert.linear.CSRLinear` stores them (`spmm.chunk_entries`):
 data (nnz,), chunk-local indices, ptr (n_chunks, N + 1), chunk_cols columns per chunk. act: 0 none,
@@ -32,12 +33,16 @@ from ._spmm_generated import _tile_csr_w64
 from .jit import parallel_kernel
 from .ops import layer_norm_tile
 from .spmm_epilogue import copy_row, epilogue_inplace, zero_rows
+from .spmm_zmm import ZMM, tile_csr_z64
 
-TILE = 64  # tokens per task: the width of `_tile_csr_w64`
+TILE = 64  # tokens per task: the width of both CSR tiles below
+# The zmm tile where the target CPU has AVX-512 (spmm_zmm); Numba's cache keys the compiled kernel
+# on that target, so the choice made here at import and the cached code agree.
+_tile_csr = tile_csr_z64 if ZMM else _tile_csr_w64
 # Numba's on-disk cache keys a kernel on its own file, not on the helpers it calls from
-# `_spmm_generated.py` and `ops.py`; tests/test_ffn_fused.py fails until this stamp matches those
+# `_spmm_generated.py`, `spmm_zmm.py` and `ops.py`; tests/test_ffn_fused.py fails until this stamp matches those
 # files, so an edit to them also edits (and re-compiles) this one.
-BUILT_AGAINST = "_spmm_generated.py 0056e6f8878a5c30, ops.py bf281eab8eb1be2a"
+BUILT_AGAINST = "_spmm_generated.py 9907d9a68f8b0c90, spmm_zmm.py 19555bb18465a4cb, ops.py bf281eab8eb1be2a"
 
 
 @parallel_kernel
@@ -69,7 +74,7 @@ def ffn_csr(d1, i1, p1, kc1, b1, act, d2, i2, p2, kc2, b2, x, residual, has_resi
         for c in range(p1.shape[0]):
             xoff = np.uint64(c * kc1 * TILE)
             for n in range(n_inner):
-                _tile_csr_w64(f, np.uint64(n * TILE), ut, panel, xoff, ut, d1, i1,
+                _tile_csr(f, np.uint64(n * TILE), ut, panel, xoff, ut, d1, i1,
                               np.uint64(p1[c, n]), np.uint64(p1[c, n + 1]))
         for n in range(n_inner):
             epilogue_inplace(f, np.uint64(n * TILE), ut, b1[n], act, f, np.uint64(0), False)
@@ -79,7 +84,7 @@ def ffn_csr(d1, i1, p1, kc1, b1, act, d2, i2, p2, kc2, b2, x, residual, has_resi
         for c in range(p2.shape[0]):
             foff = np.uint64(c * kc2 * TILE)
             for n in range(H):
-                _tile_csr_w64(panel, np.uint64(n * TILE), ut, f, foff, ut, d2, i2,
+                _tile_csr(panel, np.uint64(n * TILE), ut, f, foff, ut, d2, i2,
                               np.uint64(p2[c, n]), np.uint64(p2[c, n + 1]))
         for n in range(H):
             off = np.uint64((b * H + n) * S + s0)

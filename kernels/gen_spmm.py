@@ -23,15 +23,18 @@ from __future__ import annotations
 import hashlib
 import os
 
-# (name, R rows, C cols per block, main token width). R * width accumulators must fit the
-# register file: 16 ymm (AVX2) = 128 floats; 64-wide CSR measured faster than 32 (fewer loop
-# iterations per FLOP); 4x1 at width 32 = 128 accumulators still beat width 16 on AVX-512VL hosts.
+# (name, R rows, C cols per block, main token width, zmm token width or None). R * width
+# accumulators must fit the register file: 16 ymm (AVX2) = 128 floats; 64-wide CSR measured
+# faster than 32 (fewer loop iterations per FLOP); 4x1 at width 32 = 128 accumulators still beat
+# width 16 on AVX-512VL hosts. Formats with a zmm width also get a driver `spmm_<fmt>_z` whose main
+# tile is `spmm_zmm.tile_<fmt>_z<width>` (explicit 512-bit vectors), used where the target CPU has
+# AVX-512 (`spmm_zmm.ZMM`); its tails are the generated width-8 tiles.
 FORMATS = (
-    ("csr", 1, 1, 64),
-    ("bsr4x1", 4, 1, 32),
-    ("bsr8x1", 8, 1, 16),
-    ("bsr2x2", 2, 2, 32),
-    ("bsr1x4", 1, 4, 64),
+    ("csr", 1, 1, 64, 64),
+    ("bsr4x1", 4, 1, 32, 64),
+    ("bsr8x1", 8, 1, 16, None),
+    ("bsr2x2", 2, 2, 32, None),
+    ("bsr1x4", 1, 4, 64, None),
 )
 TAIL_WIDTH = 8
 # A task packs its X tile's K-chunks into a contiguous panel when it has at least this many rows
@@ -49,6 +52,7 @@ from numba import prange
 
 from .jit import kernel, parallel_kernel
 from .spmm_epilogue import copy_row, epilogue_inplace, pack_panel, pack_sequences, zero_rows
+from .spmm_zmm import {zmm_tiles}
 '''
 
 
@@ -88,8 +92,9 @@ def _tile(name: str, R: int, C: int, T: int) -> str:
     return "\n".join(L) + "\n"
 
 
-def _driver(name: str, R: int, C: int, TM: int) -> str:
+def _driver(name: str, R: int, C: int, TM: int, main_tile: str = "", suffix: str = "") -> str:
     W = TAIL_WIDTH
+    main_tile = main_tile or f"_tile_{name}_w{TM}"
     if R * C == 1:
         layout = "    # W in CSR: row n holds data[p] at column indices[p] (any column order; repeats add up)."
     else:
@@ -98,7 +103,7 @@ def _driver(name: str, R: int, C: int, TM: int) -> str:
     P = PACK_MIN_ROWS
     return f'''
 @parallel_kernel
-def spmm_{name}(data, indices, ptr, chunk_cols, x, bias, act, residual, has_residual, n_row_chunks, y):
+def spmm_{name}{suffix}(data, indices, ptr, chunk_cols, x, bias, act, residual, has_residual, n_row_chunks, y):
     # Y[b] (N, S) = act(W (N, K) @ X[b] (K, S) + bias[:, None]) (+ residual[b]) for every b.
 {layout}
     # Entries are grouped by K-chunk: chunk c covers block columns [c * chunk_cols, (c + 1) *
@@ -151,7 +156,7 @@ def spmm_{name}(data, indices, ptr, chunk_cols, x, bias, act, residual, has_resi
             scratch = np.zeros(max(br1 - br0, 0) * {R * TM}, dtype=np.float32)
             for c in range(n_chunks):
                 for br in range(br0, br1):
-                    _tile_{name}_w{TM}(scratch, np.uint64((br - br0) * {R * TM}), np.uint64({TM}), panel,
+                    {main_tile}(scratch, np.uint64((br - br0) * {R * TM}), np.uint64({TM}), panel,
                                       np.uint64(c * kc * {TM}), np.uint64({TM}), data, indices, np.uint64(ptr[c, br]),
                                       np.uint64(ptr[c, br + 1]))
             for br in range(br0, br1):
@@ -169,7 +174,7 @@ def spmm_{name}(data, indices, ptr, chunk_cols, x, bias, act, residual, has_resi
                     pack_panel(xf, soff, S, min(kc, K - c * kc), {TM}, panel)
                     src, soff, sstride = panel, np.uint64(0), np.uint64({TM})
                 for br in range(br0, br1):
-                    _tile_{name}_w{TM}(yf, np.uint64((b * N + br * {R}) * S + col), us, src, soff, sstride,
+                    {main_tile}(yf, np.uint64((b * N + br * {R}) * S + col), us, src, soff, sstride,
                                       data, indices, np.uint64(ptr[c, br]), np.uint64(ptr[c, br + 1]))
         else:
             # Tail tiles own columns [col, col + width) and compute {W} columns from s0; the last
@@ -200,7 +205,7 @@ def spmm_{name}(data, indices, ptr, chunk_cols, x, bias, act, residual, has_resi
 # Numba's on-disk cache keys a function on its own file only, so the drivers would keep stale
 # inlined copies of these helpers after an edit. Their hashes go into the generated header: the
 # freshness test then fails until the file is regenerated, which also invalidates the cache.
-DEPENDENCIES = ("numeric.py", "spmm_epilogue.py", "jit.py")
+DEPENDENCIES = ("numeric.py", "spmm_epilogue.py", "jit.py", "spmm_zmm.py")
 
 
 def _dependency_stamp() -> str:
@@ -213,13 +218,16 @@ def _dependency_stamp() -> str:
 
 
 def generate() -> str:
-    parts = [HEADER, _dependency_stamp()]
-    for name, R, C, TM in FORMATS:
+    zmm = ", ".join(f"tile_{name}_z{TZ}" for name, _, _, _, TZ in FORMATS if TZ)
+    parts = [HEADER.format(zmm_tiles=zmm), _dependency_stamp()]
+    for name, R, C, TM, TZ in FORMATS:
         parts.append("\n")
         parts.append(_tile(name, R, C, TM))
         parts.append("\n")
         parts.append(_tile(name, R, C, TAIL_WIDTH))
         parts.append(_driver(name, R, C, TM))
+        if TZ:
+            parts.append(_driver(name, R, C, TZ, main_tile=f"tile_{name}_z{TZ}", suffix="_z"))
     return "\n".join(p.rstrip("\n") + "\n" for p in parts)
 
 

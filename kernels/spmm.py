@@ -18,7 +18,9 @@ S = 128), so a tile's slice of them used half the L1 sets and came mostly from L
 chunked, 90%-sparse CSR went from 41-85 to 67-97 useful GFLOP/s on this 2-core Zen 4 (768x3072:
 41 -> 97) and 80% from 52-64 to 86-114. Tasks with few rows (batch 1) read X in place. Blocks
 let one X load feed R rows. Sequences shorter than a tile are packed several to a panel.
-Tried and dropped: two CSR rows per pass; 128-token CSR tiles and 64-token 4x1 tiles (no gain
+On CPUs with AVX-512, CSR and 4x1 use explicit 512-bit tiles instead (`spmm_zmm`: LLVM's SLP
+pass builds ymm code on Intel server cores), 64 tokens wide; the generated tiles stay for AVX2
+hosts and for the other block shapes. Tried and dropped: two CSR rows per pass; 128-token CSR tiles and 64-token 4x1 tiles (no gain
 here); a tile that branches between a constant start and loading its partial sums (LLVM then
 built the accumulators lane by lane, 2x slower). The driver zeroes the rows instead, and adds
 the bias after the products, as dense BLAS + bias does: starting the sums from the bias moved
@@ -40,6 +42,7 @@ import numpy as np
 
 from . import _spmm_generated as _gen
 from .gen_spmm import FORMATS, PACK_MIN_ROWS
+from .spmm_zmm import ZMM
 
 # Tasks per thread the prange schedule aims for, so uneven rows still balance.
 _TASKS_PER_THREAD = 8
@@ -47,10 +50,13 @@ _TASKS_PER_THREAD = 8
 _TASK_ROW_BYTES = 192 << 10
 _NO_RESIDUAL = np.zeros((1, 1, 1), dtype=np.float32)
 
-BSR_KERNELS = {(R, C): getattr(_gen, f"spmm_{name}") for name, R, C, _ in FORMATS if name != "csr"}
+# Each format's driver and main token-tile width (tails use 8): the zmm-tile driver where the
+# target CPU has AVX-512 and the format has one (see spmm_zmm), else the generated tiles'.
+_KERNEL = {("csr" if name == "csr" else (R, C)): (getattr(_gen, f"spmm_{name}_z"), TZ) if ZMM and TZ
+           else (getattr(_gen, f"spmm_{name}"), TM) for name, R, C, TM, TZ in FORMATS}
+BSR_KERNELS = {key: fn for key, (fn, _) in _KERNEL.items() if key != "csr"}
 BLOCK_SHAPES = tuple(BSR_KERNELS)
-# Main token-tile width of each kernel (tails use 8).
-_TILE = {("csr" if name == "csr" else (R, C)): width for name, R, C, width in FORMATS}
+_TILE = {key: width for key, (_, width) in _KERNEL.items()}
 
 
 def _row_chunks(B: int, S: int, tile: int, n_brows: int, R: int) -> int:
@@ -147,8 +153,8 @@ def spmm_csr(data, indices, indptr, x, bias, *, act=0, residual=None, out=None, 
     if y.size == 0:
         return y
     has_res = residual is not None
-    _gen.spmm_csr(data, indices, ptr, kc, x, bias, act, residual if has_res else _NO_RESIDUAL,
-                  has_res, _row_chunks(x.shape[0], x.shape[2], _TILE["csr"], n, 1), y)
+    _KERNEL["csr"][0](data, indices, ptr, kc, x, bias, act, residual if has_res else _NO_RESIDUAL,
+                      has_res, _row_chunks(x.shape[0], x.shape[2], _TILE["csr"], n, 1), y)
     return y
 
 

@@ -117,7 +117,7 @@ def test_stamp_matches_the_helpers_it_calls():
     # The kernel's Numba cache entry does not notice edits to the files of the helpers it calls:
     # bump the stamp in kernels/ffn_fused.py (which re-compiles it) whenever they change.
     stamp = ", ".join(f"{name} {hashlib.sha256((KERNELS / name).read_bytes()).hexdigest()[:16]}"
-                      for name in ("_spmm_generated.py", "ops.py"))
+                      for name in ("_spmm_generated.py", "spmm_zmm.py", "ops.py"))
     assert ffn_fused.BUILT_AGAINST == stamp
 
 

@@ -276,3 +276,46 @@ def _erf_fast(v):
     from scipy.special import erf
 
     return erf(v)
+
+
+def test_zmm_tiles_are_512_bit_fmas():
+    # Where the target CPU has AVX-512, CSR and 4x1 run spmm_zmm's tiles: packed FMAs on zmm
+    # registers (the generated tiles' SLP code is ymm on Intel server cores).
+    import numba
+
+    from sparsebert.kernels import jit, spmm_zmm
+
+    if not spmm_zmm.ZMM:
+        pytest.skip("the target CPU has no AVX-512; test_generated_tiles_on_a_cpu_without_avx512 "
+                    "covers the path it runs")
+    assert spmm.tile_width((1, 1)) == 64 and spmm.tile_width((4, 1)) == 64
+    f32, u64 = numba.float32[::1], numba.uint64
+    sig = (f32, u64, u64, f32, u64, u64, f32, numba.uint16[::1], u64, u64)
+    for tile in (spmm_zmm.tile_csr_z64, spmm_zmm.tile_bsr4x1_z64):
+        copy = numba.njit(fastmath=jit.FASTMATH, nogil=True)(tile.py_func)
+        copy.compile(sig)
+        asm = "\n".join(copy.inspect_asm().values())
+        assert "vfmadd231ps\t" in asm and "%zmm" in asm
+
+
+@pytest.mark.skipif(bool(__import__("numba").config.BOUNDSCHECK), reason="normal pass only")
+def test_generated_tiles_on_a_cpu_without_avx512():
+    # On an AVX-512 host the main suite runs the zmm drivers for CSR and 4x1; this reruns their
+    # conformance cases compiled for Haswell (AVX2, Numba caches per target CPU), the code an AVX2
+    # machine runs: the generated tiles, 64 and 32 tokens wide.
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, pytest\n"
+        "from sparsebert.kernels import spmm, spmm_zmm\n"
+        "assert not spmm_zmm.ZMM and spmm.tile_width((4, 1)) == 32, 'expected the AVX2 path'\n"
+        "sys.exit(pytest.main(['-q', '-p', 'no:cacheprovider', sys.argv[1], '-k', sys.argv[2]]))\n"
+    )
+    cases = "(csr or 4x1) and (real_layer or random_sparsity or epilogues or k_chunked)"
+    env = dict(os.environ, NUMBA_CPU_NAME="haswell")
+    env.pop("NUMBA_CPU_FEATURES", None)
+    proc = subprocess.run([sys.executable, "-c", code, __file__, cases], env=env, capture_output=True, text=True,
+                          timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert " passed" in proc.stdout and "failed" not in proc.stdout
