@@ -125,7 +125,9 @@ def test_worth_fusing_leaves_short_and_tiny_batches_to_two_calls(monkeypatch):
     monkeypatch.setattr("numba.get_num_threads", lambda: 2)
     assert worth_fusing(8, 128) and worth_fusing(4, 64)
     assert not worth_fusing(32, 20)  # mostly padding
-    assert not worth_fusing(1, 128)  # 2 tiles for 2 threads
+    assert worth_fusing(1, 128)  # 2 tiles, one per thread
+    assert not worth_fusing(3, 64) and not worth_fusing(1, 192)  # 3 tiles: one thread idles half the time
+    assert not worth_fusing(1, 64)  # 1 tile: the two-call path splits its rows over both threads
     assert not worth_fusing(8, 70)  # 128 columns computed for 70
 
 
