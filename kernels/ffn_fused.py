@@ -22,6 +22,11 @@ not overlapping x, residual (B, H, S) if has_residual (it may be x itself); W1 i
 b1 (I,), b2 (H,); gamma, beta (H,) float32 (read only when has_norm); every ptr range inside its
 entry arrays, indices in range. The LayerNorm is `ops.layer_norm_tile`, the code of `ops.layer_norm`.
 
+With has_pre the tile first runs the attention output linear W0 (H, H) on X (the attention
+context): h = LayerNorm0(W0 @ X + b0 + residual) per column (gamma0, beta0; the same eps), and h
+takes the place of X and of the FFN's residual; y may then be residual itself (each task reads its
+residual tile before it writes that tile of y). W0's arrays are read only when has_pre.
+
 Left out: batch-1 splitting of one tile's rows over threads (tasks are (sequence, token tile)
 pairs), BSR weights, dense weights (BLAS already keeps its own tiles in cache).
 """
@@ -47,9 +52,11 @@ BUILT_AGAINST = "_spmm_generated.py 9907d9a68f8b0c90, spmm_zmm.py 19555bb18465a4
 
 @parallel_kernel
 def ffn_csr(d1, i1, p1, kc1, b1, act, d2, i2, p2, kc2, b2, x, residual, has_residual, gamma, beta, eps,
-            has_norm, y):
+            has_norm, y, d0, i0, p0, kc0, b0, gamma0, beta0, has_pre):
     # Y[b] = W2 @ act(W1 @ X[b] + b1) + b2 (+ residual[b]), then LayerNorm over H if has_norm;
-    # see the module docstring.
+    # see the module docstring. With has_pre, X[b] is first replaced, per tile, by
+    # h = LayerNorm0(W0 @ X[b] + b0 + residual[b]) (the attention output linear and the LayerNorm
+    # after it), and h is then the FFN's residual (has_residual is ignored).
     B, H, S = x.shape
     n_inner = p1.shape[1] - 1  # I
     n_tiles = (S + TILE - 1) // TILE
@@ -69,26 +76,46 @@ def ffn_csr(d1, i1, p1, kc1, b1, act, d2, i2, p2, kc2, b2, x, residual, has_resi
         for k in range(np.uint64(H)):
             for j in range(uw):
                 panel[k * ut + j] = xf[src + k * us + j]
-        # F tile (I, TILE) = act(W1 @ panel + b1): stays in L2 for the second matmul.
+        h = panel
+        if has_pre:
+            # h tile = LayerNorm0(W0 @ X tile + b0 + residual tile): stays in L2 for the FFN.
+            h = np.zeros(H * TILE, dtype=np.float32)
+            for c in range(p0.shape[0]):
+                xoff = np.uint64(c * kc0 * TILE)
+                for n in range(H):
+                    _tile_csr(h, np.uint64(n * TILE), ut, panel, xoff, ut, d0, i0,
+                              np.uint64(p0[c, n]), np.uint64(p0[c, n + 1]))
+            for n in range(H):
+                ho = np.uint64(n * TILE)
+                ro = src + np.uint64(n) * us
+                for j in range(uw):
+                    h[ho + j] = h[ho + j] + b0[n] + rf[ro + j]
+            layer_norm_tile(h, np.uint64(0), H, TILE, width, gamma0, beta0, eps)
+        # F tile (I, TILE) = act(W1 @ h + b1): stays in L2 for the second matmul.
         f = np.zeros(n_inner * TILE, dtype=np.float32)
         for c in range(p1.shape[0]):
             xoff = np.uint64(c * kc1 * TILE)
             for n in range(n_inner):
-                _tile_csr(f, np.uint64(n * TILE), ut, panel, xoff, ut, d1, i1,
-                              np.uint64(p1[c, n]), np.uint64(p1[c, n + 1]))
+                _tile_csr(f, np.uint64(n * TILE), ut, h, xoff, ut, d1, i1,
+                          np.uint64(p1[c, n]), np.uint64(p1[c, n + 1]))
         for n in range(n_inner):
             epilogue_inplace(f, np.uint64(n * TILE), ut, b1[n], act, f, np.uint64(0), False)
         # Y tile (H, TILE) = W2 @ F, into the panel (X is no longer needed), then its own columns
-        # go to y with + b2 (+ residual).
+        # go to y with + b2 (+ residual, or + h).
         zero_rows(panel, 0, H, TILE, TILE)
         for c in range(p2.shape[0]):
             foff = np.uint64(c * kc2 * TILE)
             for n in range(H):
                 _tile_csr(panel, np.uint64(n * TILE), ut, f, foff, ut, d2, i2,
-                              np.uint64(p2[c, n]), np.uint64(p2[c, n + 1]))
+                          np.uint64(p2[c, n]), np.uint64(p2[c, n + 1]))
         for n in range(H):
             off = np.uint64((b * H + n) * S + s0)
-            copy_row(panel, np.uint64(n * TILE), yf, off, np.uint64(width))
-            epilogue_inplace(yf, off, np.uint64(width), b2[n], 0, rf, off, has_residual)
+            if has_pre:
+                po = np.uint64(n * TILE)
+                for j in range(uw):
+                    yf[off + j] = panel[po + j] + b2[n] + h[po + j]
+            else:
+                copy_row(panel, np.uint64(n * TILE), yf, off, np.uint64(width))
+                epilogue_inplace(yf, off, np.uint64(width), b2[n], 0, rf, off, has_residual)
         if has_norm:  # the tile's rows were just written: LayerNorm them while they are in cache
             layer_norm_tile(yf, np.uint64(b * H * S + s0), H, S, width, gamma, beta, eps)

@@ -64,8 +64,42 @@ class FusedFFN:
         ffn_fused.ffn_csr(a.data, a.indices, a.indptr, a.chunk_cols, a.bias, self.act,
                           b.data, b.indices, b.indptr, b.chunk_cols, b.bias, x,
                           _NO_RESIDUAL if residual is None else residual, residual is not None,
-                          gamma, beta, eps, norm is not None, y)
+                          gamma, beta, eps, norm is not None, y,
+                          a.data, a.indices, a.indptr, a.chunk_cols, a.bias, _NO_NORM, _NO_NORM, False)
         return y
+
+    def tail(self, ctx: np.ndarray, x: np.ndarray, attn_out: CSRLinear, attn_norm, norm) -> np.ndarray:
+        """The rest of an encoder layer after attention, in place in x (B, H, S):
+        h = LayerNorm_attn(attn_out(ctx) + x), then x = LayerNorm(ffn(h) + h). attn_norm and norm
+        are (gamma, beta, eps). One kernel call per token tile when `worth_fusing` (h never leaves
+        L2), else the separate calls: the same bits on whole 64-token tiles (a partial tile can
+        differ in the last place: the separate calls' 8-token tail tiles sum in another order)."""
+        H = self.hidden
+        for name, a in (("ctx", ctx), ("x", x)):
+            if not (isinstance(a, np.ndarray) and a.ndim == 3 and a.shape[1] == H and a.dtype == np.float32
+                    and a.flags.c_contiguous and a.shape == ctx.shape):
+                raise InputError(f"fused layer tail expects float32 C-contiguous {name} of shape (B, {H}, S) "
+                                 f"like ctx, got {getattr(a, 'dtype', type(a).__name__)} {getattr(a, 'shape', '')}")
+        if np.may_share_memory(ctx, x):
+            raise InputError("ctx must not overlap x: the kernel reads ctx while it writes x")
+        if not (type(attn_out) is CSRLinear and attn_out.in_features == H and attn_out.out_features == H):
+            raise InputError(f"fused layer tail needs a CSR ({H}, {H}) attention output linear")
+        g0, be0, eps0 = attn_norm
+        gamma, beta, eps = norm
+        if eps0 != eps:
+            raise InputError("fused layer tail: both LayerNorms must share one eps")
+        if x.size == 0:
+            return x
+        if not worth_fusing(x.shape[0], x.shape[2]):
+            h = attn_out(ctx, residual=x)
+            ops.layer_norm(h, g0, be0, eps0)
+            return self(h, residual=h, out=x, norm=norm)
+        a, b, o = self.ffn_in, self.ffn_out, attn_out
+        ffn_fused.ffn_csr(a.data, a.indices, a.indptr, a.chunk_cols, a.bias, self.act,
+                          b.data, b.indices, b.indptr, b.chunk_cols, b.bias, ctx, x, False,
+                          gamma, beta, eps, True, x,
+                          o.data, o.indices, o.indptr, o.chunk_cols, o.bias, g0, be0, True)
+        return x
 
 
 def worth_fusing(B: int, S: int) -> bool:
@@ -105,5 +139,6 @@ def warmup() -> float:
     a, b = pair.ffn_in, pair.ffn_out
     ffn_fused.ffn_csr(a.data, a.indices, a.indptr, a.chunk_cols, a.bias, pair.act,
                       b.data, b.indices, b.indptr, b.chunk_cols, b.bias, x, x, True,
-                      _NO_NORM, _NO_NORM, np.float32(1e-12), True, np.empty_like(x))
+                      _NO_NORM, _NO_NORM, np.float32(1e-12), False, np.empty_like(x),
+                      a.data, a.indices, a.indptr, a.chunk_cols, a.bias, _NO_NORM, _NO_NORM, False)
     return time.perf_counter() - start

@@ -23,8 +23,9 @@ from .config import BertConfig
 from .errors import CheckpointError, InputError
 from .kernels import attention, ops
 from .dispatch import check_formats, make_linear
-from .ffn import fuse_ffn
+from .ffn import fuse_ffn, worth_fusing
 from .hugepages import move_to_huge_pages
+from .linear import CSRLinear
 from .weights import BertWeights
 
 # Additive attention bias for padding keys: large enough that exp() underflows to 0, small enough
@@ -61,6 +62,8 @@ class Layer:
         self.act = _ACTIVATION[config.hidden_act]
         # Both FFN linears CSR: one fused call per token tile (sparsebert.ffn), else None.
         self.fused_ffn = fuse_ffn(self.ffn_in, self.ffn_out, self.act)
+        # The attention output linear joins the fused call when it is CSR too.
+        self.fused_tail = self.fused_ffn is not None and type(self.attn_out) is CSRLinear
 
     @property
     def linears(self) -> dict:
@@ -74,6 +77,14 @@ class Layer:
         ctx = scratch.get("ctx", (B, H, T))  # per head, V_h @ softmax(Q_hᵀ K_h / √D + mask)ᵀ
         attention.attention(qkv, key_bias, self.heads, self.scale, ctx)
         tick("attention")
+        if self.fused_tail and worth_fusing(B, T):
+            # attn_out + residual + LayerNorm + FFN + residual + LayerNorm per token tile, in place
+            # in x: h never leaves L2 (sparsebert.ffn.FusedFFN.tail)
+            norms = ((self.attn_norm.gamma, self.attn_norm.beta, self.eps),
+                     (self.ffn_norm.gamma, self.ffn_norm.beta, self.eps))
+            y = self.fused_ffn.tail(ctx, x, self.attn_out, *norms)
+            tick("attn_out_ffn_fused")
+            return y
         h = self.attn_out(ctx, residual=x, out=scratch.get("h", (B, H, T)))  # (B, H, T)
         tick("attn_out")
         ops.layer_norm(h, self.attn_norm.gamma, self.attn_norm.beta, self.eps)

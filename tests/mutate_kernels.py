@@ -60,6 +60,9 @@ MUTATIONS = {
         "epilogue_inplace(f, np.uint64(n * TILE), ut, np.float32(0), act,", FFN_TESTS),
     "ffn_layer_norm_skipped": (
         "ffn_fused.py", "        if has_norm:", "        if has_norm and S < 0:", FFN_TESTS),
+    "ffn_tail_drops_attention_residual": (
+        "ffn_fused.py", "h[ho + j] = h[ho + j] + b0[n] + rf[ro + j]", "h[ho + j] = h[ho + j] + b0[n]",
+        FFN_TESTS),
     "block_values_transposed": (
         "gen_spmm.py", "w{r}_{c} = data[q + {u}({r * C + c})]", "w{r}_{c} = data[q + {u}({c * R + r})]"),
     "gelu_before_bias": (

@@ -182,3 +182,59 @@ def test_layer_norm_in_the_epilogue(H, I, B, T, fused, monkeypatch):
     y = ffn(x, residual=x, norm=(gamma, beta, np.float32(1e-12)))
     want = layer_norm_ref(reference(w1, b1, w2, b2, x, "gelu", x), gamma, beta, 1e-12)
     np.testing.assert_allclose(y, want, rtol=1e-4, atol=1e-4)
+
+
+def _layer_norm64(v, gamma, beta, eps):
+    # v (H, S): each token (column) normalised over its H features
+    mean = v.mean(axis=0, keepdims=True)
+    var = ((v - mean) ** 2).mean(axis=0, keepdims=True)
+    return (v - mean) / np.sqrt(var + eps) * gamma[:, None] + beta[:, None]
+
+
+@pytest.mark.parametrize("H,I,T", [(384, 1536, 128), (64, 256, 77), (64, 256, 1)])
+def test_layer_tail_matches_float64_and_the_separate_calls(H, I, T):
+    # FusedFFN.tail: h = LN0(W0 @ ctx + b0 + x), x = LN(W2 @ gelu(W1 @ h + b1) + b2 + h), in place,
+    # in one kernel call per tile (always_fuse); against float64 and bit for bit against the
+    # separate calls the model makes when it does not fuse.
+    from sparsebert.kernels import ops
+
+    rng = np.random.default_rng(H + T)
+    w0, w1, w2 = pruned(rng, (H, H), 0.8, 3), pruned(rng, (I, H), 0.8), pruned(rng, (H, I), 0.8)
+    b0, b2 = (rng.standard_normal(H).astype(np.float32) * 0.1 for _ in range(2))
+    b1 = rng.standard_normal(I).astype(np.float32) * 0.1
+    g0, be0, g1, be1 = (rng.standard_normal(H).astype(np.float32) for _ in range(4))
+    eps = np.float32(1e-12)
+    ctx = rng.standard_normal((2, H, T)).astype(np.float32)
+    x = rng.standard_normal((2, H, T)).astype(np.float32)
+    o, a, b = make_linear(w0, b0, "csr"), make_linear(w1, b1, "csr"), make_linear(w2, b2, "csr")
+    ffn = fuse_ffn(a, b, "gelu")
+    out = ffn.tail(ctx, x.copy(), o, (g0, be0, eps), (g1, be1, eps))
+
+    h64 = np.einsum("hk,bks->bhs", w0.astype(np.float64), ctx.astype(np.float64)) + b0[:, None] + x
+    h64 = np.stack([_layer_norm64(v, g0, be0, eps) for v in h64])
+    y64 = reference(w1, b1, w2, b2, h64, "gelu", h64)
+    y64 = np.stack([_layer_norm64(v, g1, be1, eps) for v in y64])
+    np.testing.assert_allclose(out, y64, rtol=1e-4, atol=1e-4)
+
+    h = o(ctx, residual=x)
+    ops.layer_norm(h, g0, be0, eps)
+    y = b(a(h, activation="gelu"), residual=h)
+    ops.layer_norm(y, g1, be1, eps)
+    if T % 64 == 0:
+        np.testing.assert_array_equal(out, y)  # whole tiles: the same tile code, the same sums
+    else:  # the separate calls run 8-token tail tiles past the last whole tile, summing in another order
+        np.testing.assert_allclose(out, y, rtol=1e-5, atol=1e-5)
+
+
+def test_layer_tail_rejects_overlap_and_a_non_csr_linear():
+    rng = np.random.default_rng(1)
+    H, I = 16, 32
+    a, b = make_linear(pruned(rng, (I, H), 0.5), np.zeros(I, np.float32), "csr"), \
+        make_linear(pruned(rng, (H, I), 0.5), np.zeros(H, np.float32), "csr")
+    ffn = fuse_ffn(a, b, "gelu")
+    norm = (np.ones(H, np.float32), np.zeros(H, np.float32), np.float32(1e-12))
+    x = np.zeros((1, H, 64), np.float32)
+    with pytest.raises(InputError, match="overlap"):
+        ffn.tail(x, x, make_linear(pruned(rng, (H, H), 0.5), np.zeros(H, np.float32), "csr"), norm, norm)
+    with pytest.raises(InputError, match="CSR"):
+        ffn.tail(x.copy(), x, make_linear(pruned(rng, (H, H), 0.5), np.zeros(H, np.float32), "dense"), norm, norm)
