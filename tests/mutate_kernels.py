@@ -69,8 +69,8 @@ MUTATIONS = {
         "spmm_epilogue.py", "y[off + j] = gelu_f32(y[off + j] + bias)",
         "y[off + j] = gelu_f32(y[off + j]) + bias"),
     # The explicit 512-bit tiles (kernels/spmm_zmm.py) CSR and 4x1 run on AVX-512 hosts (both
-    # applied by hand and caught by test_kernels.py on Sapphire Rapids, 2026-12-03; on AVX2 hosts
-    # the tiles do not run and these read NOT CAUGHT).
+    # caught by test_kernels.py on Sapphire Rapids, 2026-12-03, as was ffn_tail_drops_attention_residual
+    # by test_ffn_fused.py; on AVX2 hosts the zmm tiles do not run and these two read NOT CAUGHT).
     "zmm_tile_drops_odd_last_entry": (
         "spmm_zmm.py", "            if sets > 1:\n", "            if sets > 9:\n"),
     "zmm_tile_skips_last_row_of_block": (
