@@ -54,7 +54,7 @@ class FusedFFN:
         if y.size == 0:
             return y
         a, b = self.ffn_in, self.ffn_out
-        gamma, beta, eps = (_NO_NORM, _NO_NORM, np.float32(0)) if norm is None else norm
+        gamma, beta, eps = (_NO_NORM, _NO_NORM, np.float32(0)) if norm is None else _checked_norm(norm, H)
         if not worth_fusing(x.shape[0], x.shape[2]):
             f = a(x, activation=self.activation)  # (B, I, S)
             b(f, residual=residual, out=y)
@@ -84,8 +84,8 @@ class FusedFFN:
             raise InputError("ctx must not overlap x: the kernel reads ctx while it writes x")
         if not (type(attn_out) is CSRLinear and attn_out.in_features == H and attn_out.out_features == H):
             raise InputError(f"fused layer tail needs a CSR ({H}, {H}) attention output linear")
-        g0, be0, eps0 = attn_norm
-        gamma, beta, eps = norm
+        g0, be0, eps0 = _checked_norm(attn_norm, H)
+        gamma, beta, eps = _checked_norm(norm, H)
         if eps0 != eps:
             raise InputError("fused layer tail: both LayerNorms must share one eps")
         if x.size == 0:
@@ -100,6 +100,16 @@ class FusedFFN:
                           gamma, beta, eps, True, x,
                           o.data, o.indices, o.indptr, o.chunk_cols, o.bias, g0, be0, True)
         return x
+
+
+def _checked_norm(norm, H: int):
+    """(gamma, beta, eps) of a LayerNorm over H, checked before a kernel reads H values of each."""
+    gamma, beta, eps = norm
+    for name, a in (("gamma", gamma), ("beta", beta)):
+        if not (isinstance(a, np.ndarray) and a.shape == (H,) and a.dtype == np.float32 and a.flags.c_contiguous):
+            raise InputError(f"LayerNorm {name} must be a float32 C-contiguous array of shape ({H},), got "
+                             f"{getattr(a, 'dtype', type(a).__name__)} {getattr(a, 'shape', '')}")
+    return gamma, beta, np.float32(eps)
 
 
 def worth_fusing(B: int, S: int) -> bool:

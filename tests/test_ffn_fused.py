@@ -236,5 +236,8 @@ def test_layer_tail_rejects_overlap_and_a_non_csr_linear():
     x = np.zeros((1, H, 64), np.float32)
     with pytest.raises(InputError, match="overlap"):
         ffn.tail(x, x, make_linear(pruned(rng, (H, H), 0.5), np.zeros(H, np.float32), "csr"), norm, norm)
+    with pytest.raises(InputError, match="gamma"):
+        ffn.tail(x.copy(), x, make_linear(pruned(rng, (H, H), 0.5), np.zeros(H, np.float32), "csr"),
+                 (np.ones(H - 1, np.float32), norm[1], norm[2]), norm)
     with pytest.raises(InputError, match="CSR"):
         ffn.tail(x.copy(), x, make_linear(pruned(rng, (H, H), 0.5), np.zeros(H, np.float32), "dense"), norm, norm)
