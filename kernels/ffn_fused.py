@@ -35,7 +35,7 @@ import numpy as np
 from numba import prange
 
 from ._spmm_generated import _tile_csr_w64
-from .jit import parallel_kernel
+from .jit import helper, parallel_kernel
 from .ops import layer_norm_tile
 from .spmm_epilogue import copy_row, epilogue_inplace, zero_rows
 from .spmm_zmm import ZMM, tile_csr_z64
@@ -45,9 +45,21 @@ TILE = 64  # tokens per task: the width of both CSR tiles below
 # on that target, so the choice made here at import and the cached code agree.
 _tile_csr = tile_csr_z64 if ZMM else _tile_csr_w64
 # Numba's on-disk cache keys a kernel on its own file, not on the helpers it calls from
-# `_spmm_generated.py`, `spmm_zmm.py` and `ops.py`; tests/test_ffn_fused.py fails until this stamp matches those
-# files, so an edit to them also edits (and re-compiles) this one.
+# `_spmm_generated.py`, `spmm_zmm.py` and `ops.py`; tests/test_ffn_fused.py fails until this stamp
+# matches those files, so an edit to them also edits (and re-compiles) this one.
 BUILT_AGAINST = "_spmm_generated.py 9907d9a68f8b0c90, spmm_zmm.py 19555bb18465a4cb, ops.py bf281eab8eb1be2a"
+
+
+@helper
+def _csr_product(out, src, d, i, p, kc):
+    # out (N, TILE) += W (N, K) @ src (K, TILE), both flat with rows TILE apart; W's CSR entries
+    # grouped by K-chunk (p (n_chunks, N + 1), kc columns per chunk), one chunk of src at a time.
+    ut = np.uint64(TILE)
+    for c in range(p.shape[0]):
+        xoff = np.uint64(c * kc * TILE)
+        for n in range(p.shape[1] - 1):
+            _tile_csr(out, np.uint64(n * TILE), ut, src, xoff, ut, d, i,
+                      np.uint64(p[c, n]), np.uint64(p[c, n + 1]))
 
 
 @parallel_kernel
@@ -80,42 +92,25 @@ def ffn_csr(d1, i1, p1, kc1, b1, act, d2, i2, p2, kc2, b2, x, residual, has_resi
         if has_pre:
             # h tile = LayerNorm0(W0 @ X tile + b0 + residual tile): stays in L2 for the FFN.
             h = np.zeros(H * TILE, dtype=np.float32)
-            for c in range(p0.shape[0]):
-                xoff = np.uint64(c * kc0 * TILE)
-                for n in range(H):
-                    _tile_csr(h, np.uint64(n * TILE), ut, panel, xoff, ut, d0, i0,
-                              np.uint64(p0[c, n]), np.uint64(p0[c, n + 1]))
+            _csr_product(h, panel, d0, i0, p0, kc0)
             for n in range(H):
-                ho = np.uint64(n * TILE)
-                ro = src + np.uint64(n) * us
-                for j in range(uw):
-                    h[ho + j] = h[ho + j] + b0[n] + rf[ro + j]
+                epilogue_inplace(h, np.uint64(n * TILE), uw, b0[n], 0, rf, src + np.uint64(n) * us, True)
             layer_norm_tile(h, np.uint64(0), H, TILE, width, gamma0, beta0, eps)
         # F tile (I, TILE) = act(W1 @ h + b1): stays in L2 for the second matmul.
         f = np.zeros(n_inner * TILE, dtype=np.float32)
-        for c in range(p1.shape[0]):
-            xoff = np.uint64(c * kc1 * TILE)
-            for n in range(n_inner):
-                _tile_csr(f, np.uint64(n * TILE), ut, h, xoff, ut, d1, i1,
-                          np.uint64(p1[c, n]), np.uint64(p1[c, n + 1]))
+        _csr_product(f, h, d1, i1, p1, kc1)
         for n in range(n_inner):
             epilogue_inplace(f, np.uint64(n * TILE), ut, b1[n], act, f, np.uint64(0), False)
         # Y tile (H, TILE) = W2 @ F, into the panel (X is no longer needed), then its own columns
         # go to y with + b2 (+ residual, or + h).
         zero_rows(panel, 0, H, TILE, TILE)
-        for c in range(p2.shape[0]):
-            foff = np.uint64(c * kc2 * TILE)
-            for n in range(H):
-                _tile_csr(panel, np.uint64(n * TILE), ut, f, foff, ut, d2, i2,
-                          np.uint64(p2[c, n]), np.uint64(p2[c, n + 1]))
+        _csr_product(panel, f, d2, i2, p2, kc2)
         for n in range(H):
             off = np.uint64((b * H + n) * S + s0)
+            copy_row(panel, np.uint64(n * TILE), yf, off, uw)
             if has_pre:
-                po = np.uint64(n * TILE)
-                for j in range(uw):
-                    yf[off + j] = panel[po + j] + b2[n] + h[po + j]
+                epilogue_inplace(yf, off, uw, b2[n], 0, h, np.uint64(n * TILE), True)
             else:
-                copy_row(panel, np.uint64(n * TILE), yf, off, np.uint64(width))
-                epilogue_inplace(yf, off, np.uint64(width), b2[n], 0, rf, off, has_residual)
+                epilogue_inplace(yf, off, uw, b2[n], 0, rf, off, has_residual)
         if has_norm:  # the tile's rows were just written: LayerNorm them while they are in cache
             layer_norm_tile(yf, np.uint64(b * H * S + s0), H, S, width, gamma, beta, eps)

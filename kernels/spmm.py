@@ -20,8 +20,8 @@ chunked, 90%-sparse CSR went from 41-85 to 67-97 useful GFLOP/s on this 2-core Z
 let one X load feed R rows. Sequences shorter than a tile are packed several to a panel.
 On CPUs with AVX-512, CSR and 4x1 use explicit 512-bit tiles instead (`spmm_zmm`: LLVM's SLP
 pass builds ymm code on Intel server cores), 64 tokens wide; the generated tiles stay for AVX2
-hosts and for the other block shapes. Tried and dropped: two CSR rows per pass; 128-token CSR tiles and 64-token 4x1 tiles (no gain
-here); a tile that branches between a constant start and loading its partial sums (LLVM then
+hosts and for the other block shapes. Tried and dropped (generated tiles, Zen 4): two CSR rows per
+pass; 128-token CSR tiles and 64-token 4x1 tiles (no gain there); a tile that branches between a constant start and loading its partial sums (LLVM then
 built the accumulators lane by lane, 2x slower). The driver zeroes the rows instead, and adds
 the bias after the products, as dense BLAS + bias does: starting the sums from the bias moved
 MiniLM's sparse-vs-dense difference from 2e-6 to 1.4e-5.

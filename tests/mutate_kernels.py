@@ -50,18 +50,18 @@ MUTATIONS = {
         "                for i in range(max(nb - 1, 1)):\n                    ro = "),
     # The fused FFN (kernels/ffn_fused.py), checked by tests/test_ffn_fused.py.
     "ffn_partial_tile_drops_last_column": (
-        "ffn_fused.py", "copy_row(panel, np.uint64(n * TILE), yf, off, np.uint64(width))",
+        "ffn_fused.py", "copy_row(panel, np.uint64(n * TILE), yf, off, uw)",
         "copy_row(panel, np.uint64(n * TILE), yf, off, np.uint64(max(width - 1, 1)))", FFN_TESTS),
     "ffn_second_matmul_skips_last_chunk": (
-        "ffn_fused.py", "for c in range(p2.shape[0]):", "for c in range(max(p2.shape[0] - 1, 1)):",
-        FFN_TESTS),
+        "ffn_fused.py", "_csr_product(panel, f, d2, i2, p2, kc2)",
+        "_csr_product(panel, f, d2, i2, p2[:max(p2.shape[0] - 1, 1)], kc2)", FFN_TESTS),
     "ffn_intermediate_without_bias": (
         "ffn_fused.py", "epilogue_inplace(f, np.uint64(n * TILE), ut, b1[n], act,",
         "epilogue_inplace(f, np.uint64(n * TILE), ut, np.float32(0), act,", FFN_TESTS),
     "ffn_layer_norm_skipped": (
         "ffn_fused.py", "        if has_norm:", "        if has_norm and S < 0:", FFN_TESTS),
     "ffn_tail_drops_attention_residual": (
-        "ffn_fused.py", "h[ho + j] = h[ho + j] + b0[n] + rf[ro + j]", "h[ho + j] = h[ho + j] + b0[n]",
+        "ffn_fused.py", "b0[n], 0, rf, src + np.uint64(n) * us, True)", "b0[n], 0, rf, src + np.uint64(n) * us, False)",
         FFN_TESTS),
     "block_values_transposed": (
         "gen_spmm.py", "w{r}_{c} = data[q + {u}({r * C + c})]", "w{r}_{c} = data[q + {u}({c * R + r})]"),
