@@ -94,7 +94,7 @@ MUTATIONS = {
         "int8_vnni.py", "    for c in range(ptr.shape[0]):", "    for c in range(min(1, ptr.shape[0])):",
         INT8_TESTS),
     "int8_pack_swaps_quad_bytes": (
-        "int8_vnni.py", "(_code_byte(xf[o3 + s], m3, r) << 24)", "(_code_byte(xf[o3 + s], m3, r) << 16)",
+        "int8_vnni.py", "(_code_byte(xf[o3 + j], m3, r) << 24)", "(_code_byte(xf[o3 + j], m3, r) << 16)",
         INT8_TESTS),
 }
 
