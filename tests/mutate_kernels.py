@@ -29,6 +29,7 @@ ROOT = Path(__file__).resolve().parent.parent
 FP32_TESTS = ("tests/test_kernels.py",)
 INT8_TESTS = ("tests/test_int8_kernels.py",)
 FFN_TESTS = ("tests/test_ffn_fused.py",)
+ATTENTION_TESTS = ("tests/test_attention.py",)
 # name -> (file under kernels/, text, replacement[, test files]); test files default to FP32_TESTS
 MUTATIONS = {
     "packed_panel_drops_last_row_of_chunk": (
@@ -63,6 +64,13 @@ MUTATIONS = {
     "ffn_tail_drops_attention_residual": (
         "ffn_fused.py", "b0[n], 0, rf, src + np.uint64(n) * us, True)", "b0[n], 0, rf, src + np.uint64(n) * us, False)",
         FFN_TESTS),
+    # Attention (kernels/attention.py), checked by tests/test_attention.py.
+    "attention_max_skips_key_bias": (
+        "attention.py", "                val = row[r] * scale + bj\n", "                val = row[r] * scale\n",
+        ATTENTION_TESTS),
+    "attention_normalises_one_query_short": (
+        "attention.py", "        for d in range(D):\n            o = out[d]\n            for r in range(T):",
+        "        for d in range(D):\n            o = out[d]\n            for r in range(T - 1):", ATTENTION_TESTS),
     "block_values_transposed": (
         "gen_spmm.py", "w{r}_{c} = data[q + {u}({r * C + c})]", "w{r}_{c} = data[q + {u}({c * R + r})]"),
     "gelu_before_bias": (
