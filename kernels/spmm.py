@@ -11,12 +11,14 @@ How it is fast (see benchmarks/bench_linear.py): the work is split into (sequenc
 row chunk) tasks over one prange, so batch 1 still feeds both cores; a task keeps a row block x
 tile of sums in registers (generated unrolled locals, `gen_spmm.py`; LLVM's SLP pass packs them
 into 512-bit FMAs) while it walks the row's nonzeros, 64 tokens a tile for CSR, 32 for 4x1.
-Entries are stored grouped by K-chunk (`chunk_entries`): the task copies one chunk of its X tile
-into a contiguous panel that stays in L1, sweeps all its rows over it, and moves to the next
-chunk, the rows' partial sums waiting in L2. In place, X rows are S floats apart (512 B at
-S = 128), so a tile's slice of them used half the L1 sets and came mostly from L2; packed and
-chunked, 90%-sparse CSR went from 41-85 to 67-97 useful GFLOP/s on this 2-core Zen 4 (768x3072:
-41 -> 97) and 80% from 52-64 to 86-114. Tasks with few rows (batch 1) read X in place. Blocks
+Entries are stored grouped by K-chunk (`chunk_entries`): the task copies its X tile into a
+contiguous panel once, sweeps all its rows over one L1-sized chunk of it, and moves to the next
+chunk, the rows' partial sums waiting in a contiguous scratch in L2. In place, X rows are S floats
+apart (512 B at S = 128), so a tile's slice of them used half the L1 sets and came mostly from L2;
+packed and chunked, 90%-sparse CSR went from 41-85 to 67-97 useful GFLOP/s on this 2-core Zen 4
+(768x3072: 41 -> 97) and 80% from 52-64 to 86-114. Packing the whole tile up front instead of one
+chunk at a time, with the sums in a scratch instead of in Y, gained another 1.15-1.3x (Zen 4,
+2026-12-06: 2304x768 at 90% 17.1 -> 12.7 ms at B=32 x 128). Tasks with few rows (batch 1) read X in place. Blocks
 let one X load feed R rows. Sequences shorter than a tile are packed several to a panel.
 On CPUs with AVX-512, CSR and 4x1 use explicit 512-bit tiles instead (`spmm_zmm`: LLVM's SLP
 pass builds ymm code on Intel server cores), 64 tokens wide; the generated tiles stay for AVX2
@@ -50,8 +52,10 @@ from .spmm_zmm import ZMM
 # 54.1 ms at 8 per thread, 54.2 at 4, 48.3 at 2, 45.7 at 1; 1 x 40 23.4 -> 19.7 ms and 2 x 128
 # 68.0 -> 64.9 from 8 to 2; 4 x 128 unchanged. 1 leaves tails unbalanced, so 2.
 _TASKS_PER_THREAD = 2
-# A task's rows keep their partial sums in L2 between K-chunks: at most this many bytes of them.
-_TASK_ROW_BYTES = 192 << 10
+# A task's rows keep their partial sums in L2 between K-chunks (a contiguous scratch, next to the
+# task's packed X tile): at most this many bytes of them. BERT-base at B=32 x 128, Zen 4 (1 MiB L2
+# per core): one task for all 2304 qkv rows (576 KiB) ran 4-10% faster than three of 768.
+_TASK_ROW_BYTES = 1 << 20
 _NO_RESIDUAL = np.zeros((1, 1, 1), dtype=np.float32)
 
 # Each format's driver and main token-tile width (tails use 8): the zmm-tile driver where the

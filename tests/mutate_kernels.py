@@ -32,9 +32,9 @@ FFN_TESTS = ("tests/test_ffn_fused.py",)
 ATTENTION_TESTS = ("tests/test_attention.py",)
 # name -> (file under kernels/, text, replacement[, test files]); test files default to FP32_TESTS
 MUTATIONS = {
-    "packed_panel_drops_last_row_of_chunk": (
-        "gen_spmm.py", "pack_panel(xf, soff, S, min(kc, K - c * kc), {TM}, panel)",
-        "pack_panel(xf, soff, S, min(kc, K - c * kc) - 1, {TM}, panel)"),
+    "packed_panel_drops_last_row": (
+        "gen_spmm.py", "pack_panel(xf, xoff0 + np.uint64(col), S, K, {TM}, panel)",
+        "pack_panel(xf, xoff0 + np.uint64(col), S, K - 1, {TM}, panel)"),
     "in_place_reads_next_row": (
         "gen_spmm.py", "                if pack:\n",
         "                if not pack:\n                    soff = soff + us\n                if pack:\n"),
@@ -47,8 +47,8 @@ MUTATIONS = {
         "gen_spmm.py", 'L.append("    for p in range(start, end):")',
         'L.append("    for p in range(start, max(start, end - np.uint64(1))):")'),
     "epilogue_skips_last_sequence_of_group": (
-        "gen_spmm.py", "                for i in range(nb):\n                    ro = ",
-        "                for i in range(max(nb - 1, 1)):\n                    ro = "),
+        "gen_spmm.py", "                for i in range(nb):\n                    so = ",
+        "                for i in range(max(nb - 1, 1)):\n                    so = "),
     # The fused FFN (kernels/ffn_fused.py), checked by tests/test_ffn_fused.py.
     "ffn_partial_tile_drops_last_column": (
         "ffn_fused.py", "copy_row(panel, np.uint64(n * TILE), yf, off, uw)",
