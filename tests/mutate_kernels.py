@@ -66,11 +66,11 @@ MUTATIONS = {
         FFN_TESTS),
     # Attention (kernels/attention.py), checked by tests/test_attention.py.
     "attention_max_skips_key_bias": (
-        "attention.py", "                val = row[r] * scale + bj\n", "                val = row[r] * scale\n",
+        "attention.py", "            val = row[r] * scale + bj\n", "            val = row[r] * scale\n",
         ATTENTION_TESTS),
     "attention_normalises_one_query_short": (
-        "attention.py", "        for d in range(D):\n            o = out[d]\n            for r in range(T):",
-        "        for d in range(D):\n            o = out[d]\n            for r in range(T - 1):", ATTENTION_TESTS),
+        "attention.py", "    for d in range(D):\n        o = out[d]\n        for r in range(T):",
+        "    for d in range(D):\n        o = out[d]\n        for r in range(T - 1):", ATTENTION_TESTS),
     "block_values_transposed": (
         "gen_spmm.py", "w{r}_{c} = data[q + {u}({r * C + c})]", "w{r}_{c} = data[q + {u}({c * R + r})]"),
     "gelu_before_bias": (
