@@ -23,6 +23,7 @@ from .config import BertConfig
 from .errors import CheckpointError, InputError
 from .kernels import attention, ops
 from .dispatch import check_formats, make_linear
+from . import precompile
 from .ffn import fuse_ffn, worth_fusing
 from .hugepages import move_to_huge_pages
 from .linear import CSRLinear
@@ -75,6 +76,7 @@ class Layer:
         qkv = self.qkv(x, out=scratch.get("qkv", (B, 3 * H, T)))  # (B, 3H, T): Q, K, V row blocks
         tick("qkv")
         ctx = scratch.get("ctx", (B, H, T))  # per head, V_h @ softmax(Q_hᵀ K_h / √D + mask)ᵀ
+        precompile.wait()  # on a cold cache the attention kernel compiles in a second process
         attention.attention(qkv, key_bias, self.heads, self.scale, ctx)
         tick("attention")
         if self.fused_tail and worth_fusing(B, T):
@@ -149,6 +151,7 @@ class BertEncoder:
         """`formats` picks each encoder linear's format: None ("auto"), a format name, or a function
         (internal name, weight) -> format name; see `sparsebert.dispatch`."""
         formats = check_formats(formats)
+        precompile.start()  # cold cache: the shared kernels compile meanwhile (sparsebert.precompile)
         self.config = weights.config
         self.weights = weights
         self.layers = tuple(Layer(w, weights.config, formats) for w in weights.layers)
