@@ -94,9 +94,9 @@ from sparsebert import precompile as _precompile
 _start = _precompile.start
 precompile_launched = False
 
-def recorded_start():  # whether the encoder launched the background compile
+def recorded_start(*args):  # whether the encoder launched the background compile
     global precompile_launched
-    launched = _start()
+    launched = _start(*args)
     precompile_launched = precompile_launched or launched
     return launched
 

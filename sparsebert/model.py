@@ -23,7 +23,7 @@ from .config import BertConfig
 from .errors import CheckpointError, InputError
 from .kernels import attention, ops
 from .dispatch import check_formats, make_linear
-from . import precompile
+from . import precompile, tuning
 from .ffn import fuse_ffn, worth_fusing
 from .hugepages import move_to_huge_pages
 from .linear import CSRLinear
@@ -151,7 +151,8 @@ class BertEncoder:
         """`formats` picks each encoder linear's format: None ("auto"), a format name, or a function
         (internal name, weight) -> format name; see `sparsebert.dispatch`."""
         formats = check_formats(formats)
-        precompile.start()  # cold cache: the shared kernels compile meanwhile (sparsebert.precompile)
+        # Cold cache: the shared kernels compile meanwhile in a second process (sparsebert.precompile).
+        precompile.start(tuning.cache_dir(), (tuning.kernel_version(), tuning.machine_key()))
         self.config = weights.config
         self.weights = weights
         self.layers = tuple(Layer(w, weights.config, formats) for w in weights.layers)

@@ -29,21 +29,21 @@ import os
 import subprocess
 import sys
 import threading
+from pathlib import Path
 
 TIMEOUT_S = 120.0
 _lock = threading.Lock()
 _child: subprocess.Popen | None = None
 _started = False
+_stamp: Path | None = None
 
 
-def _stamp_path():
+def _stamp_path(cache_dir, key_parts):
     import numba
 
-    from . import tuning
-
     env = {k: v for k, v in sorted(os.environ.items()) if k.startswith("NUMBA_")}
-    key = json.dumps([tuning.kernel_version(), tuning.machine_key(), numba.__version__, env, sys.executable])
-    return tuning.cache_dir() / "precompiled" / hashlib.sha256(key.encode()).hexdigest()[:20]
+    key = json.dumps([list(key_parts), numba.__version__, env, sys.executable])
+    return Path(cache_dir) / "precompiled" / hashlib.sha256(key.encode()).hexdigest()[:20]
 
 
 def enabled() -> bool:
@@ -52,15 +52,18 @@ def enabled() -> bool:
     return os.environ.get("SPARSEBERT_PRECOMPILE", "1") != "0" and numba.get_num_threads() >= 2
 
 
-def start() -> bool:
-    """Launch the background compile once per process if the cache is cold; True if launched."""
-    global _child, _started
+def start(cache_dir, key_parts) -> bool:
+    """Launch the background compile once per process if the cache is cold; True if launched.
+    The stamp that says it is warm lives under cache_dir, keyed on key_parts (what the compiled
+    code depends on: kernel sources, machine; `sparsebert.tuning` knows them) and the Numba set-up."""
+    global _child, _started, _stamp
     with _lock:
         if _started:
             return False
         _started = True
         try:
-            if not enabled() or _stamp_path().exists():
+            _stamp = _stamp_path(cache_dir, key_parts)
+            if not enabled() or _stamp.exists():
                 return False
             _child = subprocess.Popen([sys.executable, "-m", "sparsebert.precompile"],
                                       stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
@@ -86,11 +89,10 @@ def wait() -> None:
             child.kill()
             child.wait()
             ok = False
-        if ok:
+        if ok and _stamp is not None:
             try:
-                path = _stamp_path()
-                path.parent.mkdir(parents=True, exist_ok=True)
-                path.write_text("compiled\n")
+                _stamp.parent.mkdir(parents=True, exist_ok=True)
+                _stamp.write_text("compiled\n")
             except OSError:
                 pass
 

@@ -18,7 +18,7 @@ from sparsebert import precompile
 from sparsebert.kernels import attention, ops
 launched = []
 start = precompile.start
-precompile.start = lambda: launched.append(start()) or launched[-1]
+precompile.start = lambda *a: launched.append(start(*a)) or launched[-1]
 model = sparsebert.load(sys.argv[1], formats="dense")
 model.encode(["a first sentence", "and a second, longer one"])
 print(json.dumps({
@@ -27,7 +27,7 @@ print(json.dumps({
                   sum(attention.attention.stats.cache_misses.values())],
     "to_token_major": [sum(ops.to_token_major.stats.cache_hits.values()),
                        sum(ops.to_token_major.stats.cache_misses.values())],
-    "stamp": precompile._stamp_path().exists(),
+    "stamp": precompile._stamp is not None and precompile._stamp.exists(),
 }))
 """
 
@@ -60,38 +60,43 @@ def test_opt_out_compiles_in_process(minilm_path, tmp_path):
     assert not out["stamp"]
 
 
+KEY = ("kernels abc", "machine def")
+
+
 @pytest.fixture
 def fresh_module(monkeypatch, tmp_path):
-    monkeypatch.setenv("SPARSEBERT_CACHE_DIR", str(tmp_path))
     monkeypatch.setattr(precompile, "_started", False)
+    monkeypatch.setattr(precompile, "_stamp", None)
     monkeypatch.setattr(precompile, "_child", None)
     monkeypatch.setattr(precompile, "enabled", lambda: True)
     return precompile
 
 
-def test_failed_child_leaves_no_stamp_and_no_error(fresh_module, monkeypatch):
+def test_failed_child_leaves_no_stamp_and_no_error(fresh_module, monkeypatch, tmp_path):
     real = subprocess.Popen
     monkeypatch.setattr(subprocess, "Popen", lambda *a, **k: real([sys.executable, "-c", "raise SystemExit(3)"]))
-    assert fresh_module.start() is True
-    assert fresh_module.start() is False  # once per process
+    assert fresh_module.start(tmp_path, KEY) is True
+    assert fresh_module.start(tmp_path, KEY) is False  # once per process
     fresh_module.wait()
-    assert not fresh_module._stamp_path().exists()
+    assert not fresh_module._stamp_path(tmp_path, KEY).exists()
     fresh_module.wait()  # nothing left to wait for
 
 
-def test_hung_child_is_killed_after_the_timeout(fresh_module, monkeypatch):
+def test_hung_child_is_killed_after_the_timeout(fresh_module, monkeypatch, tmp_path):
     real = subprocess.Popen
     monkeypatch.setattr(subprocess, "Popen", lambda *a, **k: real([sys.executable, "-c", "import time; time.sleep(60)"]))
     monkeypatch.setattr(fresh_module, "TIMEOUT_S", 0.5)
-    assert fresh_module.start() is True
+    assert fresh_module.start(tmp_path, KEY) is True
     child = fresh_module._child
     fresh_module.wait()
-    assert child.returncode is not None and not fresh_module._stamp_path().exists()
+    assert child.returncode is not None and not fresh_module._stamp_path(tmp_path, KEY).exists()
 
 
-def test_no_launch_when_stamped(fresh_module, monkeypatch):
-    path = fresh_module._stamp_path()
+def test_no_launch_when_stamped(fresh_module, monkeypatch, tmp_path):
+    path = fresh_module._stamp_path(tmp_path, KEY)
     path.parent.mkdir(parents=True)
     path.write_text("compiled\n")
     monkeypatch.setattr(subprocess, "Popen", lambda *a, **k: pytest.fail("launched on a warm cache"))
-    assert fresh_module.start() is False
+    assert fresh_module.start(tmp_path, KEY) is False
+    other = fresh_module._stamp_path(tmp_path, ("kernels changed", "machine def"))
+    assert other != path  # another kernel version or machine is cold again
