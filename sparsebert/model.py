@@ -272,7 +272,9 @@ def _pool_first_token(x: np.ndarray, weight: np.ndarray, bias: np.ndarray) -> np
     from scipy.linalg.blas import sgemm
 
     cls = np.ascontiguousarray(x[:, :, 0])  # (B, H)
-    return np.tanh(sgemm(1.0, cls, weight, trans_b=True) + bias).astype(np.float32, copy=False)
+    # weight.T is a Fortran-order view, which the wrapper passes as it is; weight with trans_b
+    # made it copy the whole (H, H) matrix to Fortran order first: 700 vs 28 us at H = 768.
+    return np.tanh(sgemm(1.0, cls, weight.T) + bias).astype(np.float32, copy=False)
 
 
 # Numba's "workqueue" threading layer terminates the process when two Python threads run parallel
