@@ -1,4 +1,4 @@
-"""Input norms for Wanda scores: ||x_k||_2 of every pruned linear's input, from one forward pass.
+"""Input statistics for pruning scores, from one forward pass: Wanda's norms, SparseGPT's Hessians.
 
 Wanda (Sun et al. 2023, "A Simple and Effective Pruning Approach for Large Language Models") scores
 weight W[n, k] by |W[n, k]| x ||x_k||_2, the L2 norm of input feature k over the tokens of a few
@@ -8,7 +8,7 @@ batches of similar length tokenized as in training) with forward pre-hooks on th
 and sums x_k^2 over the non-padding tokens in float64. The texts are a seeded draw from the
 training data (`calibration_rows`), so a resumed run measures the same norms.
 
-Left out: SparseGPT / OBC reconstruction (a per-layer Hessian X^T X and weight updates).
+`input_hessians` sums X^T X (K x K, float64) the same way, for SparseGPT (`sparsegpt.py`).
 """
 
 from __future__ import annotations
@@ -25,15 +25,29 @@ def calibration_rows(n_texts: int, count: int, seed: int) -> np.ndarray:
 def input_norms(model, params: dict, texts: list[str], tokenizer, batch_size: int) -> dict:
     """{weight name: ||x_k||_2 (K,) float32} for each weight in `params` (name -> (N, K) weight of
     an nn.Linear of `model`), over the non-padding tokens of `texts`."""
+    sums = _input_sums(model, params, texts, tokenizer, batch_size, lambda x: (x * x).sum(dim=0))
+    return {n: np.sqrt(s.numpy()).astype(np.float32) for n, s in sums.items()}
+
+
+def input_hessians(model, params: dict, texts: list[str], tokenizer, batch_size: int) -> dict:
+    """{weight name: X^T X (K, K) float64} for each weight in `params`, X the (tokens, K) inputs of
+    its linear over the non-padding tokens of `texts` (SparseGPT's Hessian, `sparsegpt.py`)."""
+    sums = _input_sums(model, params, texts, tokenizer, batch_size, lambda x: x.T @ x)
+    return {n: s.numpy() for n, s in sums.items()}
+
+
+def _input_sums(model, params: dict, texts: list[str], tokenizer, batch_size: int, stat) -> dict:
+    # {name: sum over batches of stat(x)}, x (non-padding tokens, K) float64, the inputs of each
+    # named weight's nn.Linear, from forward pre-hooks during one eval pass over the texts.
     import torch
 
     sums, current_mask, handles = {}, {}, []
 
     def hook_for(name):
         def hook(module, args):
-            x = args[0].detach().to(torch.float64)  # (B, T, K)
-            m = current_mask["m"].unsqueeze(-1).to(torch.float64)  # (B, T, 1)
-            sums[name] = sums.get(name, 0.0) + (x * x * m).sum(dim=(0, 1))
+            keep = current_mask["m"].bool()  # (B, T)
+            x = args[0].detach()[keep].to(torch.float64)  # (tokens, K)
+            sums[name] = sums.get(name, 0.0) + stat(x)
         return hook
 
     for name in params:
@@ -54,4 +68,4 @@ def input_norms(model, params: dict, texts: list[str], tokenizer, batch_size: in
         for h in handles:
             h.remove()
         model.train(was_training)
-    return {n: np.sqrt(s.numpy()).astype(np.float32) for n, s in sums.items()}
+    return sums

@@ -25,7 +25,11 @@ LR schedules (`lr_at`): warm-up, then constant, linear decay over the run, decay
 a restart at each mask update (Kurtic et al. 2022 oBERT; Zafrir et al. 2021 "Prune Once for All")
 with linear decay to 0 at the next update, and over the recovery phase after the last one.
 
-Left out: movement / second-order pruning, regrowth (RigL), per-linear sparsity targets.
+SparseGPT (`MaskSet.update_sparsegpt`, Frantar & Alistarh 2023) picks each linear's mask from the
+inverse of its input Hessian and updates the kept weights to make up for the pruned ones.
+
+Left out: movement pruning, oBERT's gradient-based second-order scores, regrowth (RigL),
+per-linear sparsity targets.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..prune import block_scores, expand_mask, lowest_mask
+from .sparsegpt import sparsegpt_prune
 
 
 def cubic_sparsity(step: int, initial: float, final: float, start: int, end: int, every: int) -> float:
@@ -111,6 +116,21 @@ class MaskSet:
                 keeps[n] = keep_flat[at:at + scores[n].size].reshape(scores[n].shape)
                 at += scores[n].size
         self.masks = {n: torch.from_numpy(expand_mask(k, self.block).copy()) for n, k in keeps.items()}
+        self.apply()
+
+    def update_sparsegpt(self, sparsity: float, hessians: dict) -> None:
+        """Per linear, SparseGPT's mask at this sparsity and its reconstruction of the kept weights
+        from the input Hessians {name: (K, K)} (`sparsegpt.py`; per-layer scope only). Weights
+        already pruned are zero, score lowest and stay pruned."""
+        import torch
+
+        masks = {}
+        for n, p in self.params.items():
+            w, keep = sparsegpt_prune(p.detach().cpu().numpy(), hessians[n], sparsity, self.block)
+            with torch.no_grad():
+                p.copy_(torch.from_numpy(w))
+            masks[n] = torch.from_numpy(keep)
+        self.masks = masks
         self.apply()
 
     def apply(self) -> None:

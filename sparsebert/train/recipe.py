@@ -7,11 +7,12 @@
     [pruning]       initial_sparsity, final_sparsity, start / end (steps) or start_epoch / end_epoch,
                     update_every (steps), scope = "per-layer" | "global", block = "1x1" | "4x1" |
                     "1x4" | ..., linears (subset of query, key, value, attn_out, ffn_in, ffn_out);
-                    init_method = "magnitude" | "wanda" ranks the first mask (the one-shot jump to
-                    initial_sparsity at `start`), score = "magnitude" | "wanda" the later updates;
-                    Wanda (Sun et al. 2023) ranks |W[n, k]| x ||x_k||_2, the input norms measured in
-                    one forward pass of the student over calibration_texts (default 256) training
-                    texts drawn with the seed
+                    init_method = "magnitude" | "wanda" | "sparsegpt" ranks the first mask (the
+                    one-shot jump to initial_sparsity at `start`), score (same choices) the later
+                    updates; Wanda (Sun et al. 2023) ranks |W[n, k]| x ||x_k||_2, the input norms
+                    measured in one forward pass of the student over calibration_texts (default 256)
+                    training texts drawn with the seed; SparseGPT (Frantar & Alistarh 2023, per-layer
+                    scope only) also updates the kept weights from the input Hessians X^T X
     [distillation]  pooled_loss = "cosine" | "mse", pooled_weight, hidden_weight, hidden_norm =
                     "none" | "teacher" (SquareHead: each layer's MSE over the teacher's mean square);
                     attention_weight (KL between teacher and student attention probabilities per
@@ -50,7 +51,7 @@ from ..errors import ConfigError
 
 LINEARS = ("query", "key", "value", "attn_out", "ffn_in", "ffn_out")
 LR_SCHEDULES = ("constant", "linear", "decay-after-pruning", "restart-per-update")
-SCORES = ("magnitude", "wanda")
+SCORES = ("magnitude", "wanda", "sparsegpt")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -310,6 +311,9 @@ def _check(r: Recipe, source: str) -> None:
         if p.calibration_texts < 1:
             fail(f"[pruning] calibration_texts = {p.calibration_texts!r}: must be >= 1 (Wanda's "
                  f"input norms come from that many training texts)")
+        if "sparsegpt" in (p.init_method, p.score) and p.scope != "per-layer":
+            fail(f"[pruning] scope = {p.scope!r} with SparseGPT: it prunes each linear from its own "
+                 f"input Hessian; use scope = \"per-layer\" or another init_method / score")
         bad = [x for x in p.linears if x not in LINEARS]
         if bad or not p.linears or len(set(p.linears)) != len(p.linears):
             fail(f"[pruning] linears = {list(p.linears)!r}: choose distinct names among {list(LINEARS)}")

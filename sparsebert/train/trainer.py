@@ -32,7 +32,7 @@ from ..errors import ConfigError, InputError, require
 from ..prune import _copy_tokenizer_files
 from ..tokenizer import Tokenizer
 from . import distill, fakequant
-from .calibrate import calibration_rows, input_norms
+from .calibrate import calibration_rows, input_hessians, input_norms
 from .checkpoint import load_checkpoint, save_checkpoint
 from .gmp import MaskSet, cubic_sparsity, is_update_step, lr_at
 from .recipe import Recipe, check_layers
@@ -196,11 +196,16 @@ def train(recipe: Recipe, *, init: str | Path, output: str | Path, texts: list[s
                     fake_quant = fakequant.install(student)
                 if masks is not None and is_update_step(step, start, end, p.update_every):
                     method = p.init_method if step == start else p.score
-                    norms = None
-                    if method == "wanda":
-                        norms = input_norms(student, masks.params, calib, tokenizer, t.batch_size)
-                    masks.update(cubic_sparsity(step, p.initial_sparsity, p.final_sparsity, start, end,
-                                                p.update_every), norms)
+                    target = cubic_sparsity(step, p.initial_sparsity, p.final_sparsity, start, end,
+                                            p.update_every)
+                    if method == "sparsegpt":
+                        masks.update_sparsegpt(target, input_hessians(student, masks.params, calib,
+                                                                      tokenizer, t.batch_size))
+                    else:
+                        norms = None
+                        if method == "wanda":
+                            norms = input_norms(student, masks.params, calib, tokenizer, t.batch_size)
+                        masks.update(target, norms)
                 torch.manual_seed(t.seed * 1_000_003 + step)  # dropout noise: a function of the step
                 rows = order(step)
                 batch = tokenizer([texts[i] for i in rows])
