@@ -9,13 +9,15 @@ one token tile at a time: a task packs its (H, TW) slice of X into a contiguous 
 (I, TW) intermediate into a scratch buffer, which stays in L2 (I x TW x 4 B: 768 KiB for BERT-base
 at TW = 64, 384 KiB for MiniLM), and runs the second matmul straight from it. The unfused path
 writes all of F (B, I, S) to memory (12.6 MB at B = 8 x 128 for BERT-base) and reads it back.
-Both matmuls use a 64-token CSR register tile (`spmm_zmm`'s on AVX-512, else
-`_spmm_generated.py`'s); a partial tile at the end of a sequence runs on a zero-padded panel and
+Each matmul uses a 64-token register tile (`spmm_zmm`'s on AVX-512, else `_spmm_generated.py`'s)
+for its weight's kind; a partial tile at the end of a sequence runs on a zero-padded panel and
 writes back only its own columns.
 
-Weights are CSR grouped by K-chunk as `sparsebert.linear.CSRLinear` stores them (`spmm.chunk_entries`):
-data (nnz,), chunk-local indices, ptr (n_chunks, N + 1), chunk_cols columns per chunk. act: 0 none,
-1 exact GELU, 2 tanh GELU, 3 relu (`spmm_epilogue.epilogue_inplace`).
+Weights are grouped by K-chunk as `sparsebert.linear.CSRLinear` / `BSRLinear` store them
+(`spmm.chunk_entries`), each either CSR (r = 1: data (nnz,), chunk-local column indices, ptr
+(n_chunks, N + 1)) or 4x1 blocks (r = 4: data (nblocks * 4,) flat, chunk-local block-column
+indices, ptr (n_chunks, N / 4 + 1)), chunk_cols columns per chunk; r1, r2, r0 give each weight's
+kind. act: 0 none, 1 exact GELU, 2 tanh GELU, 3 relu (`spmm_epilogue.epilogue_inplace`).
 
 Contract (validated by the caller, `sparsebert.ffn`): float32 C-contiguous x (B, H, S), y (B, H, S)
 not overlapping x, residual (B, H, S) if has_residual (it may be x itself); W1 is (I, H), W2 (H, I),
@@ -28,19 +30,19 @@ takes the place of X and of the FFN's residual; y may then be residual itself (e
 residual tile before it writes that tile of y). W0's arrays are read only when has_pre.
 
 Left out: batch-1 splitting of one tile's rows over threads (tasks are (sequence, token tile)
-pairs), BSR weights, dense weights (BLAS already keeps its own tiles in cache).
+pairs), other block shapes, dense weights (BLAS already keeps its own tiles in cache).
 """
 
 import numpy as np
 from numba import prange
 
-from ._spmm_generated import _tile_csr_w64
+from ._spmm_generated import _tile_bsr4x1_w32, _tile_csr_w64
 from .jit import helper, parallel_kernel
 from .ops import layer_norm_tile
 from .spmm_epilogue import copy_row, epilogue_inplace, zero_rows
-from .spmm_zmm import ZMM, tile_csr_z64
+from .spmm_zmm import ZMM, tile_bsr4x1_z64, tile_csr_z64
 
-TILE = 64  # tokens per task: the width of both CSR tiles below
+TILE = 64  # tokens per task: the width of the register tiles below
 # The zmm tile where the target CPU has AVX-512 (spmm_zmm); Numba's cache keys the compiled kernel
 # on that target, so the choice made here at import and the cached code agree.
 _tile_csr = tile_csr_z64 if ZMM else _tile_csr_w64
@@ -51,26 +53,43 @@ BUILT_AGAINST = "_spmm_generated.py 7d83bc8828359aed, spmm_zmm.py 19555bb18465a4
 
 
 @helper
-def _csr_product(out, src, d, i, p, kc):
-    # out (N, TILE) += W (N, K) @ src (K, TILE), both flat with rows TILE apart; W's CSR entries
-    # grouped by K-chunk (p (n_chunks, N + 1), kc columns per chunk), one chunk of src at a time.
+def _tile_4x1(out, yoff, src, xoff, d, i, start, end):
+    # One 4x1-block row's entries [start, end) over TILE tokens: the zmm tile where the target
+    # has AVX-512 (ZMM is a compile-time constant), else the generated 32-token tile twice.
+    ut = np.uint64(TILE)
+    if ZMM:
+        tile_bsr4x1_z64(out, yoff, ut, src, xoff, ut, d, i, start, end)
+    else:
+        half = np.uint64(TILE // 2)
+        _tile_bsr4x1_w32(out, yoff, ut, src, xoff, ut, d, i, start, end)
+        _tile_bsr4x1_w32(out, yoff + half, ut, src, xoff + half, ut, d, i, start, end)
+
+
+@helper
+def _product(out, src, d, i, p, kc, R):
+    # out (N, TILE) += W (N, K) @ src (K, TILE), both flat with rows TILE apart; W's entries grouped
+    # by K-chunk (p (n_chunks, N / R + 1), kc columns per chunk), one chunk of src at a time: CSR
+    # (R = 1, data (nnz,)) or 4x1 blocks (R = 4, data (nblocks * 4,), indices block columns).
     ut = np.uint64(TILE)
     for c in range(p.shape[0]):
         xoff = np.uint64(c * kc * TILE)
         for n in range(p.shape[1] - 1):
-            _tile_csr(out, np.uint64(n * TILE), ut, src, xoff, ut, d, i,
-                      np.uint64(p[c, n]), np.uint64(p[c, n + 1]))
+            start, end = np.uint64(p[c, n]), np.uint64(p[c, n + 1])
+            if R == 4:
+                _tile_4x1(out, np.uint64(n * 4 * TILE), src, xoff, d, i, start, end)
+            else:
+                _tile_csr(out, np.uint64(n * TILE), ut, src, xoff, ut, d, i, start, end)
 
 
 @parallel_kernel
 def ffn_csr(d1, i1, p1, kc1, b1, act, d2, i2, p2, kc2, b2, x, residual, has_residual, gamma, beta, eps,
-            has_norm, y, d0, i0, p0, kc0, b0, gamma0, beta0, has_pre):
+            has_norm, y, d0, i0, p0, kc0, b0, gamma0, beta0, has_pre, r1, r2, r0):
     # Y[b] = W2 @ act(W1 @ X[b] + b1) + b2 (+ residual[b]), then LayerNorm over H if has_norm;
     # see the module docstring. With has_pre, X[b] is first replaced, per tile, by
     # h = LayerNorm0(W0 @ X[b] + b0 + residual[b]) (the attention output linear and the LayerNorm
     # after it), and h is then the FFN's residual (has_residual is ignored).
     B, H, S = x.shape
-    n_inner = p1.shape[1] - 1  # I
+    n_inner = (p1.shape[1] - 1) * r1  # I
     n_tiles = (S + TILE - 1) // TILE
     xf = x.reshape(-1)
     yf = y.reshape(-1)
@@ -92,19 +111,19 @@ def ffn_csr(d1, i1, p1, kc1, b1, act, d2, i2, p2, kc2, b2, x, residual, has_resi
         if has_pre:
             # h tile = LayerNorm0(W0 @ X tile + b0 + residual tile): stays in L2 for the FFN.
             h = np.zeros(H * TILE, dtype=np.float32)
-            _csr_product(h, panel, d0, i0, p0, kc0)
+            _product(h, panel, d0, i0, p0, kc0, r0)
             for n in range(H):
                 epilogue_inplace(h, np.uint64(n * TILE), uw, b0[n], 0, rf, src + np.uint64(n) * us, True)
             layer_norm_tile(h, np.uint64(0), H, TILE, width, gamma0, beta0, eps)
         # F tile (I, TILE) = act(W1 @ h + b1): stays in L2 for the second matmul.
         f = np.zeros(n_inner * TILE, dtype=np.float32)
-        _csr_product(f, h, d1, i1, p1, kc1)
+        _product(f, h, d1, i1, p1, kc1, r1)
         for n in range(n_inner):
             epilogue_inplace(f, np.uint64(n * TILE), ut, b1[n], act, f, np.uint64(0), False)
         # Y tile (H, TILE) = W2 @ F, into the panel (X is no longer needed), then its own columns
         # go to y with + b2 (+ residual, or + h).
         zero_rows(panel, 0, H, TILE, TILE)
-        _csr_product(panel, f, d2, i2, p2, kc2)
+        _product(panel, f, d2, i2, p2, kc2, r2)
         for n in range(H):
             off = np.uint64((b * H + n) * S + s0)
             copy_row(panel, np.uint64(n * TILE), yf, off, uw)

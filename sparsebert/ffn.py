@@ -1,16 +1,17 @@
-"""The feed-forward block as one fused call when both of its linears are CSR: `fuse_ffn`.
+"""The feed-forward block as one fused call when both of its linears are sparse: `fuse_ffn`.
 
 `fuse_ffn(ffn_in, ffn_out, activation)` returns a `FusedFFN` computing
 
     Y[b] (H, S) = ffn_out(act(ffn_in(X[b]))) (+ residual[b])
 
 per token tile in one kernel (`kernels/ffn_fused.py`), the (I, tile) intermediate never leaving
-L2, optionally with the LayerNorm that follows fused into its epilogue, or None when the pair does not qualify (either linear not CSR, shapes that do not chain).
+L2, optionally with the LayerNorm that follows fused into its epilogue, or None when the pair does
+not qualify (either linear not `fusable`: CSR or 4x1 blocks; shapes that do not chain).
 Batches the kernel would run slowly (`worth_fusing`: short sequences, too few tiles for the
 threads) take the two calls instead.
 The linears' own compressed arrays are used as they are: they were validated when built.
 
-Left out: BSR and dense pairs (they keep the two-call path), int8 linears.
+Left out: other block shapes and dense linears (they keep the two-call path), int8 linears.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import numpy as np
 
 from .errors import InputError
 from .kernels import ffn_fused, ops
-from .linear import CSRLinear
+from .linear import BSRLinear, CSRLinear
 from .linear_contract import act_code
 
 _NO_RESIDUAL = np.zeros((1, 1, 1), dtype=np.float32)
@@ -30,7 +31,7 @@ _NO_NORM = np.zeros(1, dtype=np.float32)
 class FusedFFN:
     """ffn_out(act(ffn_in(x))) (+ residual) in one kernel call; see the module docstring."""
 
-    def __init__(self, ffn_in: CSRLinear, ffn_out: CSRLinear, activation):
+    def __init__(self, ffn_in, ffn_out, activation):
         self.ffn_in, self.ffn_out = ffn_in, ffn_out
         self.act = act_code(activation)
         self.activation = activation
@@ -61,14 +62,15 @@ class FusedFFN:
             if norm is not None:
                 ops.layer_norm(y, gamma, beta, eps)
             return y
-        ffn_fused.ffn_csr(a.data, a.indices, a.indptr, a.chunk_cols, a.bias, self.act,
-                          b.data, b.indices, b.indptr, b.chunk_cols, b.bias, x,
+        ffn_fused.ffn_csr(_flat(a), a.indices, a.indptr, a.chunk_cols, a.bias, self.act,
+                          _flat(b), b.indices, b.indptr, b.chunk_cols, b.bias, x,
                           _NO_RESIDUAL if residual is None else residual, residual is not None,
                           gamma, beta, eps, norm is not None, y,
-                          a.data, a.indices, a.indptr, a.chunk_cols, a.bias, _NO_NORM, _NO_NORM, False)
+                          _flat(a), a.indices, a.indptr, a.chunk_cols, a.bias, _NO_NORM, _NO_NORM, False,
+                          _rows(a), _rows(b), _rows(a))
         return y
 
-    def tail(self, ctx: np.ndarray, x: np.ndarray, attn_out: CSRLinear, attn_norm, norm) -> np.ndarray:
+    def tail(self, ctx: np.ndarray, x: np.ndarray, attn_out, attn_norm, norm) -> np.ndarray:
         """The rest of an encoder layer after attention, in place in x (B, H, S):
         h = LayerNorm_attn(attn_out(ctx) + x), then x = LayerNorm(ffn(h) + h). attn_norm and norm
         are (gamma, beta, eps). One kernel call per token tile when `worth_fusing` (h never leaves
@@ -82,8 +84,8 @@ class FusedFFN:
                                  f"like ctx, got {getattr(a, 'dtype', type(a).__name__)} {getattr(a, 'shape', '')}")
         if np.may_share_memory(ctx, x):
             raise InputError("ctx must not overlap x: the kernel reads ctx while it writes x")
-        if not (type(attn_out) is CSRLinear and attn_out.in_features == H and attn_out.out_features == H):
-            raise InputError(f"fused layer tail needs a CSR ({H}, {H}) attention output linear")
+        if not (fusable(attn_out) and attn_out.in_features == H and attn_out.out_features == H):
+            raise InputError(f"fused layer tail needs a CSR or 4x1-block ({H}, {H}) attention output linear")
         g0, be0, eps0 = _checked_norm(attn_norm, H)
         gamma, beta, eps = _checked_norm(norm, H)
         if eps0 != eps:
@@ -95,10 +97,11 @@ class FusedFFN:
             ops.layer_norm(h, g0, be0, eps0)
             return self(h, residual=h, out=x, norm=norm)
         a, b, o = self.ffn_in, self.ffn_out, attn_out
-        ffn_fused.ffn_csr(a.data, a.indices, a.indptr, a.chunk_cols, a.bias, self.act,
-                          b.data, b.indices, b.indptr, b.chunk_cols, b.bias, ctx, x, False,
+        ffn_fused.ffn_csr(_flat(a), a.indices, a.indptr, a.chunk_cols, a.bias, self.act,
+                          _flat(b), b.indices, b.indptr, b.chunk_cols, b.bias, ctx, x, False,
                           gamma, beta, eps, True, x,
-                          o.data, o.indices, o.indptr, o.chunk_cols, o.bias, g0, be0, True)
+                          _flat(o), o.indices, o.indptr, o.chunk_cols, o.bias, g0, be0, True,
+                          _rows(a), _rows(b), _rows(o))
         return x
 
 
@@ -126,9 +129,22 @@ def worth_fusing(B: int, S: int) -> bool:
     return tiles * ffn_fused.TILE <= 1.125 * S and (n >= 2 * threads or n % threads == 0)
 
 
+def fusable(lin) -> bool:
+    """Whether the fused kernel runs this linear's weight: CSR, or BSR in 4x1 blocks."""
+    return type(lin) is CSRLinear or (type(lin) is BSRLinear and lin.block_shape == (4, 1))
+
+
+def _rows(lin) -> int:
+    return 1 if type(lin) is CSRLinear else 4
+
+
+def _flat(lin):
+    return lin.data.reshape(-1)  # a view: (nnz,) for CSR, (nblocks * 4,) for 4x1 blocks
+
+
 def fuse_ffn(ffn_in, ffn_out, activation) -> FusedFFN | None:
     """A FusedFFN for this pair, or None when it does not qualify (see the module docstring)."""
-    if not (type(ffn_in) is CSRLinear and type(ffn_out) is CSRLinear):
+    if not (fusable(ffn_in) and fusable(ffn_out)):
         return None
     if ffn_out.in_features != ffn_in.out_features or ffn_out.out_features != ffn_in.in_features:
         return None
@@ -150,5 +166,5 @@ def warmup() -> float:
     ffn_fused.ffn_csr(a.data, a.indices, a.indptr, a.chunk_cols, a.bias, pair.act,
                       b.data, b.indices, b.indptr, b.chunk_cols, b.bias, x, x, True,
                       _NO_NORM, _NO_NORM, np.float32(1e-12), False, np.empty_like(x),
-                      a.data, a.indices, a.indptr, a.chunk_cols, a.bias, _NO_NORM, _NO_NORM, False)
+                      a.data, a.indices, a.indptr, a.chunk_cols, a.bias, _NO_NORM, _NO_NORM, False, 1, 1, 1)
     return time.perf_counter() - start

@@ -24,9 +24,8 @@ from .errors import CheckpointError, InputError
 from .kernels import attention, ops
 from .dispatch import check_formats, make_linear
 from . import precompile, tuning
-from .ffn import fuse_ffn, worth_fusing
+from .ffn import fusable, fuse_ffn, worth_fusing
 from .hugepages import move_to_huge_pages
-from .linear import CSRLinear
 from .weights import BertWeights
 
 # Additive attention bias for padding keys: large enough that exp() underflows to 0, small enough
@@ -61,10 +60,10 @@ class Layer:
         self.scale = np.float32(1.0 / np.sqrt(config.head_dim))
         self.eps = np.float32(config.layer_norm_eps)
         self.act = _ACTIVATION[config.hidden_act]
-        # Both FFN linears CSR: one fused call per token tile (sparsebert.ffn), else None.
+        # Both FFN linears CSR or 4x1 blocks: one fused call per token tile (sparsebert.ffn), else None.
         self.fused_ffn = fuse_ffn(self.ffn_in, self.ffn_out, self.act)
-        # The attention output linear joins the fused call when it is CSR too.
-        self.fused_tail = self.fused_ffn is not None and type(self.attn_out) is CSRLinear
+        # The attention output linear joins the fused call when it is one of those kinds too.
+        self.fused_tail = self.fused_ffn is not None and fusable(self.attn_out)
 
     @property
     def linears(self) -> dict:

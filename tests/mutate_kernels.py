@@ -54,11 +54,18 @@ MUTATIONS = {
         "ffn_fused.py", "copy_row(panel, np.uint64(n * TILE), yf, off, uw)",
         "copy_row(panel, np.uint64(n * TILE), yf, off, np.uint64(max(width - 1, 1)))", FFN_TESTS),
     "ffn_second_matmul_skips_last_chunk": (
-        "ffn_fused.py", "_csr_product(panel, f, d2, i2, p2, kc2)",
-        "_csr_product(panel, f, d2, i2, p2[:max(p2.shape[0] - 1, 1)], kc2)", FFN_TESTS),
+        "ffn_fused.py", "_product(panel, f, d2, i2, p2, kc2, r2)",
+        "_product(panel, f, d2, i2, p2[:max(p2.shape[0] - 1, 1)], kc2, r2)", FFN_TESTS),
     "ffn_intermediate_without_bias": (
         "ffn_fused.py", "epilogue_inplace(f, np.uint64(n * TILE), ut, b1[n], act,",
         "epilogue_inplace(f, np.uint64(n * TILE), ut, np.float32(0), act,", FFN_TESTS),
+    "ffn_4x1_drops_last_block_of_run": (
+        "ffn_fused.py", "_tile_4x1(out, np.uint64(n * 4 * TILE), src, xoff, d, i, start, end)",
+        "_tile_4x1(out, np.uint64(n * 4 * TILE), src, xoff, d, i, start, max(start, end - np.uint64(1)))",
+        FFN_TESTS),
+    "ffn_4x1_avx2_second_half_reads_first": (
+        "ffn_fused.py", "_tile_bsr4x1_w32(out, yoff + half, ut, src, xoff + half, ut, d, i, start, end)",
+        "_tile_bsr4x1_w32(out, yoff + half, ut, src, xoff, ut, d, i, start, end)", FFN_TESTS),
     "ffn_layer_norm_skipped": (
         "ffn_fused.py", "        if has_norm:", "        if has_norm and S < 0:", FFN_TESTS),
     "ffn_tail_drops_attention_residual": (

@@ -31,9 +31,13 @@ def reference(w1, b1, w2, b2, x, act, residual):
     return y if residual is None else y + residual
 
 
-def pruned(rng, shape, sparsity, empty_rows=0):
+def pruned(rng, shape, sparsity, empty_rows=0, kind="csr"):
+    # kind "bsr4x1": whole aligned 4x1 blocks (4 output rows, one input column) zeroed
     w = rng.standard_normal(shape).astype(np.float32) / np.sqrt(shape[1])
-    w[rng.random(shape) < sparsity] = 0
+    if kind == "bsr4x1":
+        w[np.repeat(rng.random((shape[0] // 4, shape[1])) < sparsity, 4, axis=0)] = 0
+    else:
+        w[rng.random(shape) < sparsity] = 0
     w[rng.choice(shape[0], empty_rows, replace=False)] = 0
     return w
 
@@ -44,14 +48,16 @@ def always_fuse(monkeypatch):
     monkeypatch.setattr("sparsebert.ffn.worth_fusing", lambda B, S: True)
 
 
-def run(H, I, B, T, sparsity, act="gelu", with_residual=True, empty_rows=0, seed=0):
+def run(H, I, B, T, sparsity, act="gelu", with_residual=True, empty_rows=0, seed=0, kinds=("csr", "csr")):
     rng = np.random.default_rng(seed)
-    w1, w2 = pruned(rng, (I, H), sparsity, empty_rows), pruned(rng, (H, I), sparsity, empty_rows)
+    w1 = pruned(rng, (I, H), sparsity, empty_rows, kinds[0])
+    w2 = pruned(rng, (H, I), sparsity, empty_rows, kinds[1])
     b1 = rng.standard_normal(I).astype(np.float32) * 0.1
     b2 = rng.standard_normal(H).astype(np.float32) * 0.1
     x = rng.standard_normal((B, H, T)).astype(np.float32)
     residual = rng.standard_normal((B, H, T)).astype(np.float32) if with_residual else None
-    ffn = fuse_ffn(make_linear(w1, b1, "csr"), make_linear(w2, b2, "csr"), act)
+    ffn = fuse_ffn(make_linear(w1, b1, kinds[0]), make_linear(w2, b2, kinds[1]), act)
+    assert ffn is not None
     y = ffn(x, residual=residual)
     assert y.shape == (B, H, T) and y.dtype == np.float32
     want = reference(w1, b1, w2, b2, x, act, residual)
@@ -64,6 +70,16 @@ def run(H, I, B, T, sparsity, act="gelu", with_residual=True, empty_rows=0, seed
 @pytest.mark.parametrize("B, T", [(2, 100), (1, 1), (3, 64), (1, 130)])
 def test_real_sizes(H, I, sparsity, B, T):
     run(H, I, B, T, sparsity)
+
+
+@pytest.mark.parametrize("kinds", [("bsr4x1", "bsr4x1"), ("csr", "bsr4x1"), ("bsr4x1", "csr")])
+@pytest.mark.parametrize("H, I, B, T", [(384, 1536, 2, 100), (768, 3072, 1, 130), (384, 1536, 1, 1)])
+def test_real_sizes_4x1_blocks(kinds, H, I, B, T):
+    run(H, I, B, T, 0.9, kinds=kinds)
+
+
+def test_4x1_empty_block_rows():
+    run(384, 1536, 2, 77, 0.9, empty_rows=40, kinds=("bsr4x1", "bsr4x1"))
 
 
 @pytest.mark.parametrize("act", [None, "gelu", "relu"])
@@ -161,6 +177,21 @@ def test_model_with_fused_ffn_equals_its_dense_path(minilm_path, tmp_path, monke
     np.testing.assert_allclose(a, b, rtol=0, atol=1e-5)
 
 
+def test_model_with_fused_4x1_ffn_equals_its_dense_path(minilm_path, tmp_path, monkeypatch):
+    # MiniLM pruned to 90% in 4x1 blocks, every linear BSR 4x1 (each layer's tail in one fused
+    # call per tile) vs the same weights dense.
+    import sparsebert
+    from sparsebert.prune import prune_checkpoint
+
+    monkeypatch.setattr("numba.get_num_threads", lambda: 2)
+    prune_checkpoint(minilm_path, tmp_path / "m90", sparsity=0.9, block="4x1")
+    sparse = sparsebert.load(tmp_path / "m90", formats="bsr4x1")
+    dense = sparsebert.load(tmp_path / "m90", formats="dense")
+    assert all(layer.fused_tail for layer in sparse.encoder.layers)
+    ids = np.random.default_rng(5).integers(1000, 2000, size=(4, 128))
+    np.testing.assert_allclose(sparse(ids).last_hidden_state, dense(ids).last_hidden_state, rtol=0, atol=1e-5)
+
+
 def layer_norm_ref(y, gamma, beta, eps):
     mean = y.mean(axis=1, keepdims=True)
     var = ((y - mean) ** 2).mean(axis=1, keepdims=True)
@@ -191,22 +222,23 @@ def _layer_norm64(v, gamma, beta, eps):
     return (v - mean) / np.sqrt(var + eps) * gamma[:, None] + beta[:, None]
 
 
+@pytest.mark.parametrize("kind", ["csr", "bsr4x1"])
 @pytest.mark.parametrize("H,I,T", [(384, 1536, 128), (64, 256, 77), (64, 256, 1)])
-def test_layer_tail_matches_float64_and_the_separate_calls(H, I, T):
+def test_layer_tail_matches_float64_and_the_separate_calls(H, I, T, kind):
     # FusedFFN.tail: h = LN0(W0 @ ctx + b0 + x), x = LN(W2 @ gelu(W1 @ h + b1) + b2 + h), in place,
     # in one kernel call per tile (always_fuse); against float64 and bit for bit against the
     # separate calls the model makes when it does not fuse.
     from sparsebert.kernels import ops
 
     rng = np.random.default_rng(H + T)
-    w0, w1, w2 = pruned(rng, (H, H), 0.8, 3), pruned(rng, (I, H), 0.8), pruned(rng, (H, I), 0.8)
+    w0, w1, w2 = pruned(rng, (H, H), 0.8, 3, kind), pruned(rng, (I, H), 0.8, 0, kind), pruned(rng, (H, I), 0.8, 0, kind)
     b0, b2 = (rng.standard_normal(H).astype(np.float32) * 0.1 for _ in range(2))
     b1 = rng.standard_normal(I).astype(np.float32) * 0.1
     g0, be0, g1, be1 = (rng.standard_normal(H).astype(np.float32) for _ in range(4))
     eps = np.float32(1e-12)
     ctx = rng.standard_normal((2, H, T)).astype(np.float32)
     x = rng.standard_normal((2, H, T)).astype(np.float32)
-    o, a, b = make_linear(w0, b0, "csr"), make_linear(w1, b1, "csr"), make_linear(w2, b2, "csr")
+    o, a, b = make_linear(w0, b0, kind), make_linear(w1, b1, kind), make_linear(w2, b2, kind)
     ffn = fuse_ffn(a, b, "gelu")
     out = ffn.tail(ctx, x.copy(), o, (g0, be0, eps), (g1, be1, eps))
 
@@ -241,3 +273,29 @@ def test_layer_tail_rejects_overlap_and_a_non_csr_linear():
                  (np.ones(H - 1, np.float32), norm[1], norm[2]), norm)
     with pytest.raises(InputError, match="CSR"):
         ffn.tail(x.copy(), x, make_linear(pruned(rng, (H, H), 0.5), np.zeros(H, np.float32), "dense"), norm, norm)
+    with pytest.raises(InputError, match="4x1"):
+        ffn.tail(x.copy(), x, make_linear(pruned(rng, (H, H), 0.5), np.zeros(H, np.float32), "bsr2x2"), norm, norm)
+
+
+@pytest.mark.skipif(bool(__import__("numba").config.BOUNDSCHECK), reason="normal pass only")
+def test_fused_kernel_on_a_cpu_without_avx512():
+    # On an AVX-512 host the cases above run the zmm tiles; this reruns the 4x1 and real-size CSR
+    # cases compiled for Haswell (AVX2; Numba caches per target CPU): the generated tiles, the
+    # 4x1 ones 32 tokens wide, twice per 64-token tile.
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, pytest\n"
+        "from sparsebert.kernels import spmm_zmm\n"
+        "assert not spmm_zmm.ZMM, 'expected the AVX2 path'\n"
+        "sys.exit(pytest.main(['-q', '-p', 'no:cacheprovider', sys.argv[1], '-k', sys.argv[2]]))\n"
+    )
+    cases = "(4x1 or real_sizes) and not model and not without_avx512"
+    env = dict(os.environ, NUMBA_CPU_NAME="haswell")
+    env.pop("NUMBA_CPU_FEATURES", None)
+    proc = subprocess.run([sys.executable, "-c", code, __file__, cases], env=env, capture_output=True, text=True,
+                          timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert " passed" in proc.stdout and "failed" not in proc.stdout
