@@ -282,20 +282,6 @@ def test_fused_kernel_on_a_cpu_without_avx512():
     # On an AVX-512 host the cases above run the zmm tiles; this reruns the 4x1 and real-size CSR
     # cases compiled for Haswell (AVX2; Numba caches per target CPU): the generated tiles, the
     # 4x1 ones 32 tokens wide, twice per 64-token tile.
-    import os
-    import subprocess
-    import sys
+    from avx2_rerun import rerun_on_haswell
 
-    code = (
-        "import sys, pytest\n"
-        "from sparsebert.kernels import spmm_zmm\n"
-        "assert not spmm_zmm.ZMM, 'expected the AVX2 path'\n"
-        "sys.exit(pytest.main(['-q', '-p', 'no:cacheprovider', sys.argv[1], '-k', sys.argv[2]]))\n"
-    )
-    cases = "(4x1 or real_sizes) and not model and not without_avx512"
-    env = dict(os.environ, NUMBA_CPU_NAME="haswell")
-    env.pop("NUMBA_CPU_FEATURES", None)
-    proc = subprocess.run([sys.executable, "-c", code, __file__, cases], env=env, capture_output=True, text=True,
-                          timeout=900)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert " passed" in proc.stdout and "failed" not in proc.stdout
+    rerun_on_haswell(__file__, "(4x1 or real_sizes) and not model and not without_avx512")

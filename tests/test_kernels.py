@@ -303,19 +303,6 @@ def test_generated_tiles_on_a_cpu_without_avx512():
     # On an AVX-512 host the main suite runs the zmm drivers for CSR and 4x1; this reruns their
     # conformance cases compiled for Haswell (AVX2, Numba caches per target CPU), the code an AVX2
     # machine runs: the generated tiles, 64 and 32 tokens wide.
-    import subprocess
-    import sys
+    from avx2_rerun import rerun_on_haswell
 
-    code = (
-        "import sys, pytest\n"
-        "from sparsebert.kernels import spmm, spmm_zmm\n"
-        "assert not spmm_zmm.ZMM and spmm.tile_width((4, 1)) == 32, 'expected the AVX2 path'\n"
-        "sys.exit(pytest.main(['-q', '-p', 'no:cacheprovider', sys.argv[1], '-k', sys.argv[2]]))\n"
-    )
-    cases = "(csr or 4x1) and (real_layer or random_sparsity or epilogues or k_chunked)"
-    env = dict(os.environ, NUMBA_CPU_NAME="haswell")
-    env.pop("NUMBA_CPU_FEATURES", None)
-    proc = subprocess.run([sys.executable, "-c", code, __file__, cases], env=env, capture_output=True, text=True,
-                          timeout=900)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert " passed" in proc.stdout and "failed" not in proc.stdout
+    rerun_on_haswell(__file__, "(csr or 4x1) and (real_layer or random_sparsity or epilogues or k_chunked)")
