@@ -62,12 +62,10 @@ class FusedFFN:
             if norm is not None:
                 ops.layer_norm(y, gamma, beta, eps)
             return y
-        ffn_fused.ffn_csr(_flat(a), a.indices, a.indptr, a.chunk_cols, a.bias, self.act,
-                          _flat(b), b.indices, b.indptr, b.chunk_cols, b.bias, x,
+        ffn_fused.ffn_csr(*_weight(a), self.act, *_weight(b), x,
                           _NO_RESIDUAL if residual is None else residual, residual is not None,
                           gamma, beta, eps, norm is not None, y,
-                          _flat(a), a.indices, a.indptr, a.chunk_cols, a.bias, _NO_NORM, _NO_NORM, False,
-                          _rows(a), _rows(b), _rows(a))
+                          *_weight(a), _NO_NORM, _NO_NORM, False, _rows(a), _rows(b), _rows(a))
         return y
 
     def tail(self, ctx: np.ndarray, x: np.ndarray, attn_out, attn_norm, norm) -> np.ndarray:
@@ -97,11 +95,8 @@ class FusedFFN:
             ops.layer_norm(h, g0, be0, eps0)
             return self(h, residual=h, out=x, norm=norm)
         a, b, o = self.ffn_in, self.ffn_out, attn_out
-        ffn_fused.ffn_csr(_flat(a), a.indices, a.indptr, a.chunk_cols, a.bias, self.act,
-                          _flat(b), b.indices, b.indptr, b.chunk_cols, b.bias, ctx, x, False,
-                          gamma, beta, eps, True, x,
-                          _flat(o), o.indices, o.indptr, o.chunk_cols, o.bias, g0, be0, True,
-                          _rows(a), _rows(b), _rows(o))
+        ffn_fused.ffn_csr(*_weight(a), self.act, *_weight(b), ctx, x, False, gamma, beta, eps, True, x,
+                          *_weight(o), g0, be0, True, _rows(a), _rows(b), _rows(o))
         return x
 
 
@@ -138,8 +133,10 @@ def _rows(lin) -> int:
     return 1 if type(lin) is CSRLinear else 4
 
 
-def _flat(lin):
-    return lin.data.reshape(-1)  # a view: (nnz,) for CSR, (nblocks * 4,) for 4x1 blocks
+def _weight(lin) -> tuple:
+    # The kernel's five arguments for one weight: data flat (a view: (nnz,) for CSR, (nblocks * 4,)
+    # for 4x1 blocks), indices, K-chunked pointer, chunk columns, bias.
+    return lin.data.reshape(-1), lin.indices, lin.indptr, lin.chunk_cols, lin.bias
 
 
 def fuse_ffn(ffn_in, ffn_out, activation) -> FusedFFN | None:
@@ -163,8 +160,7 @@ def warmup() -> float:
                     CSRLinear.from_dense(w2, np.zeros(4, np.float32)), "gelu")
     x = np.zeros((1, 4, 3), np.float32)
     a, b = pair.ffn_in, pair.ffn_out
-    ffn_fused.ffn_csr(a.data, a.indices, a.indptr, a.chunk_cols, a.bias, pair.act,
-                      b.data, b.indices, b.indptr, b.chunk_cols, b.bias, x, x, True,
+    ffn_fused.ffn_csr(*_weight(a), pair.act, *_weight(b), x, x, True,
                       _NO_NORM, _NO_NORM, np.float32(1e-12), False, np.empty_like(x),
-                      a.data, a.indices, a.indptr, a.chunk_cols, a.bias, _NO_NORM, _NO_NORM, False, 1, 1, 1)
+                      *_weight(a), _NO_NORM, _NO_NORM, False, 1, 1, 1)
     return time.perf_counter() - start
