@@ -102,22 +102,54 @@ def _code_byte(x, m, r):
     return np.uint32(np.int32(min(max(v, np.float32(-127.0)), np.float32(127.0))) + _OFFSET)
 
 
+@helper
+def pack_quads(xf, b, K, S, s0, width, inv_smooth, inv, pw, d0, stride, KQ, padded):
+    # pw[d0 + q * stride + j] (uint32 words) = the 4 code bytes of features 4q .. 4q + 3 of token
+    # s0 + j of sequence b of flat X (B, K, S), for q < KQ, j < width (inv: the tokens' code
+    # multipliers from `token_scales`); words j in [width, padded) hold code 0 (0x80808080).
+    # Each token's quad is assembled as one little-endian uint32 from four feature rows, so the
+    # token loop stores contiguous words and vectorises (byte stores 4 apart did not).
+    us = np.uint64(S)
+    uw = np.uint64(width)
+    pad = np.uint32(0x80808080)
+    for q in range(KQ):
+        d = d0 + np.uint64(q) * np.uint64(stride)
+        k0 = 4 * q
+        o0 = (np.uint64(b) * np.uint64(K) + np.uint64(min(k0, K - 1))) * us + np.uint64(s0)
+        o1 = (np.uint64(b) * np.uint64(K) + np.uint64(min(k0 + 1, K - 1))) * us + np.uint64(s0)
+        o2 = (np.uint64(b) * np.uint64(K) + np.uint64(min(k0 + 2, K - 1))) * us + np.uint64(s0)
+        o3 = (np.uint64(b) * np.uint64(K) + np.uint64(min(k0 + 3, K - 1))) * us + np.uint64(s0)
+        # Features past K (the last quad of a K not divisible by 4) read row K - 1 through a
+        # zero multiplier: code 0, byte 128.
+        m0, m1, m2, m3 = inv_smooth[k0], inv_smooth[k0 + 1], inv_smooth[k0 + 2], inv_smooth[k0 + 3]
+        for j in range(uw):
+            r = inv[j]
+            pw[d + j] = (_code_byte(xf[o0 + j], m0, r) | (_code_byte(xf[o1 + j], m1, r) << 8)
+                         | (_code_byte(xf[o2 + j], m2, r) << 16)
+                         | (_code_byte(xf[o3 + j], m3, r) << 24))
+        for j in range(uw, np.uint64(padded)):
+            pw[d + j] = pad
+
+
+@helper
+def inverse_smooth(smooth, KQ):
+    # 1 / smooth[k] for k < K, 0 for the features past K up to 4 KQ (multiplier 0, code 0).
+    inv_smooth = np.zeros(KQ * 4, dtype=np.float32)
+    for k in range(smooth.shape[0]):
+        inv_smooth[k] = np.float32(1.0) / smooth[k]
+    return inv_smooth
+
+
 @parallel_kernel
 def quantize_pack(X, smooth, XP, x_scale):
     # X (B, K, S) float32 -> XP (B, KQ, SP, 4) uint8 = code + 128 (codes as kernels/int8.py's
     # quantize_tokens), padding 128; x_scale (B, S). One task per (sequence, 64-token tile), so a
-    # single sequence still spreads over the threads. Each token's quad is assembled as one
-    # little-endian uint32 from four feature rows, so the token loop stores contiguous words
-    # and vectorises (byte stores 4 apart did not).
+    # single sequence still spreads over the threads.
     B, K, S = X.shape
     KQ, SP = XP.shape[1], XP.shape[2]
     xf = X.reshape(X.size)
     pw = XP.reshape(XP.size).view(np.uint32)
-    inv_smooth = np.zeros(KQ * 4, dtype=np.float32)  # features past K: multiplier 0, code 0
-    for k in range(K):
-        inv_smooth[k] = np.float32(1.0) / smooth[k]
-    us, usp = np.uint64(S), np.uint64(SP)
-    pad = np.uint32(0x80808080)
+    inv_smooth = inverse_smooth(smooth, KQ)
     n_tiles = (SP + TILE - 1) // TILE
     for task in prange(B * n_tiles):
         b = task // n_tiles
@@ -126,25 +158,8 @@ def quantize_pack(X, smooth, XP, x_scale):
         inv = np.zeros(TILE, dtype=np.float32)
         if width > 0:
             token_scales(xf, b, K, S, s0, width, inv_smooth, x_scale, inv)
-        uw = np.uint64(width)
-        end = np.uint64(min(SP, s0 + TILE))
-        for q in range(KQ):
-            d = (np.uint64(b) * np.uint64(KQ) + np.uint64(q)) * usp + np.uint64(s0)
-            k0 = 4 * q
-            o0 = (np.uint64(b) * np.uint64(K) + np.uint64(min(k0, K - 1))) * us + np.uint64(s0)
-            o1 = (np.uint64(b) * np.uint64(K) + np.uint64(min(k0 + 1, K - 1))) * us + np.uint64(s0)
-            o2 = (np.uint64(b) * np.uint64(K) + np.uint64(min(k0 + 2, K - 1))) * us + np.uint64(s0)
-            o3 = (np.uint64(b) * np.uint64(K) + np.uint64(min(k0 + 3, K - 1))) * us + np.uint64(s0)
-            # Features past K (the last quad of a K not divisible by 4) read row K - 1 through a
-            # zero multiplier: code 0, byte 128.
-            m0, m1, m2, m3 = inv_smooth[k0], inv_smooth[k0 + 1], inv_smooth[k0 + 2], inv_smooth[k0 + 3]
-            for j in range(uw):
-                r = inv[j]
-                pw[d + j] = (_code_byte(xf[o0 + j], m0, r) | (_code_byte(xf[o1 + j], m1, r) << 8)
-                             | (_code_byte(xf[o2 + j], m2, r) << 16)
-                             | (_code_byte(xf[o3 + j], m3, r) << 24))
-            for j in range(uw, end - np.uint64(s0)):
-                pw[d + j] = pad
+        pack_quads(xf, b, K, S, s0, width, inv_smooth, inv, pw, np.uint64(b * KQ * SP + s0), SP, KQ,
+                   min(SP, s0 + TILE) - s0)
 
 
 @kernel

@@ -41,21 +41,11 @@ class FusedFFN:
         """norm: None, or (gamma, beta, eps) of a LayerNorm over H applied to the result (float32
         (H,) arrays and a float32 scalar), fused into the kernel's epilogue."""
         H = self.hidden
-        if not (isinstance(x, np.ndarray) and x.ndim == 3 and x.shape[1] == H and x.dtype == np.float32
-                and x.flags.c_contiguous):
-            raise InputError(f"fused FFN expects float32 C-contiguous x of shape (B, {H}, S), got "
-                             f"{getattr(x, 'dtype', type(x).__name__)} {getattr(x, 'shape', '')}")
-        for name, a in (("residual", residual), ("out", out)):
-            if a is not None and not (isinstance(a, np.ndarray) and a.shape == x.shape
-                                      and a.dtype == np.float32 and a.flags.c_contiguous):
-                raise InputError(f"{name} must be a float32 C-contiguous array of shape {x.shape}")
-        y = np.empty_like(x) if out is None else out
-        if np.may_share_memory(y, x) or (residual is not None and np.may_share_memory(y, residual)):
-            raise InputError("out must not overlap x or residual: the kernel reads them while writing out")
+        y = checked_tile_inputs(x, H, residual, out)
         if y.size == 0:
             return y
         a, b = self.ffn_in, self.ffn_out
-        gamma, beta, eps = (_NO_NORM, _NO_NORM, np.float32(0)) if norm is None else _checked_norm(norm, H)
+        gamma, beta, eps = (_NO_NORM, _NO_NORM, np.float32(0)) if norm is None else checked_norm(norm, H)
         if not worth_fusing(x.shape[0], x.shape[2]):
             f = a(x, activation=self.activation)  # (B, I, S)
             b(f, residual=residual, out=y)
@@ -68,6 +58,10 @@ class FusedFFN:
                           *_weight(a), _NO_NORM, _NO_NORM, False, _rows(a), _rows(b), _rows(a))
         return y
 
+    def can_tail(self, attn_out) -> bool:
+        """Whether `tail` can fuse this attention output linear too."""
+        return fusable(attn_out) and attn_out.in_features == attn_out.out_features == self.hidden
+
     def tail(self, ctx: np.ndarray, x: np.ndarray, attn_out, attn_norm, norm) -> np.ndarray:
         """The rest of an encoder layer after attention, in place in x (B, H, S):
         h = LayerNorm_attn(attn_out(ctx) + x), then x = LayerNorm(ffn(h) + h). attn_norm and norm
@@ -75,17 +69,11 @@ class FusedFFN:
         L2), else the separate calls: the same bits on whole 64-token tiles (a partial tile can
         differ in the last place: the separate calls' 8-token tail tiles sum in another order)."""
         H = self.hidden
-        for name, a in (("ctx", ctx), ("x", x)):
-            if not (isinstance(a, np.ndarray) and a.ndim == 3 and a.shape[1] == H and a.dtype == np.float32
-                    and a.flags.c_contiguous and a.shape == ctx.shape):
-                raise InputError(f"fused layer tail expects float32 C-contiguous {name} of shape (B, {H}, S) "
-                                 f"like ctx, got {getattr(a, 'dtype', type(a).__name__)} {getattr(a, 'shape', '')}")
-        if np.may_share_memory(ctx, x):
-            raise InputError("ctx must not overlap x: the kernel reads ctx while it writes x")
-        if not (fusable(attn_out) and attn_out.in_features == H and attn_out.out_features == H):
+        checked_tail_inputs(ctx, x, H)
+        if not self.can_tail(attn_out):
             raise InputError(f"fused layer tail needs a CSR or 4x1-block ({H}, {H}) attention output linear")
-        g0, be0, eps0 = _checked_norm(attn_norm, H)
-        gamma, beta, eps = _checked_norm(norm, H)
+        g0, be0, eps0 = checked_norm(attn_norm, H)
+        gamma, beta, eps = checked_norm(norm, H)
         if eps0 != eps:
             raise InputError("fused layer tail: both LayerNorms must share one eps")
         if x.size == 0:
@@ -100,7 +88,35 @@ class FusedFFN:
         return x
 
 
-def _checked_norm(norm, H: int):
+def checked_tile_inputs(x, H: int, residual, out) -> np.ndarray:
+    """The output array of a fused FFN call on x (B, H, S), after checking x, residual and out
+    (float32, C-contiguous, x's shape; out, new when None, overlapping neither x nor residual)."""
+    if not (isinstance(x, np.ndarray) and x.ndim == 3 and x.shape[1] == H and x.dtype == np.float32
+            and x.flags.c_contiguous):
+        raise InputError(f"fused FFN expects float32 C-contiguous x of shape (B, {H}, S), got "
+                         f"{getattr(x, 'dtype', type(x).__name__)} {getattr(x, 'shape', '')}")
+    for name, a in (("residual", residual), ("out", out)):
+        if a is not None and not (isinstance(a, np.ndarray) and a.shape == x.shape
+                                  and a.dtype == np.float32 and a.flags.c_contiguous):
+            raise InputError(f"{name} must be a float32 C-contiguous array of shape {x.shape}")
+    y = np.empty_like(x) if out is None else out
+    if np.may_share_memory(y, x) or (residual is not None and np.may_share_memory(y, residual)):
+        raise InputError("out must not overlap x or residual: the kernel reads them while writing out")
+    return y
+
+
+def checked_tail_inputs(ctx, x, H: int) -> None:
+    """Checks a fused layer tail's ctx and x: float32, C-contiguous, (B, H, S) alike, apart."""
+    for name, a in (("ctx", ctx), ("x", x)):
+        if not (isinstance(a, np.ndarray) and a.ndim == 3 and a.shape[1] == H and a.dtype == np.float32
+                and a.flags.c_contiguous and a.shape == ctx.shape):
+            raise InputError(f"fused layer tail expects float32 C-contiguous {name} of shape (B, {H}, S) "
+                             f"like ctx, got {getattr(a, 'dtype', type(a).__name__)} {getattr(a, 'shape', '')}")
+    if np.may_share_memory(ctx, x):
+        raise InputError("ctx must not overlap x: the kernel reads ctx while it writes x")
+
+
+def checked_norm(norm, H: int):
     """(gamma, beta, eps) of a LayerNorm over H, checked before a kernel reads H values of each."""
     gamma, beta, eps = norm
     for name, a in (("gamma", gamma), ("beta", beta)):

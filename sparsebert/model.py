@@ -24,8 +24,9 @@ from .errors import CheckpointError, InputError
 from .kernels import attention, ops
 from .dispatch import check_formats, make_linear
 from . import precompile, tuning
-from .ffn import fusable, fuse_ffn, worth_fusing
+from .ffn import fuse_ffn, worth_fusing
 from .hugepages import move_to_huge_pages
+from .quant.fused import fuse_ffn8
 from .weights import BertWeights
 
 # Additive attention bias for padding keys: large enough that exp() underflows to 0, small enough
@@ -60,10 +61,12 @@ class Layer:
         self.scale = np.float32(1.0 / np.sqrt(config.head_dim))
         self.eps = np.float32(config.layer_norm_eps)
         self.act = _ACTIVATION[config.hidden_act]
-        # Both FFN linears CSR or 4x1 blocks: one fused call per token tile (sparsebert.ffn), else None.
-        self.fused_ffn = fuse_ffn(self.ffn_in, self.ffn_out, self.act)
-        # The attention output linear joins the fused call when it is one of those kinds too.
-        self.fused_tail = self.fused_ffn is not None and fusable(self.attn_out)
+        # Both FFN linears CSR or 4x1 blocks (sparsebert.ffn), or both int8 gemm / bsr1x4
+        # (sparsebert.quant.fused): one fused call per token tile, else None.
+        self.fused_ffn = fuse_ffn(self.ffn_in, self.ffn_out, self.act) or fuse_ffn8(
+            self.ffn_in, self.ffn_out, self.act)
+        # The attention output linear joins the fused call when the kernel runs its kind too.
+        self.fused_tail = self.fused_ffn is not None and self.fused_ffn.can_tail(self.attn_out)
 
     @property
     def linears(self) -> dict:

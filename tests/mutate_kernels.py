@@ -29,6 +29,7 @@ ROOT = Path(__file__).resolve().parent.parent
 FP32_TESTS = ("tests/test_kernels.py",)
 INT8_TESTS = ("tests/test_int8_kernels.py",)
 FFN_TESTS = ("tests/test_ffn_fused.py",)
+FFN8_TESTS = ("tests/test_ffn_int8.py",)
 ATTENTION_TESTS = ("tests/test_attention.py",)
 # name -> (file under kernels/, text, replacement[, test files]); test files default to FP32_TESTS
 MUTATIONS = {
@@ -111,6 +112,21 @@ MUTATIONS = {
     "int8_pack_swaps_quad_bytes": (
         "int8_vnni.py", "(_code_byte(xf[o3 + j], m3, r) << 24)", "(_code_byte(xf[o3 + j], m3, r) << 16)",
         INT8_TESTS),
+    # The fused int8 layer tail (kernels/ffn_int8.py), checked by tests/test_ffn_int8.py.
+    "ffn8_bsr_skips_last_chunk": (
+        "ffn_int8.py", "        for c in range(p.shape[0]):", "        for c in range(max(p.shape[0] - 1, 1)):",
+        FFN8_TESTS),
+    "ffn8_gemm_drops_last_row_block": (
+        "ffn_int8.py", "for nb in range(n0 // RB, (n1 + RB - 1) // RB):",
+        "for nb in range(n0 // RB, max(n0 // RB + 1, (n1 + RB - 1) // RB - 1)):", FFN8_TESTS),
+    "ffn8_intermediate_codes_pad_wrong": (
+        "ffn_int8.py", "np.uint64(0), TILE, KQ, TILE)", "np.uint64(0), TILE, KQ - 1, TILE)", FFN8_TESTS),
+    "ffn8_tail_residual_skipped": (
+        "ffn_int8.py", "_linear(k0, w0, g0, p0, cq0, rs0, ws0, b0, 0, xq, xs, width, res, out, True, acc)",
+        "_linear(k0, w0, g0, p0, cq0, rs0, ws0, b0, 0, xq, xs, width, res, out, False, acc)", FFN8_TESTS),
+    "ffn8_partial_tile_writes_one_column_short": (
+        "ffn_int8.py", "        us, uw, ut = np.uint64(S), np.uint64(width), np.uint64(TILE)\n",
+        "        us, uw, ut = np.uint64(S), np.uint64(max(width - 1, 1)), np.uint64(TILE)\n", FFN8_TESTS),
 }
 
 
@@ -160,7 +176,7 @@ def run(name: str, work: Path) -> str:
 
 def main(argv: list[str]) -> int:
     if argv == ["--int8"]:
-        argv = [n for n in MUTATIONS if tests_of(n) == INT8_TESTS]
+        argv = [n for n in MUTATIONS if tests_of(n) in (INT8_TESTS, FFN8_TESTS)]
     names = argv or list(MUTATIONS)
     unknown = [n for n in names if n not in MUTATIONS]
     if unknown:

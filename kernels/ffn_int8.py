@@ -1,0 +1,155 @@
+"""The INT8 layer tail fused per token tile, activations kept in int8 between its linears: `ffn_int8`.
+
+Computes, for every sequence b of a batch in sparsebert's layout (see `sparsebert.kernels`), with
+the int8 linears' arithmetic (`kernels/int8_gemm.py`: per-token activation codes, exact int32
+sums, the float epilogue),
+
+    F (I, S)    = act(int8 linear W1 on X[b] (H, S))
+    Y[b] (H, S) = int8 linear W2 on F (+ residual[b]), then optionally LayerNorm over H
+
+one 64-token tile at a time. A task copies its (H, 64) slice of X, quantizes it per token into the
+VNNI layout (`int8_vnni.pack_quads`: quads of 4 features x 64 tokens, code + 128), runs W1 into an
+(I, 64) float32 intermediate with bias and activation, quantizes that per token (the token's max
+over all I features is in the task, so the scales are the dynamic ones of the unfused path, not
+static calibrated ones), runs W2, and writes Y's columns. The unfused path writes F (B, I, S) as
+float32 to memory (50 MB at 32 x 128 for BERT-base), reads it back to quantize it and writes and
+reads its packed codes; here F and its codes stay in the task's cache (I x 64 x 5 B: 960 KiB for
+BERT-base, 480 KiB for MiniLM).
+
+With has_pre the tile first runs the attention output linear W0 (H, H) on X (the attention
+context): h = LayerNorm0(W0 X + b0 + residual) per token, and h takes the place of X and of the
+FFN's residual; y may then be residual itself.
+
+Where the boundaries are: every linear's input is quantized per token (int8), every linear's sums
+are dequantized to float32 for the bias, GELU, residual add and LayerNorm, and the residual stream
+(h, Y) stays float32 because LayerNorm needs it. Outputs equal the unfused int8 calls bit for bit
+(same codes, same sums, same epilogue and LayerNorm code on the same values).
+
+Weights, each one of two kinds (`Int8Linear` formats): kind 0 "gemm" (w = WP (NB, KQ, 4) words
+flat, cq = KQ; g and p unused) with `int8_gemm._block_vnni` (4 rows x 64 tokens); kind 1 "bsr1x4"
+(w = one word per stored 1x4 block, g its chunk-local quad, p (n_chunks, N + 1), cq quads per
+chunk) with `int8_bsr`'s one-row 64-token tile. rs: the codes' row sums; ws: per-row scales; sm:
+the SmoothQuant factors of the linear's input (K,).
+
+Contract (validated by the caller, `sparsebert.quant.fused`): the CPU has AVX512-VNNI; float32
+C-contiguous x (B, H, S), y (B, H, S) not overlapping x; residual (B, H, S) if has_residual (it
+may be y); W1 (I, H), W2 (H, I), W0 (H, H) as packed by `Int8Linear`, p's entries within w and g,
+g below cq, chunks within the weight's KQ; gamma, beta (H,) float32. The intrinsics read through
+raw pointers: those packings are what keep them in bounds.
+
+Left out: AMX tiles, the one-row "vnni" kind, the portable (non-VNNI) int8 kinds, batch-1 row
+splitting (tasks are (sequence, token tile) pairs), a 128-token tile for 1x4 blocks.
+"""
+
+import numpy as np
+from numba import prange
+
+from .int8 import token_scales
+from .int8_bsr import _tile_1x64
+from .int8_gemm import RB, _block_vnni, _dequant_block
+from .int8_vnni import TILE, inverse_smooth, pack_quads
+from .jit import helper, parallel_kernel
+from .ops import layer_norm_tile
+
+GEMM, BSR1X4 = 0, 1  # weight kinds
+_GROUP = 16  # output rows per int32 sums block (a multiple of RB)
+_QUAD_BYTES = TILE * 4  # one quad of a packed tile: 4 bytes x 64 tokens
+
+
+@helper
+def _sums(kind, w, g, p, cq, xq, n0, n1, acc):
+    # acc[(n - n0) * TILE + j] = int32 sums (of code + 128 bytes) of rows [n0, n1) against the
+    # packed tile xq (flat uint8, quads TILE * 4 bytes apart); n0 a multiple of RB. A gemm block
+    # past n1 writes rows of zero weights into acc's spare RB rows.
+    if kind == GEMM:
+        for nb in range(n0 // RB, (n1 + RB - 1) // RB):
+            _block_vnni(xq, 0, _QUAD_BYTES, w, nb * cq * RB, cq, acc[(nb * RB - n0) * TILE:])
+    else:
+        for i in range((n1 - n0) * TILE):
+            acc[i] = 0
+        for c in range(p.shape[0]):
+            for n in range(n0, n1):
+                s, e = p[c, n], p[c, n + 1]
+                if e > s:
+                    _tile_1x64(xq, c * cq * _QUAD_BYTES, _QUAD_BYTES, w, g, s, e, acc, (n - n0) * TILE)
+
+
+@helper
+def _quantize(src, K, width, inv_sm, xq, xs, inv):
+    # The (K, TILE) tile src, columns [0, width), per token into xq (KQ quads, padding code 0);
+    # xs (1, TILE) the tokens' scales.
+    KQ = (K + 3) // 4
+    token_scales(src, 0, K, TILE, 0, width, inv_sm, xs, inv)
+    pack_quads(src, 0, K, TILE, 0, width, inv_sm, inv, xq.view(np.uint32), np.uint64(0), TILE, KQ, TILE)
+
+
+@helper
+def _linear(kind, w, g, p, cq, rs, ws, bias, act, xq, xs, width, out, res, has_res, acc):
+    # out (N, TILE) columns [0, width) = the int8 linear's epilogue on xq's sums (+ res, same layout).
+    N = rs.shape[0]
+    for n0 in range(0, N, _GROUP):
+        n1 = min(N, n0 + _GROUP)
+        _sums(kind, w, g, p, cq, xq, n0, n1, acc)
+        _dequant_block(acc, TILE, n1 - n0, n0, 0, 0, width, rs, ws, xs, bias, act, res, has_res, out,
+                       N, TILE)
+
+
+@helper
+def _load_tile(xf, base, K, S, width, out):
+    # out (K, TILE) columns [0, width) = the (K, S) matrix at xf[base:], columns [0, width).
+    us, uw, ut = np.uint64(S), np.uint64(width), np.uint64(TILE)
+    for k in range(np.uint64(K)):
+        for j in range(uw):
+            out[k * ut + j] = xf[base + k * us + j]
+
+
+@parallel_kernel
+def ffn_int8(k1, w1, g1, p1, cq1, rs1, ws1, b1, sm1, act,
+             k2, w2, g2, p2, cq2, rs2, ws2, b2, sm2,
+             x, residual, has_residual, gamma, beta, eps, has_norm, y,
+             k0, w0, g0, p0, cq0, rs0, ws0, b0, sm0, gamma0, beta0, has_pre):
+    # See the module docstring.
+    B, H, S = x.shape
+    n_inner = rs1.shape[0]  # I
+    n_tiles = (S + TILE - 1) // TILE
+    xf, yf, rf = x.reshape(-1), y.reshape(-1), residual.reshape(-1)
+    inv1 = inverse_smooth(sm1, (H + 3) // 4)
+    inv2 = inverse_smooth(sm2, (n_inner + 3) // 4)
+    inv0 = inverse_smooth(sm0, (H + 3) // 4)
+    for task in prange(B * n_tiles):
+        b = task // n_tiles
+        s0 = (task - b * n_tiles) * TILE
+        width = min(TILE, S - s0)
+        base = np.uint64(b * H * S + s0)
+        xs = np.zeros((1, TILE), dtype=np.float32)
+        inv = np.zeros(TILE, dtype=np.float32)
+        acc = np.empty((_GROUP + RB) * TILE, dtype=np.int32)
+        xq = np.empty(((max(H, n_inner) + 3) // 4) * _QUAD_BYTES, dtype=np.uint8)
+        tile = np.zeros(H * TILE, dtype=np.float32)  # X's columns
+        res = np.zeros(H * TILE, dtype=np.float32)  # the FFN's residual: h, or residual's columns
+        out = np.zeros(H * TILE, dtype=np.float32)
+        _load_tile(xf, base, H, S, width, tile)
+        if has_pre:
+            # h = LayerNorm0(W0 @ X tile + b0 + residual tile), into res.
+            _load_tile(rf, base, H, S, width, out)
+            _quantize(tile, H, width, inv0, xq, xs, inv)
+            _linear(k0, w0, g0, p0, cq0, rs0, ws0, b0, 0, xq, xs, width, res, out, True, acc)
+            layer_norm_tile(res, np.uint64(0), H, TILE, width, gamma0, beta0, eps)
+            _quantize(res, H, width, inv1, xq, xs, inv)
+        else:
+            if has_residual:
+                _load_tile(rf, base, H, S, width, res)
+            _quantize(tile, H, width, inv1, xq, xs, inv)
+        # F (I, TILE) = act(W1 h + b1), then its codes.
+        f = np.zeros(n_inner * TILE, dtype=np.float32)
+        _linear(k1, w1, g1, p1, cq1, rs1, ws1, b1, act, xq, xs, width, f, f, False, acc)
+        _quantize(f, n_inner, width, inv2, xq, xs, inv)
+        # Y tile = W2 F + b2 (+ residual), LayerNorm, then its columns to y.
+        _linear(k2, w2, g2, p2, cq2, rs2, ws2, b2, 0, xq, xs, width, out, res,
+                has_pre or has_residual, acc)
+        if has_norm:
+            layer_norm_tile(out, np.uint64(0), H, TILE, width, gamma, beta, eps)
+        us, uw, ut = np.uint64(S), np.uint64(width), np.uint64(TILE)
+        for n in range(np.uint64(H)):
+            for j in range(uw):
+                yf[base + n * us + j] = out[n * ut + j]

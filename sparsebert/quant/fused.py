@@ -1,0 +1,114 @@
+"""The int8 feed-forward block (and the layer tail after attention) as one call per token tile:
+`FusedInt8FFN`, built by `sparsebert.ffn.fuse_ffn` for a pair of int8 linears.
+
+`fuse_ffn8(ffn_in, ffn_out, activation)` returns one, or None when the pair does not qualify.
+Both linears must run a VNNI kind the fused kernel has (`fusable8`: "gemm" or "bsr1x4"); the
+kernel (`kernels/ffn_int8.py`) keeps the intermediate and its int8 codes in the task's cache and
+gives the unfused calls' outputs bit for bit. Where fusing does not pay (`sparsebert.ffn.
+worth_fusing`) the calls run separately. The interface is `sparsebert.ffn.FusedFFN`'s.
+
+Left out: "amx", "vnni" and the portable int8 kinds (those pairs keep the separate calls).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import InputError
+from ..ffn import checked_norm, checked_tail_inputs, checked_tile_inputs, worth_fusing
+from ..kernels import ops
+from ..linear_contract import act_code
+from .linear import Int8Linear
+
+_FUSED_FORMATS = {"int8-gemm": 0, "int8-bsr1x4": 1}
+_NO_G = np.zeros(1, dtype=np.uint16)
+_NO_P = np.zeros((1, 1), dtype=np.int64)
+# Read-only like the linears' own arrays: every kind then has one Numba signature (one compile).
+_NO_G.flags.writeable = _NO_P.flags.writeable = False
+_NO_RESIDUAL = np.zeros((1, 1, 1), dtype=np.float32)
+_NO_NORM = np.zeros(1, dtype=np.float32)
+
+
+def fusable8(lin) -> bool:
+    """Whether the fused int8 kernel runs this linear: an Int8Linear of kind "gemm" or "bsr1x4"."""
+    return type(lin) is Int8Linear and lin.format in _FUSED_FORMATS
+
+
+def _weight(lin) -> tuple:
+    # The kernel's nine arguments for one weight: kind, words (flat), quad indices, K-chunked
+    # pointer, quads per chunk (gemm: quads per row), row sums, scales, bias, smoothing factors.
+    kind = _FUSED_FORMATS[lin.format]
+    if kind == 0:
+        words, g, p, cq = lin.packed.reshape(-1), _NO_G, _NO_P, lin.packed.shape[1]
+    else:
+        words, g, p, cq = lin.quads, lin.quad_index, lin.indptr, lin.chunk_quads
+    return kind, words, g, p, int(cq), lin.rowsum, lin.scale, lin.bias, lin.smooth
+
+
+class FusedInt8FFN:
+    """ffn_out(act(ffn_in(x))) (+ residual) for two int8 linears, one kernel call per token tile."""
+
+    def __init__(self, ffn_in, ffn_out, activation):
+        self.ffn_in, self.ffn_out = ffn_in, ffn_out
+        self.act = act_code(activation)
+        self.activation = activation
+        self.hidden = ffn_in.in_features
+
+    def can_tail(self, attn_out) -> bool:
+        """Whether `tail` can fuse this attention output linear too."""
+        return fusable8(attn_out) and attn_out.in_features == attn_out.out_features == self.hidden
+
+    def __call__(self, x: np.ndarray, *, residual=None, out=None, norm=None) -> np.ndarray:
+        """As `sparsebert.ffn.FusedFFN.__call__`."""
+        y = checked_tile_inputs(x, self.hidden, residual, out)
+        if y.size == 0:
+            return y
+        gamma, beta, eps = (_NO_NORM, _NO_NORM, np.float32(0)) if norm is None else checked_norm(norm, self.hidden)
+        if not worth_fusing(x.shape[0], x.shape[2]):
+            f = self.ffn_in(x, activation=self.activation)
+            self.ffn_out(f, residual=residual, out=y)
+            if norm is not None:
+                ops.layer_norm(y, gamma, beta, eps)
+            return y
+        self._run(x, _NO_RESIDUAL if residual is None else residual, residual is not None,
+                  (gamma, beta, eps), norm is not None, y, None, None)
+        return y
+
+    def tail(self, ctx: np.ndarray, x: np.ndarray, attn_out, attn_norm, norm) -> np.ndarray:
+        """As `sparsebert.ffn.FusedFFN.tail`: h = LayerNorm_attn(attn_out(ctx) + x), then
+        x = LayerNorm(ffn(h) + h), in place in x; bit for bit the separate calls' result."""
+        checked_tail_inputs(ctx, x, self.hidden)
+        if not self.can_tail(attn_out):
+            raise InputError(f"fused int8 layer tail needs a ({self.hidden}, {self.hidden}) int8 attention "
+                             f"output linear of kind gemm or bsr1x4")
+        pre = checked_norm(attn_norm, self.hidden)
+        post = checked_norm(norm, self.hidden)
+        if pre[2] != post[2]:
+            raise InputError("fused layer tail: both LayerNorms must share one eps")
+        if x.size == 0:
+            return x
+        if not worth_fusing(x.shape[0], x.shape[2]):
+            h = attn_out(ctx, residual=x)
+            ops.layer_norm(h, *pre)
+            return self(h, residual=h, out=x, norm=norm)
+        self._run(ctx, x, False, post, True, x, attn_out, pre)
+        return x
+
+    def _run(self, x, residual, has_residual, norm, has_norm, y, attn_out, pre):
+        from ..kernels import ffn_int8
+
+        gamma, beta, eps = norm
+        first = self.ffn_in if attn_out is None else attn_out
+        g0, be0 = (_NO_NORM, _NO_NORM) if pre is None else pre[:2]
+        ffn_int8.ffn_int8(*_weight(self.ffn_in), self.act, *_weight(self.ffn_out),
+                          x, residual, has_residual, gamma, beta, eps, has_norm, y,
+                          *_weight(first), g0, be0, attn_out is not None)
+
+
+def fuse_ffn8(ffn_in, ffn_out, activation) -> FusedInt8FFN | None:
+    """A FusedInt8FFN for this pair of int8 linears, or None when it does not qualify."""
+    if not (fusable8(ffn_in) and fusable8(ffn_out)):
+        return None
+    if ffn_out.in_features != ffn_in.out_features or ffn_out.out_features != ffn_in.in_features:
+        return None
+    return FusedInt8FFN(ffn_in, ffn_out, activation)

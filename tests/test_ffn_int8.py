@@ -1,0 +1,137 @@
+"""Conformance of the fused int8 layer tail (kernels/ffn_int8.py via sparsebert.quant.fused).
+
+Two references: the separate int8 calls the model makes when it does not fuse (whose integer sums
+tests/test_int8_kernels.py checks against NumPy int64 and whose float epilogue tests/test_int8.py
+checks against float64), which the fused kernel must equal bit for bit; and a float64 model of the
+whole chain (per-token quantization of each linear's input, as `reference_linear`), which it must
+match to int8 rounding. Real sizes (MiniLM 384 -> 1536, BERT-base 768 -> 3072: several K-chunks of
+1x4 blocks), partial 64-token tiles, T = 1, SmoothQuant factors, both VNNI kinds and their mixes.
+"""
+
+import numpy as np
+import pytest
+
+from sparsebert.errors import InputError
+from sparsebert.kernels import ops
+from sparsebert.quant import Int8Linear
+from sparsebert.quant.fused import fuse_ffn8, fusable8
+from sparsebert.quant.linear import host_has_vnni
+from test_int8 import reference_linear  # the float64 model of an Int8Linear call
+
+pytestmark = pytest.mark.skipif(not host_has_vnni(), reason="the fused int8 kernel needs AVX512-VNNI")
+EPS = np.float32(1e-12)
+
+
+@pytest.fixture(autouse=True)
+def always_fuse(monkeypatch):
+    # The conformance cases must reach the kernel, whatever worth_fusing would choose.
+    monkeypatch.setattr("sparsebert.quant.fused.worth_fusing", lambda B, S: True)
+
+
+def linear(rng, N, K, kind, sparsity=0.8):
+    # bsr1x4 weights pruned in whole 1x4 blocks (one row, 4 consecutive inputs), with an empty row.
+    w = (rng.standard_normal((N, K)) / np.sqrt(K)).astype(np.float32)
+    if kind == "bsr1x4":
+        w *= np.repeat(rng.random((N, K // 4)) >= sparsity, 4, axis=1)
+        w[N // 3] = 0
+    smooth = rng.uniform(0.5, 2.0, K).astype(np.float32)
+    lin = Int8Linear.from_float(w, (0.1 * rng.standard_normal(N)).astype(np.float32), kind, smooth)
+    assert lin.format == f"int8-{kind}" and fusable8(lin)
+    return lin
+
+
+def norm(rng, H):
+    return ((1 + 0.1 * rng.standard_normal(H)).astype(np.float32),
+            (0.1 * rng.standard_normal(H)).astype(np.float32), EPS)
+
+
+def layer_norm64(v, gamma, beta, eps):
+    mean = v.mean(axis=1, keepdims=True)
+    var = ((v - mean) ** 2).mean(axis=1, keepdims=True)
+    return (v - mean) / np.sqrt(var + eps) * gamma[:, None] + beta[:, None]
+
+
+def separate(lin, x, **kw):
+    return lin(x, **kw)
+
+
+KINDS = [("gemm", "gemm", "gemm"), ("bsr1x4", "bsr1x4", "bsr1x4"), ("gemm", "bsr1x4", "gemm"),
+         ("bsr1x4", "gemm", "bsr1x4")]
+SHAPES = [(384, 1536, 2, 100), (768, 3072, 1, 130), (384, 1536, 3, 1), (64, 200, 2, 64)]
+
+
+@pytest.mark.parametrize("kinds", KINDS, ids="-".join)
+@pytest.mark.parametrize("H,I,B,T", SHAPES)
+def test_ffn_equals_the_separate_calls_and_float64(kinds, H, I, B, T):
+    rng = np.random.default_rng(H + T)
+    a, b = linear(rng, I, H, kinds[0]), linear(rng, H, I, kinds[1])
+    ffn = fuse_ffn8(a, b, "gelu")
+    x = rng.standard_normal((B, H, T)).astype(np.float32)
+    g = norm(rng, H)
+    y = ffn(x, residual=x, norm=g)
+    two = b(a(x, activation="gelu"), residual=x)
+    ops.layer_norm(two, *g)
+    np.testing.assert_array_equal(y, two)
+    f64 = reference_linear(a, x, "gelu", None)
+    want = layer_norm64(reference_linear(b, f64.astype(np.float32), None, x), g[0], g[1], 1e-12)
+    np.testing.assert_allclose(y, want, rtol=0, atol=0.03)
+    # no norm, no residual
+    np.testing.assert_array_equal(ffn(x), b(a(x, activation="gelu")))
+
+
+@pytest.mark.parametrize("kinds", KINDS, ids="-".join)
+@pytest.mark.parametrize("H,I,B,T", SHAPES)
+def test_layer_tail_equals_the_separate_calls(kinds, H, I, B, T):
+    # tail: h = LN0(attn_out(ctx) + x), x = LN(ffn(h) + h), in place, one kernel call per tile.
+    rng = np.random.default_rng(7 * H + T)
+    a, b, o = linear(rng, I, H, kinds[0]), linear(rng, H, I, kinds[1]), linear(rng, H, H, kinds[2])
+    ffn = fuse_ffn8(a, b, "gelu")
+    assert ffn.can_tail(o)
+    ctx = rng.standard_normal((B, H, T)).astype(np.float32)
+    x = rng.standard_normal((B, H, T)).astype(np.float32)
+    n0, n1 = norm(rng, H), norm(rng, H)
+    h = o(ctx, residual=x)
+    ops.layer_norm(h, *n0)
+    want = b(a(h, activation="gelu"), residual=h)
+    ops.layer_norm(want, *n1)
+    got = x.copy()
+    assert ffn.tail(ctx, got, o, n0, n1) is got
+    np.testing.assert_array_equal(got, want)
+
+
+def test_model_int8_1x4_takes_the_fused_tail_bit_for_bit(minilm_path, tmp_path, monkeypatch):
+    # MiniLM pruned to 80% in 1x4 blocks and quantized: every layer's tail runs the fused int8
+    # kernel, and the model's output equals the unfused calls' bit for bit.
+    import sparsebert
+    from sparsebert.prune import prune_checkpoint
+    from sparsebert.quant import quantize
+
+    monkeypatch.setattr("numba.get_num_threads", lambda: 2)
+    prune_checkpoint(minilm_path, tmp_path / "p80", sparsity=0.8, block="1x4")
+    quantize(tmp_path / "p80", tmp_path / "q80", onnx=False)
+    model = sparsebert.load(tmp_path / "q80", formats="int8-bsr1x4")
+    assert all(layer.fused_tail for layer in model.encoder.layers)
+    ids = np.random.default_rng(5).integers(1000, 2000, size=(2, 128))
+    fused = model(ids).last_hidden_state
+    monkeypatch.setattr("sparsebert.quant.fused.worth_fusing", lambda B, S: False)
+    monkeypatch.setattr("sparsebert.model.worth_fusing", lambda B, S: False)
+    np.testing.assert_array_equal(fused, model(ids).last_hidden_state)
+
+
+def test_pairs_that_do_not_qualify_and_bad_inputs():
+    rng = np.random.default_rng(3)
+    a, b = linear(rng, 40, 16, "gemm"), linear(rng, 16, 40, "bsr1x4")
+    assert fuse_ffn8(a, linear(rng, 16, 32, "gemm"), "gelu") is None  # shapes do not chain
+    csr = Int8Linear.from_float(rng.standard_normal((16, 40)).astype(np.float32), np.zeros(16, np.float32), "csr")
+    assert not fusable8(csr) and fuse_ffn8(a, csr, "gelu") is None
+    ffn = fuse_ffn8(a, b, "gelu")
+    assert not ffn.can_tail(csr) and not ffn.can_tail(linear(rng, 16, 40, "gemm"))
+    with pytest.raises(InputError, match="float32 C-contiguous x"):
+        ffn(np.zeros((1, 15, 4), np.float32))
+    x = np.zeros((1, 16, 4), np.float32)
+    with pytest.raises(InputError, match="overlap"):
+        ffn(x, out=x)
+    with pytest.raises(InputError, match="int8 attention output linear"):
+        ffn.tail(np.zeros_like(x), x, csr, norm(rng, 16), norm(rng, 16))
+    with pytest.raises(InputError, match="LayerNorm gamma"):
+        ffn(x, norm=(np.ones(15, np.float32), np.zeros(16, np.float32), EPS))
