@@ -1,4 +1,5 @@
-"""The INT8 layer tail fused per token tile, activations kept in int8 between its linears: `ffn_int8`.
+"""INT8 encoder layers fused: the tail per token tile (`ffn_int8`), the whole layer per sequence
+(`layer_int8`).
 
 Computes, for every sequence b of a batch in sparsebert's layout (see `sparsebert.kernels`), with
 the int8 linears' arithmetic (`kernels/int8_gemm.py`: per-token activation codes, exact int32
@@ -20,6 +21,12 @@ With has_pre the tile first runs the attention output linear W0 (H, H) on X (the
 context): h = LayerNorm0(W0 X + b0 + residual) per token, and h takes the place of X and of the
 FFN's residual; y may then be residual itself.
 
+`layer_int8` runs a whole encoder layer per task, one sequence each: the qkv linear per 64-token
+tile into the task's (3H, S) buffer, attention per head (`attention.one_head`, the code of the
+per-step path) into a (H, S) context buffer, then the tail above per tile, in place in x. The
+per-step path writes qkv (B, 3H, S) and ctx (B, H, S) to memory (50 MB per layer at 32 x 128 for
+BERT-base) and reads them back; here they stay in the task's caches (1.5 MB at S = 128).
+
 Where the boundaries are: every linear's input is quantized per token (int8), every linear's sums
 are dequantized to float32 for the bias, GELU, residual add and LayerNorm, and the residual stream
 (h, Y) stays float32 because LayerNorm needs it. Outputs equal the unfused int8 calls bit for bit
@@ -38,12 +45,14 @@ g below cq, chunks within the weight's KQ; gamma, beta (H,) float32. The intrins
 raw pointers: those packings are what keep them in bounds.
 
 Left out: AMX tiles, the one-row "vnni" kind, the portable (non-VNNI) int8 kinds, batch-1 row
-splitting (tasks are (sequence, token tile) pairs), a 128-token tile for 1x4 blocks.
+splitting (tasks are (sequence, token tile) pairs, or sequences), a 128-token tile for 1x4
+blocks, int8 attention (QK^T and PV run in float32 BLAS).
 """
 
 import numpy as np
 from numba import prange
 
+from .attention import one_head
 from .int8 import token_scales
 from .int8_bsr import _tile_1x64
 from .int8_gemm import RB, _block_vnni, _dequant_block
@@ -51,6 +60,10 @@ from .int8_vnni import TILE, inverse_smooth, pack_quads
 from .jit import helper, parallel_kernel
 from .ops import layer_norm_tile
 
+# Numba's on-disk cache keys a kernel on its own file, not on the helpers it inlines from other
+# files; tests/test_ffn_int8.py fails until this stamp matches them, so an edit there also edits
+# (and re-compiles) this file.
+BUILT_AGAINST = "attention.py 4ff12022d50618b5, int8.py e8cb762509f1d006, int8_bsr.py fd983e4a6ce775a6, int8_gemm.py bb6d03cd88e9374a, int8_vnni.py 481ed9f95056e5e2, ops.py bf281eab8eb1be2a, spmm_epilogue.py 84df407a011b8901, numeric.py 6c0311da66f4dbb7"
 GEMM, BSR1X4 = 0, 1  # weight kinds
 _GROUP = 16  # output rows per int32 sums block (a multiple of RB)
 _QUAD_BYTES = TILE * 4  # one quad of a packed tile: 4 bytes x 64 tokens
@@ -84,14 +97,15 @@ def _quantize(src, K, width, inv_sm, xq, xs, inv):
 
 
 @helper
-def _linear(kind, w, g, p, cq, rs, ws, bias, act, xq, xs, width, out, res, has_res, acc):
-    # out (N, TILE) columns [0, width) = the int8 linear's epilogue on xq's sums (+ res, same layout).
+def _linear(kind, w, g, p, cq, rs, ws, bias, act, xq, xs, width, out, S, s0, res, has_res, acc):
+    # out (N, S) columns [s0, s0 + width) (flat) = the int8 linear's epilogue on xq's sums
+    # (+ res, same layout); xs[0, s0 + j] the tile's token scales.
     N = rs.shape[0]
     for n0 in range(0, N, _GROUP):
         n1 = min(N, n0 + _GROUP)
         _sums(kind, w, g, p, cq, xq, n0, n1, acc)
-        _dequant_block(acc, TILE, n1 - n0, n0, 0, 0, width, rs, ws, xs, bias, act, res, has_res, out,
-                       N, TILE)
+        _dequant_block(acc, TILE, n1 - n0, n0, 0, s0, width, rs, ws, xs, bias, act, res,
+                       has_res, out, N, S)
 
 
 @helper
@@ -103,6 +117,49 @@ def _load_tile(xf, base, K, S, width, out):
             out[k * ut + j] = xf[base + k * us + j]
 
 
+@helper
+def _tail_tile(k1, w1, g1, p1, cq1, rs1, ws1, b1, inv1, act,
+               k2, w2, g2, p2, cq2, rs2, ws2, b2, inv2,
+               xf, xbase, rf, base, S, width, has_residual, gamma, beta, eps, has_norm, yf,
+               k0, w0, g0, p0, cq0, rs0, ws0, b0, inv0, gamma0, beta0, has_pre):
+    # One 64-token tile of `ffn_int8`: the (H, S) matrices at xf[xbase:], rf[base:] (columns
+    # [0, width)) in, yf[base:] out; inv*: the linears' inverse smoothing factors.
+    H = rs2.shape[0]
+    n_inner = rs1.shape[0]  # I
+    xs = np.zeros((1, TILE), dtype=np.float32)
+    inv = np.zeros(TILE, dtype=np.float32)
+    acc = np.empty((_GROUP + RB) * TILE, dtype=np.int32)
+    xq = np.empty(((max(H, n_inner) + 3) // 4) * _QUAD_BYTES, dtype=np.uint8)
+    tile = np.zeros(H * TILE, dtype=np.float32)  # X's columns
+    res = np.zeros(H * TILE, dtype=np.float32)  # the FFN's residual: h, or residual's columns
+    out = np.zeros(H * TILE, dtype=np.float32)
+    _load_tile(xf, xbase, H, S, width, tile)
+    if has_pre:
+        # h = LayerNorm0(W0 @ X tile + b0 + residual tile), into res.
+        _load_tile(rf, base, H, S, width, out)
+        _quantize(tile, H, width, inv0, xq, xs, inv)
+        _linear(k0, w0, g0, p0, cq0, rs0, ws0, b0, 0, xq, xs, width, res, TILE, 0, out, True, acc)
+        layer_norm_tile(res, np.uint64(0), H, TILE, width, gamma0, beta0, eps)
+        _quantize(res, H, width, inv1, xq, xs, inv)
+    else:
+        if has_residual:
+            _load_tile(rf, base, H, S, width, res)
+        _quantize(tile, H, width, inv1, xq, xs, inv)
+    # F (I, TILE) = act(W1 h + b1), then its codes.
+    f = np.zeros(n_inner * TILE, dtype=np.float32)
+    _linear(k1, w1, g1, p1, cq1, rs1, ws1, b1, act, xq, xs, width, f, TILE, 0, f, False, acc)
+    _quantize(f, n_inner, width, inv2, xq, xs, inv)
+    # Y tile = W2 F + b2 (+ residual), LayerNorm, then its columns to y.
+    _linear(k2, w2, g2, p2, cq2, rs2, ws2, b2, 0, xq, xs, width, out, TILE, 0, res,
+            has_pre or has_residual, acc)
+    if has_norm:
+        layer_norm_tile(out, np.uint64(0), H, TILE, width, gamma, beta, eps)
+    us, uw, ut = np.uint64(S), np.uint64(width), np.uint64(TILE)
+    for n in range(np.uint64(H)):
+        for j in range(uw):
+            yf[base + n * us + j] = out[n * ut + j]
+
+
 @parallel_kernel
 def ffn_int8(k1, w1, g1, p1, cq1, rs1, ws1, b1, sm1, act,
              k2, w2, g2, p2, cq2, rs2, ws2, b2, sm2,
@@ -110,46 +167,61 @@ def ffn_int8(k1, w1, g1, p1, cq1, rs1, ws1, b1, sm1, act,
              k0, w0, g0, p0, cq0, rs0, ws0, b0, sm0, gamma0, beta0, has_pre):
     # See the module docstring.
     B, H, S = x.shape
-    n_inner = rs1.shape[0]  # I
     n_tiles = (S + TILE - 1) // TILE
     xf, yf, rf = x.reshape(-1), y.reshape(-1), residual.reshape(-1)
     inv1 = inverse_smooth(sm1, (H + 3) // 4)
-    inv2 = inverse_smooth(sm2, (n_inner + 3) // 4)
+    inv2 = inverse_smooth(sm2, (rs1.shape[0] + 3) // 4)
     inv0 = inverse_smooth(sm0, (H + 3) // 4)
     for task in prange(B * n_tiles):
         b = task // n_tiles
         s0 = (task - b * n_tiles) * TILE
-        width = min(TILE, S - s0)
-        base = np.uint64(b * H * S + s0)
-        xs = np.zeros((1, TILE), dtype=np.float32)
+        _tail_tile(k1, w1, g1, p1, cq1, rs1, ws1, b1, inv1, act, k2, w2, g2, p2, cq2, rs2, ws2, b2, inv2,
+                   xf, np.uint64(b * H * S + s0), rf, np.uint64(b * H * S + s0), S, min(TILE, S - s0),
+                   has_residual, gamma, beta,
+                   eps, has_norm, yf, k0, w0, g0, p0, cq0, rs0, ws0, b0, inv0, gamma0, beta0, has_pre)
+
+
+@parallel_kernel
+def layer_int8(kq, wq, gq, pq, cqq, rsq, wsq, bq, smq, key_bias, heads, scale,
+               k0, w0, g0, p0, cq0, rs0, ws0, b0, sm0, gamma0, beta0,
+               k1, w1, g1, p1, cq1, rs1, ws1, b1, sm1, act,
+               k2, w2, g2, p2, cq2, rs2, ws2, b2, sm2, gamma, beta, eps, x):
+    # A whole encoder layer, one sequence per task, in place in x (B, H, S): qkv = Wqkv x + bqkv
+    # (3H, S) per 64-token tile into the task's buffer, attention per head (`attention.one_head`)
+    # into ctx (H, S), then the tail (`_tail_tile`) per tile. qkv and ctx never leave the task's
+    # caches; only x is read and written.
+    B, H, S = x.shape
+    n_tiles = (S + TILE - 1) // TILE
+    xf = x.reshape(-1)
+    invq = inverse_smooth(smq, (H + 3) // 4)
+    inv1 = inverse_smooth(sm1, (H + 3) // 4)
+    inv2 = inverse_smooth(sm2, (rs1.shape[0] + 3) // 4)
+    inv0 = inverse_smooth(sm0, (H + 3) // 4)
+    for b in prange(B):
+        qkv = np.empty((1, 3 * H, S), dtype=np.float32)
+        ctx = np.empty((1, H, S), dtype=np.float32)
+        xs = np.zeros((1, S + TILE), dtype=np.float32)
         inv = np.zeros(TILE, dtype=np.float32)
         acc = np.empty((_GROUP + RB) * TILE, dtype=np.int32)
-        xq = np.empty(((max(H, n_inner) + 3) // 4) * _QUAD_BYTES, dtype=np.uint8)
-        tile = np.zeros(H * TILE, dtype=np.float32)  # X's columns
-        res = np.zeros(H * TILE, dtype=np.float32)  # the FFN's residual: h, or residual's columns
-        out = np.zeros(H * TILE, dtype=np.float32)
-        _load_tile(xf, base, H, S, width, tile)
-        if has_pre:
-            # h = LayerNorm0(W0 @ X tile + b0 + residual tile), into res.
-            _load_tile(rf, base, H, S, width, out)
-            _quantize(tile, H, width, inv0, xq, xs, inv)
-            _linear(k0, w0, g0, p0, cq0, rs0, ws0, b0, 0, xq, xs, width, res, out, True, acc)
-            layer_norm_tile(res, np.uint64(0), H, TILE, width, gamma0, beta0, eps)
-            _quantize(res, H, width, inv1, xq, xs, inv)
-        else:
-            if has_residual:
-                _load_tile(rf, base, H, S, width, res)
-            _quantize(tile, H, width, inv1, xq, xs, inv)
-        # F (I, TILE) = act(W1 h + b1), then its codes.
-        f = np.zeros(n_inner * TILE, dtype=np.float32)
-        _linear(k1, w1, g1, p1, cq1, rs1, ws1, b1, act, xq, xs, width, f, f, False, acc)
-        _quantize(f, n_inner, width, inv2, xq, xs, inv)
-        # Y tile = W2 F + b2 (+ residual), LayerNorm, then its columns to y.
-        _linear(k2, w2, g2, p2, cq2, rs2, ws2, b2, 0, xq, xs, width, out, res,
-                has_pre or has_residual, acc)
-        if has_norm:
-            layer_norm_tile(out, np.uint64(0), H, TILE, width, gamma, beta, eps)
-        us, uw, ut = np.uint64(S), np.uint64(width), np.uint64(TILE)
-        for n in range(np.uint64(H)):
-            for j in range(uw):
-                yf[base + n * us + j] = out[n * ut + j]
+        xq = np.empty(((H + 3) // 4) * _QUAD_BYTES, dtype=np.uint8)
+        tile = np.zeros(H * TILE, dtype=np.float32)
+        qf = qkv.reshape(-1)
+        for t in range(n_tiles):
+            s0 = t * TILE
+            width = min(TILE, S - s0)
+            _load_tile(xf, np.uint64(b * H * S + s0), H, S, width, tile)
+            _quantize(tile, H, width, invq, xq, xs[:, s0:], inv)
+            _linear(kq, wq, gq, pq, cqq, rsq, wsq, bq, 0, xq, xs, width, qf, S, s0, qf, False, acc)
+        s = np.empty((S, S), dtype=np.float32)
+        m = np.empty(S, dtype=np.float32)
+        total = np.empty(S, dtype=np.float32)
+        ibits = np.empty(S, dtype=np.int32)
+        for h in range(heads):
+            one_head(qkv, key_bias[b:b + 1], 0, h, heads, scale, ctx, s, m, total, ibits)
+        cf = ctx.reshape(-1)
+        for t in range(n_tiles):
+            s0 = t * TILE
+            _tail_tile(k1, w1, g1, p1, cq1, rs1, ws1, b1, inv1, act, k2, w2, g2, p2, cq2, rs2, ws2, b2,
+                       inv2, cf, np.uint64(s0), xf, np.uint64(b * H * S + s0), S, min(TILE, S - s0), False,
+                       gamma, beta, eps,
+                       True, xf, k0, w0, g0, p0, cq0, rs0, ws0, b0, inv0, gamma0, beta0, True)

@@ -26,7 +26,7 @@ from .dispatch import check_formats, make_linear
 from . import precompile, tuning
 from .ffn import fuse_ffn, worth_fusing
 from .hugepages import move_to_huge_pages
-from .quant.fused import fuse_ffn8
+from .quant.fused import fuse_ffn8, layer_pays
 from .weights import BertWeights
 
 # Additive attention bias for padding keys: large enough that exp() underflows to 0, small enough
@@ -67,6 +67,9 @@ class Layer:
             self.ffn_in, self.ffn_out, self.act)
         # The attention output linear joins the fused call when the kernel runs its kind too.
         self.fused_tail = self.fused_ffn is not None and self.fused_ffn.can_tail(self.attn_out)
+        # int8 all through: the whole layer per sequence in one call (sparsebert.quant.fused).
+        self.fused_layer = self.fused_tail and hasattr(self.fused_ffn, "layer") and self.fused_ffn.can_layer(
+            self.qkv, self.attn_out)
 
     @property
     def linears(self) -> dict:
@@ -75,6 +78,13 @@ class Layer:
     def __call__(self, x: np.ndarray, key_bias: np.ndarray, scratch: "_Scratch", tick) -> np.ndarray:
         """One layer on x (B, H, T); the result overwrites x, which is dead by then."""
         B, H, T = x.shape
+        norms = ((self.attn_norm.gamma, self.attn_norm.beta, self.eps),
+                 (self.ffn_norm.gamma, self.ffn_norm.beta, self.eps))
+        if self.fused_layer and layer_pays(B, T):
+            precompile.wait()
+            y = self.fused_ffn.layer(x, key_bias, self.qkv, self.attn_out, self.heads, self.scale, *norms)
+            tick("layer_fused")
+            return y
         qkv = self.qkv(x, out=scratch.get("qkv", (B, 3 * H, T)))  # (B, 3H, T): Q, K, V row blocks
         tick("qkv")
         ctx = scratch.get("ctx", (B, H, T))  # per head, V_h @ softmax(Q_hᵀ K_h / √D + mask)ᵀ

@@ -122,11 +122,17 @@ MUTATIONS = {
     "ffn8_intermediate_codes_pad_wrong": (
         "ffn_int8.py", "np.uint64(0), TILE, KQ, TILE)", "np.uint64(0), TILE, KQ - 1, TILE)", FFN8_TESTS),
     "ffn8_tail_residual_skipped": (
-        "ffn_int8.py", "_linear(k0, w0, g0, p0, cq0, rs0, ws0, b0, 0, xq, xs, width, res, out, True, acc)",
-        "_linear(k0, w0, g0, p0, cq0, rs0, ws0, b0, 0, xq, xs, width, res, out, False, acc)", FFN8_TESTS),
+        "ffn_int8.py", "_linear(k0, w0, g0, p0, cq0, rs0, ws0, b0, 0, xq, xs, width, res, TILE, 0, out, True, acc)",
+        "_linear(k0, w0, g0, p0, cq0, rs0, ws0, b0, 0, xq, xs, width, res, TILE, 0, out, False, acc)", FFN8_TESTS),
     "ffn8_partial_tile_writes_one_column_short": (
-        "ffn_int8.py", "        us, uw, ut = np.uint64(S), np.uint64(width), np.uint64(TILE)\n",
-        "        us, uw, ut = np.uint64(S), np.uint64(max(width - 1, 1)), np.uint64(TILE)\n", FFN8_TESTS),
+        "ffn_int8.py", "    us, uw, ut = np.uint64(S), np.uint64(width), np.uint64(TILE)\n    for n in range(np",
+        "    us, uw, ut = np.uint64(S), np.uint64(max(width - 1, 1)), np.uint64(TILE)\n    for n in range(np",
+        FFN8_TESTS),
+    "layer8_attention_ignores_padding": (
+        "ffn_int8.py", "one_head(qkv, key_bias[b:b + 1], 0,", "one_head(qkv, key_bias[:1] * 0, 0,", FFN8_TESTS),
+    "layer8_qkv_last_tile_at_first_columns": (
+        "ffn_int8.py", "xq, xs, width, qf, S, s0, qf, False, acc)", "xq, xs, width, qf, S, 0, qf, False, acc)",
+        FFN8_TESTS),
 }
 
 

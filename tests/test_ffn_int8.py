@@ -8,6 +8,9 @@ match to int8 rounding. Real sizes (MiniLM 384 -> 1536, BERT-base 768 -> 3072: s
 1x4 blocks), partial 64-token tiles, T = 1, SmoothQuant factors, both VNNI kinds and their mixes.
 """
 
+import hashlib
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -18,7 +21,7 @@ from sparsebert.quant.fused import fuse_ffn8, fusable8
 from sparsebert.quant.linear import host_has_vnni
 from test_int8 import reference_linear  # the float64 model of an Int8Linear call
 
-pytestmark = pytest.mark.skipif(not host_has_vnni(), reason="the fused int8 kernel needs AVX512-VNNI")
+needs_vnni = pytest.mark.skipif(not host_has_vnni(), reason="the fused int8 kernel needs AVX512-VNNI")
 EPS = np.float32(1e-12)
 
 
@@ -60,6 +63,7 @@ KINDS = [("gemm", "gemm", "gemm"), ("bsr1x4", "bsr1x4", "bsr1x4"), ("gemm", "bsr
 SHAPES = [(384, 1536, 2, 100), (768, 3072, 1, 130), (384, 1536, 3, 1), (64, 200, 2, 64)]
 
 
+@needs_vnni
 @pytest.mark.parametrize("kinds", KINDS, ids="-".join)
 @pytest.mark.parametrize("H,I,B,T", SHAPES)
 def test_ffn_equals_the_separate_calls_and_float64(kinds, H, I, B, T):
@@ -79,6 +83,7 @@ def test_ffn_equals_the_separate_calls_and_float64(kinds, H, I, B, T):
     np.testing.assert_array_equal(ffn(x), b(a(x, activation="gelu")))
 
 
+@needs_vnni
 @pytest.mark.parametrize("kinds", KINDS, ids="-".join)
 @pytest.mark.parametrize("H,I,B,T", SHAPES)
 def test_layer_tail_equals_the_separate_calls(kinds, H, I, B, T):
@@ -99,25 +104,46 @@ def test_layer_tail_equals_the_separate_calls(kinds, H, I, B, T):
     np.testing.assert_array_equal(got, want)
 
 
-def test_model_int8_1x4_takes_the_fused_tail_bit_for_bit(minilm_path, tmp_path, monkeypatch):
-    # MiniLM pruned to 80% in 1x4 blocks and quantized: every layer's tail runs the fused int8
-    # kernel, and the model's output equals the unfused calls' bit for bit.
+@needs_vnni
+@pytest.mark.parametrize("block", ["1x4", None])
+def test_model_int8_fused_layer_and_tail_bit_for_bit(minilm_path, tmp_path, monkeypatch, block):
+    # MiniLM pruned to 80% (1x4 blocks: bsr1x4 linears; unstructured: forced gemm) and quantized:
+    # every layer runs whole per sequence (layer_int8, batch 4 on 2 threads), or its tail fused per
+    # tile, or the separate calls; all three give the same bits, padding included.
     import sparsebert
     from sparsebert.prune import prune_checkpoint
     from sparsebert.quant import quantize
 
     monkeypatch.setattr("numba.get_num_threads", lambda: 2)
-    prune_checkpoint(minilm_path, tmp_path / "p80", sparsity=0.8, block="1x4")
+    prune_checkpoint(minilm_path, tmp_path / "p80", sparsity=0.8, block=block)
     quantize(tmp_path / "p80", tmp_path / "q80", onnx=False)
-    model = sparsebert.load(tmp_path / "q80", formats="int8-bsr1x4")
-    assert all(layer.fused_tail for layer in model.encoder.layers)
-    ids = np.random.default_rng(5).integers(1000, 2000, size=(2, 128))
-    fused = model(ids).last_hidden_state
-    monkeypatch.setattr("sparsebert.quant.fused.worth_fusing", lambda B, S: False)
-    monkeypatch.setattr("sparsebert.model.worth_fusing", lambda B, S: False)
-    np.testing.assert_array_equal(fused, model(ids).last_hidden_state)
+    model = sparsebert.load(tmp_path / "q80", formats="int8-bsr1x4" if block else "int8-gemm")
+    assert all(layer.fused_tail and layer.fused_layer for layer in model.encoder.layers)
+    rng = np.random.default_rng(5)
+    ids = rng.integers(1000, 2000, size=(4, 128))
+    mask = np.ones_like(ids)
+    mask[1, 77:] = 0
+    runs = {}
+    for mode in ("layer", "tail", "separate"):
+        monkeypatch.setattr("sparsebert.model.layer_pays", lambda B, S: mode == "layer")
+        monkeypatch.setattr("sparsebert.model.worth_fusing", lambda B, S: mode == "tail")
+        runs[mode] = model(ids, attention_mask=mask).last_hidden_state
+    np.testing.assert_array_equal(runs["layer"], runs["separate"])
+    np.testing.assert_array_equal(runs["tail"], runs["separate"])
+    assert np.isfinite(runs["layer"]).all()
 
 
+def test_layer_pays_only_with_whole_sequences_for_every_thread(monkeypatch):
+    from sparsebert.quant.fused import layer_pays
+
+    monkeypatch.setattr("numba.get_num_threads", lambda: 2)
+    assert layer_pays(32, 128) and layer_pays(4, 128)
+    assert not layer_pays(2, 128) and not layer_pays(1, 128)  # the per-step calls split rows
+    assert not layer_pays(5, 128)  # one thread would run 3 sequences, the other 2
+    assert not layer_pays(32, 1024)
+
+
+@needs_vnni
 def test_pairs_that_do_not_qualify_and_bad_inputs():
     rng = np.random.default_rng(3)
     a, b = linear(rng, 40, 16, "gemm"), linear(rng, 16, 40, "bsr1x4")
@@ -135,3 +161,16 @@ def test_pairs_that_do_not_qualify_and_bad_inputs():
         ffn.tail(np.zeros_like(x), x, csr, norm(rng, 16), norm(rng, 16))
     with pytest.raises(InputError, match="LayerNorm gamma"):
         ffn(x, norm=(np.ones(15, np.float32), np.zeros(16, np.float32), EPS))
+
+
+@pytest.mark.parametrize("module", ["ffn_int8", "int8_bsr"])
+def test_cached_kernels_are_stamped_with_the_helpers_they_inline(module):
+    # Numba's cache would keep serving a kernel compiled against an old helper from another file:
+    # bump the stamp in the kernel's file (which re-compiles it) whenever those files change.
+    import importlib
+
+    mod = importlib.import_module(f"sparsebert.kernels.{module}")
+    folder = Path(mod.__file__).resolve().parent
+    names = [part.split()[0] for part in mod.BUILT_AGAINST.split(", ")]
+    stamp = ", ".join(f"{n} {hashlib.sha256((folder / n).read_bytes()).hexdigest()[:16]}" for n in names)
+    assert mod.BUILT_AGAINST == stamp
