@@ -62,6 +62,26 @@ class FusedFFN:
         """Whether `tail` can fuse this attention output linear too."""
         return fusable(attn_out) and attn_out.in_features == attn_out.out_features == self.hidden
 
+    def can_layer(self, qkv, attn_out) -> bool:
+        """Whether `layer` can run a whole encoder layer with these query/key/value and attention
+        output linears."""
+        H = self.hidden
+        return self.can_tail(attn_out) and fusable(qkv) and qkv.in_features == H and qkv.out_features == 3 * H
+
+    def layer(self, x, key_bias, qkv, attn_out, heads: int, scale, attn_norm, norm) -> np.ndarray:
+        """A whole encoder layer in place in x (B, H, S), one sequence per task
+        (`kernels/ffn_fused.layer_csr`): qkv (3H, S) and the attention context stay in the task's
+        caches. key_bias (B, S) float32: 0 for real keys, very negative for padding. Equal to the
+        per-step calls to float rounding (their spmm drivers sum in other tile orders)."""
+        pre, post = checked_layer_inputs(self, x, key_bias, qkv, attn_out, heads, attn_norm, norm)
+        if x.size == 0:
+            return x
+        a, b = self.ffn_in, self.ffn_out
+        ffn_fused.layer_csr(*_weight(qkv), _rows(qkv), key_bias, heads, np.float32(scale),
+                            *_weight(attn_out), *pre[:2], _rows(attn_out), *_weight(a), self.act, _rows(a),
+                            *_weight(b), _rows(b), *post, x)
+        return x
+
     def tail(self, ctx: np.ndarray, x: np.ndarray, attn_out, attn_norm, norm) -> np.ndarray:
         """The rest of an encoder layer after attention, in place in x (B, H, S):
         h = LayerNorm_attn(attn_out(ctx) + x), then x = LayerNorm(ffn(h) + h). attn_norm and norm
@@ -114,6 +134,37 @@ def checked_tail_inputs(ctx, x, H: int) -> None:
                              f"like ctx, got {getattr(a, 'dtype', type(a).__name__)} {getattr(a, 'shape', '')}")
     if np.may_share_memory(ctx, x):
         raise InputError("ctx must not overlap x: the kernel reads ctx while it writes x")
+
+
+def checked_layer_inputs(fused, x, key_bias, qkv, attn_out, heads, attn_norm, norm):
+    """Checks a whole-layer call's inputs (x (B, H, S) float32 C-contiguous, key_bias (B, S),
+    linears the kernel runs, heads dividing H, both LayerNorms with one eps); returns the norms."""
+    H = fused.hidden
+    if not (isinstance(x, np.ndarray) and x.ndim == 3 and x.shape[1] == H and x.dtype == np.float32
+            and x.flags.c_contiguous):
+        raise InputError(f"fused layer expects float32 C-contiguous x of shape (B, {H}, S), got "
+                         f"{getattr(x, 'dtype', type(x).__name__)} {getattr(x, 'shape', '')}")
+    if not fused.can_layer(qkv, attn_out):
+        raise InputError(f"fused layer needs ({3 * H}, {H}) and ({H}, {H}) linears of a kind its kernel runs")
+    B, _, S = x.shape
+    if not (isinstance(key_bias, np.ndarray) and key_bias.shape == (B, S) and key_bias.dtype == np.float32
+            and key_bias.flags.c_contiguous):
+        raise InputError(f"key_bias must be a float32 C-contiguous array of shape {(B, S)}")
+    if heads < 1 or H % heads:
+        raise InputError(f"hidden size {H} is not a multiple of the {heads} heads")
+    pre, post = checked_norm(attn_norm, H), checked_norm(norm, H)
+    if pre[2] != post[2]:
+        raise InputError("fused layer: both LayerNorms must share one eps")
+    return pre, post
+
+
+def layer_pays(B: int, S: int) -> bool:
+    """Whether a whole layer per sequence (`FusedFFN.layer`, `FusedInt8FFN.layer`) beats the
+    per-step calls on a (B, *, S) batch: its tasks are whole sequences, so every thread needs
+    several of them (the per-step calls split rows and tiles instead), and S bounds the task's
+    buffers."""
+    threads = numba.get_num_threads()
+    return S <= 512 and B >= 2 * threads and (B % threads == 0 or B >= 8 * threads)
 
 
 def checked_norm(norm, H: int):

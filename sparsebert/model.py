@@ -24,9 +24,9 @@ from .errors import CheckpointError, InputError
 from .kernels import attention, ops
 from .dispatch import check_formats, make_linear
 from . import precompile, tuning
-from .ffn import fuse_ffn, worth_fusing
+from .ffn import fuse_ffn, layer_pays, worth_fusing
 from .hugepages import move_to_huge_pages
-from .quant.fused import fuse_ffn8, layer_pays
+from .quant.fused import fuse_ffn8
 from .weights import BertWeights
 
 # Additive attention bias for padding keys: large enough that exp() underflows to 0, small enough
@@ -67,9 +67,8 @@ class Layer:
             self.ffn_in, self.ffn_out, self.act)
         # The attention output linear joins the fused call when the kernel runs its kind too.
         self.fused_tail = self.fused_ffn is not None and self.fused_ffn.can_tail(self.attn_out)
-        # int8 all through: the whole layer per sequence in one call (sparsebert.quant.fused).
-        self.fused_layer = self.fused_tail and hasattr(self.fused_ffn, "layer") and self.fused_ffn.can_layer(
-            self.qkv, self.attn_out)
+        # The qkv linear too: the whole layer per sequence in one call.
+        self.fused_layer = self.fused_tail and self.fused_ffn.can_layer(self.qkv, self.attn_out)
 
     @property
     def linears(self) -> dict:

@@ -68,9 +68,9 @@ MUTATIONS = {
         "ffn_fused.py", "_tile_bsr4x1_w32(out, yoff + half, ut, src, xoff + half, ut, d, i, start, end)",
         "_tile_bsr4x1_w32(out, yoff + half, ut, src, xoff, ut, d, i, start, end)", FFN_TESTS),
     "ffn_layer_norm_skipped": (
-        "ffn_fused.py", "        if has_norm:", "        if has_norm and S < 0:", FFN_TESTS),
+        "ffn_fused.py", "    if has_norm:  # the tile", "    if has_norm and S < 0:  # the tile", FFN_TESTS),
     "ffn_tail_drops_attention_residual": (
-        "ffn_fused.py", "b0[n], 0, rf, src + np.uint64(n) * us, True)", "b0[n], 0, rf, src + np.uint64(n) * us, False)",
+        "ffn_fused.py", "b0[n], 0, rf, base + np.uint64(n) * us, True)", "b0[n], 0, rf, base + np.uint64(n) * us, False)",
         FFN_TESTS),
     # Attention (kernels/attention.py), checked by tests/test_attention.py.
     "attention_max_skips_key_bias": (

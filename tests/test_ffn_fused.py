@@ -133,7 +133,8 @@ def test_stamp_matches_the_helpers_it_calls():
     # The kernel's Numba cache entry does not notice edits to the files of the helpers it calls:
     # bump the stamp in kernels/ffn_fused.py (which re-compiles it) whenever they change.
     stamp = ", ".join(f"{name} {hashlib.sha256((KERNELS / name).read_bytes()).hexdigest()[:16]}"
-                      for name in ("_spmm_generated.py", "spmm_zmm.py", "ops.py"))
+                      for name in ("_spmm_generated.py", "spmm_zmm.py", "ops.py", "attention.py",
+                                   "spmm_epilogue.py", "numeric.py"))
     assert ffn_fused.BUILT_AGAINST == stamp
 
 
@@ -190,6 +191,29 @@ def test_model_with_fused_4x1_ffn_equals_its_dense_path(minilm_path, tmp_path, m
     assert all(layer.fused_tail for layer in sparse.encoder.layers)
     ids = np.random.default_rng(5).integers(1000, 2000, size=(4, 128))
     np.testing.assert_allclose(sparse(ids).last_hidden_state, dense(ids).last_hidden_state, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("block,fmt", [(None, "csr"), ("4x1", "bsr4x1")])
+def test_model_whole_layer_per_sequence_equals_the_per_step_calls(minilm_path, tmp_path, monkeypatch, block, fmt):
+    # MiniLM pruned to 90%, every linear CSR (or 4x1 blocks): on 4 sequences over 2 threads each
+    # layer runs whole per sequence (layer_csr), padding included; against the per-step calls and
+    # the same weights dense.
+    import sparsebert
+    from sparsebert.prune import prune_checkpoint
+
+    monkeypatch.setattr("numba.get_num_threads", lambda: 2)
+    prune_checkpoint(minilm_path, tmp_path / "m90", sparsity=0.9, block=block)
+    sparse = sparsebert.load(tmp_path / "m90", formats=fmt)
+    dense = sparsebert.load(tmp_path / "m90", formats="dense")
+    assert all(layer.fused_layer for layer in sparse.encoder.layers)
+    ids = np.random.default_rng(5).integers(1000, 2000, size=(4, 128))
+    mask = np.ones_like(ids)
+    mask[2, 90:] = 0
+    whole = sparse(ids, attention_mask=mask).last_hidden_state
+    monkeypatch.setattr("sparsebert.model.layer_pays", lambda B, S: False)
+    steps = sparse(ids, attention_mask=mask).last_hidden_state
+    np.testing.assert_allclose(whole, steps, rtol=0, atol=1e-5)
+    np.testing.assert_allclose(whole, dense(ids, attention_mask=mask).last_hidden_state, rtol=0, atol=1e-5)
 
 
 def layer_norm_ref(y, gamma, beta, eps):

@@ -134,7 +134,7 @@ def test_model_int8_fused_layer_and_tail_bit_for_bit(minilm_path, tmp_path, monk
 
 
 def test_layer_pays_only_with_whole_sequences_for_every_thread(monkeypatch):
-    from sparsebert.quant.fused import layer_pays
+    from sparsebert.ffn import layer_pays
 
     monkeypatch.setattr("numba.get_num_threads", lambda: 2)
     assert layer_pays(32, 128) and layer_pays(4, 128)

@@ -12,11 +12,10 @@ Left out: "amx", "vnni" and the portable int8 kinds (those pairs keep the separa
 
 from __future__ import annotations
 
-import numba
 import numpy as np
 
 from ..errors import InputError
-from ..ffn import checked_norm, checked_tail_inputs, checked_tile_inputs, worth_fusing
+from ..ffn import checked_layer_inputs, checked_norm, checked_tail_inputs, checked_tile_inputs, worth_fusing
 from ..kernels import ops
 from ..linear_contract import act_code
 from .linear import Int8Linear
@@ -108,23 +107,7 @@ class FusedInt8FFN:
         key_bias (B, S) float32: 0 for real keys, very negative for padding."""
         from ..kernels import ffn_int8
 
-        H = self.hidden
-        if not (isinstance(x, np.ndarray) and x.ndim == 3 and x.shape[1] == H and x.dtype == np.float32
-                and x.flags.c_contiguous):
-            raise InputError(f"fused int8 layer expects float32 C-contiguous x of shape (B, {H}, S), got "
-                             f"{getattr(x, 'dtype', type(x).__name__)} {getattr(x, 'shape', '')}")
-        if not self.can_layer(qkv, attn_out):
-            raise InputError(f"fused int8 layer needs ({3 * H}, {H}) and ({H}, {H}) int8 linears of kind "
-                             f"gemm or bsr1x4")
-        B, _, S = x.shape
-        if not (isinstance(key_bias, np.ndarray) and key_bias.shape == (B, S) and key_bias.dtype == np.float32
-                and key_bias.flags.c_contiguous):
-            raise InputError(f"key_bias must be a float32 C-contiguous array of shape {(B, S)}")
-        if H % heads:
-            raise InputError(f"hidden size {H} is not a multiple of the {heads} heads")
-        pre, post = checked_norm(attn_norm, H), checked_norm(norm, H)
-        if pre[2] != post[2]:
-            raise InputError("fused layer: both LayerNorms must share one eps")
+        pre, post = checked_layer_inputs(self, x, key_bias, qkv, attn_out, heads, attn_norm, norm)
         if x.size == 0:
             return x
         ffn_int8.layer_int8(*_weight(qkv), key_bias, heads, np.float32(scale), *_weight(attn_out), *pre[:2],
@@ -140,14 +123,6 @@ class FusedInt8FFN:
         ffn_int8.ffn_int8(*_weight(self.ffn_in), self.act, *_weight(self.ffn_out),
                           x, residual, has_residual, gamma, beta, eps, has_norm, y,
                           *_weight(first), g0, be0, attn_out is not None)
-
-
-def layer_pays(B: int, S: int) -> bool:
-    """Whether a whole layer per sequence (`FusedInt8FFN.layer`) beats the per-step calls on a
-    (B, *, S) batch: its tasks are whole sequences, so every thread needs several of them (the
-    per-step calls split rows and tiles instead), and S bounds the task's buffers."""
-    threads = numba.get_num_threads()
-    return S <= 512 and B >= 2 * threads and (B % threads == 0 or B >= 8 * threads)
 
 
 def fuse_ffn8(ffn_in, ffn_out, activation) -> FusedInt8FFN | None:
