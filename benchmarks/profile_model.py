@@ -35,6 +35,7 @@ from sparsebert import tuning  # noqa: E402
 STEP_LINEARS = {
     "qkv": ("qkv",), "attn_out": ("attn_out",), "ffn_in": ("ffn_in",), "ffn_out": ("ffn_out",),
     "ffn_fused": ("ffn_in", "ffn_out"), "attn_out_ffn_fused": ("attn_out", "ffn_in", "ffn_out"),
+    "layer_fused": ("qkv", "attn_out", "ffn_in", "ffn_out"),
 }
 
 

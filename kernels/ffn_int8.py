@@ -63,7 +63,7 @@ from .ops import layer_norm_tile
 # Numba's on-disk cache keys a kernel on its own file, not on the helpers it inlines from other
 # files; tests/test_ffn_int8.py fails until this stamp matches them, so an edit there also edits
 # (and re-compiles) this file.
-BUILT_AGAINST = "attention.py 4ff12022d50618b5, int8.py e8cb762509f1d006, int8_bsr.py fd983e4a6ce775a6, int8_gemm.py bb6d03cd88e9374a, int8_vnni.py 481ed9f95056e5e2, ops.py bf281eab8eb1be2a, spmm_epilogue.py 84df407a011b8901, numeric.py 6c0311da66f4dbb7"
+BUILT_AGAINST = "attention.py 4ff12022d50618b5, int8.py e8cb762509f1d006, int8_bsr.py 504cb5f8df9c3f84, int8_gemm.py 0be9b5a45a72b3f2, int8_vnni.py 481ed9f95056e5e2, ops.py bf281eab8eb1be2a, spmm_epilogue.py 84df407a011b8901, numeric.py 6c0311da66f4dbb7"
 GEMM, BSR1X4 = 0, 1  # weight kinds
 _GROUP = 16  # output rows per int32 sums block (a multiple of RB)
 _QUAD_BYTES = TILE * 4  # one quad of a packed tile: 4 bytes x 64 tokens
