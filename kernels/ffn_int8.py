@@ -54,7 +54,7 @@ from numba import prange
 
 from .attention import one_head
 from .int8 import token_scales
-from .int8_bsr import _tile_1x64
+from .int8_bsr import _tile_1x64, _tile_1x128
 from .int8_gemm import RB, _block_vnni, _dequant_block
 from .int8_vnni import TILE, inverse_smooth, pack_quads
 from .jit import helper, parallel_kernel
@@ -66,95 +66,114 @@ from .ops import layer_norm_tile
 BUILT_AGAINST = "attention.py 4ff12022d50618b5, int8.py e8cb762509f1d006, int8_bsr.py 504cb5f8df9c3f84, int8_gemm.py 0be9b5a45a72b3f2, int8_vnni.py 481ed9f95056e5e2, ops.py bf281eab8eb1be2a, spmm_epilogue.py 84df407a011b8901, numeric.py 6c0311da66f4dbb7"
 GEMM, BSR1X4 = 0, 1  # weight kinds
 _GROUP = 16  # output rows per int32 sums block (a multiple of RB)
-_QUAD_BYTES = TILE * 4  # one quad of a packed tile: 4 bytes x 64 tokens
 
 
 @helper
-def _sums(kind, w, g, p, cq, xq, n0, n1, acc):
-    # acc[(n - n0) * TILE + j] = int32 sums (of code + 128 bytes) of rows [n0, n1) against the
-    # packed tile xq (flat uint8, quads TILE * 4 bytes apart); n0 a multiple of RB. A gemm block
-    # past n1 writes rows of zero weights into acc's spare RB rows.
+def _sums(kind, w, g, p, cq, xq, n0, n1, acc, W, half):
+    # acc[(n - n0) * A + j] = int32 sums (of code + 128 bytes) of rows [n0, n1) against the packed
+    # tile xq (flat uint8, W tokens: quads W * 4 bytes apart); n0 a multiple of RB. gemm: the 64
+    # tokens of half `half`, A = 64 (a block past n1 writes rows of zero weights into acc's spare
+    # RB rows); bsr1x4: all W (64 or 128) tokens, A = W.
+    qb = W * 4
     if kind == GEMM:
         for nb in range(n0 // RB, (n1 + RB - 1) // RB):
-            _block_vnni(xq, 0, _QUAD_BYTES, w, nb * cq * RB, cq, acc[(nb * RB - n0) * TILE:])
+            _block_vnni(xq, half * 256, qb, w, nb * cq * RB, cq, acc[(nb * RB - n0) * 64:])
     else:
-        for i in range((n1 - n0) * TILE):
+        for i in range((n1 - n0) * W):
             acc[i] = 0
         for c in range(p.shape[0]):
             for n in range(n0, n1):
                 s, e = p[c, n], p[c, n + 1]
                 if e > s:
-                    _tile_1x64(xq, c * cq * _QUAD_BYTES, _QUAD_BYTES, w, g, s, e, acc, (n - n0) * TILE)
+                    if W == 128:
+                        _tile_1x128(xq, c * cq * qb, qb, w, g, s, e, acc, (n - n0) * W)
+                    else:
+                        _tile_1x64(xq, c * cq * qb, qb, w, g, s, e, acc, (n - n0) * W)
 
 
 @helper
-def _quantize(src, K, width, inv_sm, xq, xs, inv):
-    # The (K, TILE) tile src, columns [0, width), per token into xq (KQ quads, padding code 0);
-    # xs (1, TILE) the tokens' scales.
+def _quantize(src, K, width, inv_sm, xq, xs, inv, W):
+    # The (K, W) tile src, columns [0, width), per token into xq (KQ quads, padding code 0);
+    # xs (1, >= W) the tokens' scales.
     KQ = (K + 3) // 4
-    token_scales(src, 0, K, TILE, 0, width, inv_sm, xs, inv)
-    pack_quads(src, 0, K, TILE, 0, width, inv_sm, inv, xq.view(np.uint32), np.uint64(0), TILE, KQ, TILE)
+    token_scales(src, 0, K, W, 0, width, inv_sm, xs, inv)
+    pack_quads(src, 0, K, W, 0, width, inv_sm, inv, xq.view(np.uint32), np.uint64(0), W, KQ, W)
 
 
 @helper
-def _linear(kind, w, g, p, cq, rs, ws, bias, act, xq, xs, width, out, S, s0, res, has_res, acc):
+def _linear(kind, w, g, p, cq, rs, ws, bias, act, xq, xs, width, out, S, s0, res, has_res, acc, W):
     # out (N, S) columns [s0, s0 + width) (flat) = the int8 linear's epilogue on xq's sums
-    # (+ res, same layout); xs[0, s0 + j] the tile's token scales.
+    # (+ res, same layout); xs[0, s0 + j] the tile's token scales; xq a tile of W tokens.
     N = rs.shape[0]
     for n0 in range(0, N, _GROUP):
         n1 = min(N, n0 + _GROUP)
-        _sums(kind, w, g, p, cq, xq, n0, n1, acc)
-        _dequant_block(acc, TILE, n1 - n0, n0, 0, s0, width, rs, ws, xs, bias, act, res,
-                       has_res, out, N, S)
+        if kind == GEMM:
+            for half in range(W // 64):
+                part = min(64, width - 64 * half)
+                if part > 0:
+                    _sums(kind, w, g, p, cq, xq, n0, n1, acc, W, half)
+                    _dequant_block(acc, 64, n1 - n0, n0, 0, s0 + 64 * half, part, rs, ws, xs, bias, act,
+                                   res, has_res, out, N, S)
+        else:
+            _sums(kind, w, g, p, cq, xq, n0, n1, acc, W, 0)
+            _dequant_block(acc, W, n1 - n0, n0, 0, s0, width, rs, ws, xs, bias, act, res, has_res, out,
+                           N, S)
 
 
 @helper
-def _load_tile(xf, base, K, S, width, out):
-    # out (K, TILE) columns [0, width) = the (K, S) matrix at xf[base:], columns [0, width).
-    us, uw, ut = np.uint64(S), np.uint64(width), np.uint64(TILE)
+def _load_tile(xf, base, K, S, width, out, W):
+    # out (K, W) columns [0, width) = the (K, S) matrix at xf[base:], columns [0, width).
+    us, uw, ut = np.uint64(S), np.uint64(width), np.uint64(W)
     for k in range(np.uint64(K)):
         for j in range(uw):
             out[k * ut + j] = xf[base + k * us + j]
 
 
 @helper
+def _norm(v, H, width, gamma, beta, eps, W):
+    # LayerNorm over H of the columns [0, width) of the (H, W) tile v, 64 columns at a time.
+    for c0 in range(0, width, 64):
+        layer_norm_tile(v, np.uint64(c0), H, W, min(64, width - c0), gamma, beta, eps)
+
+
+@helper
 def _tail_tile(k1, w1, g1, p1, cq1, rs1, ws1, b1, inv1, act,
                k2, w2, g2, p2, cq2, rs2, ws2, b2, inv2,
                xf, xbase, rf, base, S, width, has_residual, gamma, beta, eps, has_norm, yf,
-               k0, w0, g0, p0, cq0, rs0, ws0, b0, inv0, gamma0, beta0, has_pre):
-    # One 64-token tile of `ffn_int8`: the (H, S) matrices at xf[xbase:], rf[base:] (columns
+               k0, w0, g0, p0, cq0, rs0, ws0, b0, inv0, gamma0, beta0, has_pre, W):
+    # One tile of W (64 or 128) tokens: the (H, S) matrices at xf[xbase:], rf[base:] (columns
     # [0, width)) in, yf[base:] out; inv*: the linears' inverse smoothing factors.
     H = rs2.shape[0]
     n_inner = rs1.shape[0]  # I
-    xs = np.zeros((1, TILE), dtype=np.float32)
-    inv = np.zeros(TILE, dtype=np.float32)
-    acc = np.empty((_GROUP + RB) * TILE, dtype=np.int32)
-    xq = np.empty(((max(H, n_inner) + 3) // 4) * _QUAD_BYTES, dtype=np.uint8)
-    tile = np.zeros(H * TILE, dtype=np.float32)  # X's columns
-    res = np.zeros(H * TILE, dtype=np.float32)  # the FFN's residual: h, or residual's columns
-    out = np.zeros(H * TILE, dtype=np.float32)
-    _load_tile(xf, xbase, H, S, width, tile)
+    xs = np.zeros((1, W), dtype=np.float32)
+    inv = np.zeros(W, dtype=np.float32)
+    acc = np.empty((_GROUP + RB) * W, dtype=np.int32)
+    xq = np.empty(((max(H, n_inner) + 3) // 4) * W * 4, dtype=np.uint8)
+    tile = np.zeros(H * W, dtype=np.float32)  # X's columns
+    res = np.zeros(H * W, dtype=np.float32)  # the FFN's residual: h, or residual's columns
+    out = np.zeros(H * W, dtype=np.float32)
+    _load_tile(xf, xbase, H, S, width, tile, W)
     if has_pre:
         # h = LayerNorm0(W0 @ X tile + b0 + residual tile), into res.
-        _load_tile(rf, base, H, S, width, out)
-        _quantize(tile, H, width, inv0, xq, xs, inv)
-        _linear(k0, w0, g0, p0, cq0, rs0, ws0, b0, 0, xq, xs, width, res, TILE, 0, out, True, acc)
-        layer_norm_tile(res, np.uint64(0), H, TILE, width, gamma0, beta0, eps)
-        _quantize(res, H, width, inv1, xq, xs, inv)
+        _load_tile(rf, base, H, S, width, out, W)
+        _quantize(tile, H, width, inv0, xq, xs, inv, W)
+        _linear(k0, w0, g0, p0, cq0, rs0, ws0, b0, 0, xq, xs, width, res, W, 0, out, True, acc, W)
+        _norm(res, H, width, gamma0, beta0, eps, W)
+        _quantize(res, H, width, inv1, xq, xs, inv, W)
     else:
         if has_residual:
-            _load_tile(rf, base, H, S, width, res)
-        _quantize(tile, H, width, inv1, xq, xs, inv)
-    # F (I, TILE) = act(W1 h + b1), then its codes.
-    f = np.zeros(n_inner * TILE, dtype=np.float32)
-    _linear(k1, w1, g1, p1, cq1, rs1, ws1, b1, act, xq, xs, width, f, TILE, 0, f, False, acc)
-    _quantize(f, n_inner, width, inv2, xq, xs, inv)
+            _load_tile(rf, base, H, S, width, res, W)
+        _quantize(tile, H, width, inv1, xq, xs, inv, W)
+    # F (I, W) = act(W1 h + b1), then its codes.
+    f = np.zeros(n_inner * W, dtype=np.float32)
+    _linear(k1, w1, g1, p1, cq1, rs1, ws1, b1, act, xq, xs, width, f, W, 0, f, False, acc, W)
+    _quantize(f, n_inner, width, inv2, xq, xs, inv, W)
     # Y tile = W2 F + b2 (+ residual), LayerNorm, then its columns to y.
-    _linear(k2, w2, g2, p2, cq2, rs2, ws2, b2, 0, xq, xs, width, out, TILE, 0, res,
-            has_pre or has_residual, acc)
+    _linear(k2, w2, g2, p2, cq2, rs2, ws2, b2, 0, xq, xs, width, out, W, 0, res,
+            has_pre or has_residual, acc, W)
     if has_norm:
-        layer_norm_tile(out, np.uint64(0), H, TILE, width, gamma, beta, eps)
-    us, uw, ut = np.uint64(S), np.uint64(width), np.uint64(TILE)
+        _norm(out, H, width, gamma, beta, eps, W)
+    us, uw, ut = np.uint64(S), np.uint64(width), np.uint64(W)
     for n in range(np.uint64(H)):
         for j in range(uw):
             yf[base + n * us + j] = out[n * ut + j]
@@ -178,20 +197,20 @@ def ffn_int8(k1, w1, g1, p1, cq1, rs1, ws1, b1, sm1, act,
         _tail_tile(k1, w1, g1, p1, cq1, rs1, ws1, b1, inv1, act, k2, w2, g2, p2, cq2, rs2, ws2, b2, inv2,
                    xf, np.uint64(b * H * S + s0), rf, np.uint64(b * H * S + s0), S, min(TILE, S - s0),
                    has_residual, gamma, beta,
-                   eps, has_norm, yf, k0, w0, g0, p0, cq0, rs0, ws0, b0, inv0, gamma0, beta0, has_pre)
+                   eps, has_norm, yf, k0, w0, g0, p0, cq0, rs0, ws0, b0, inv0, gamma0, beta0, has_pre, TILE)
 
 
 @parallel_kernel
 def layer_int8(kq, wq, gq, pq, cqq, rsq, wsq, bq, smq, key_bias, heads, scale,
                k0, w0, g0, p0, cq0, rs0, ws0, b0, sm0, gamma0, beta0,
                k1, w1, g1, p1, cq1, rs1, ws1, b1, sm1, act,
-               k2, w2, g2, p2, cq2, rs2, ws2, b2, sm2, gamma, beta, eps, x):
+               k2, w2, g2, p2, cq2, rs2, ws2, b2, sm2, gamma, beta, eps, x, W):
     # A whole encoder layer, one sequence per task, in place in x (B, H, S): qkv = Wqkv x + bqkv
-    # (3H, S) per 64-token tile into the task's buffer, attention per head (`attention.one_head`)
-    # into ctx (H, S), then the tail (`_tail_tile`) per tile. qkv and ctx never leave the task's
-    # caches; only x is read and written.
+    # (3H, S) per tile of W (64 or 128) tokens into the task's buffer, attention per head
+    # (`attention.one_head`) into ctx (H, S), then the tail (`_tail_tile`) per tile. qkv and ctx
+    # never leave the task's caches; only x is read and written.
     B, H, S = x.shape
-    n_tiles = (S + TILE - 1) // TILE
+    n_tiles = (S + W - 1) // W
     xf = x.reshape(-1)
     invq = inverse_smooth(smq, (H + 3) // 4)
     inv1 = inverse_smooth(sm1, (H + 3) // 4)
@@ -200,18 +219,18 @@ def layer_int8(kq, wq, gq, pq, cqq, rsq, wsq, bq, smq, key_bias, heads, scale,
     for b in prange(B):
         qkv = np.empty((1, 3 * H, S), dtype=np.float32)
         ctx = np.empty((1, H, S), dtype=np.float32)
-        xs = np.zeros((1, S + TILE), dtype=np.float32)
-        inv = np.zeros(TILE, dtype=np.float32)
-        acc = np.empty((_GROUP + RB) * TILE, dtype=np.int32)
-        xq = np.empty(((H + 3) // 4) * _QUAD_BYTES, dtype=np.uint8)
-        tile = np.zeros(H * TILE, dtype=np.float32)
+        xs = np.zeros((1, S + W), dtype=np.float32)
+        inv = np.zeros(W, dtype=np.float32)
+        acc = np.empty((_GROUP + RB) * W, dtype=np.int32)
+        xq = np.empty(((H + 3) // 4) * W * 4, dtype=np.uint8)
+        tile = np.zeros(H * W, dtype=np.float32)
         qf = qkv.reshape(-1)
         for t in range(n_tiles):
-            s0 = t * TILE
-            width = min(TILE, S - s0)
-            _load_tile(xf, np.uint64(b * H * S + s0), H, S, width, tile)
-            _quantize(tile, H, width, invq, xq, xs[:, s0:], inv)
-            _linear(kq, wq, gq, pq, cqq, rsq, wsq, bq, 0, xq, xs, width, qf, S, s0, qf, False, acc)
+            s0 = t * W
+            width = min(W, S - s0)
+            _load_tile(xf, np.uint64(b * H * S + s0), H, S, width, tile, W)
+            _quantize(tile, H, width, invq, xq, xs[:, s0:], inv, W)
+            _linear(kq, wq, gq, pq, cqq, rsq, wsq, bq, 0, xq, xs, width, qf, S, s0, qf, False, acc, W)
         s = np.empty((S, S), dtype=np.float32)
         m = np.empty(S, dtype=np.float32)
         total = np.empty(S, dtype=np.float32)
@@ -220,8 +239,8 @@ def layer_int8(kq, wq, gq, pq, cqq, rsq, wsq, bq, smq, key_bias, heads, scale,
             one_head(qkv, key_bias[b:b + 1], 0, h, heads, scale, ctx, s, m, total, ibits)
         cf = ctx.reshape(-1)
         for t in range(n_tiles):
-            s0 = t * TILE
+            s0 = t * W
             _tail_tile(k1, w1, g1, p1, cq1, rs1, ws1, b1, inv1, act, k2, w2, g2, p2, cq2, rs2, ws2, b2,
-                       inv2, cf, np.uint64(s0), xf, np.uint64(b * H * S + s0), S, min(TILE, S - s0), False,
-                       gamma, beta, eps,
-                       True, xf, k0, w0, g0, p0, cq0, rs0, ws0, b0, inv0, gamma0, beta0, True)
+                       inv2, cf, np.uint64(s0), xf, np.uint64(b * H * S + s0), S, min(W, S - s0), False,
+                       gamma, beta, eps, True, xf, k0, w0, g0, p0, cq0, rs0, ws0, b0, inv0, gamma0, beta0,
+                       True, W)

@@ -120,18 +120,23 @@ MUTATIONS = {
         "ffn_int8.py", "for nb in range(n0 // RB, (n1 + RB - 1) // RB):",
         "for nb in range(n0 // RB, max(n0 // RB + 1, (n1 + RB - 1) // RB - 1)):", FFN8_TESTS),
     "ffn8_intermediate_codes_pad_wrong": (
-        "ffn_int8.py", "np.uint64(0), TILE, KQ, TILE)", "np.uint64(0), TILE, KQ - 1, TILE)", FFN8_TESTS),
+        "ffn_int8.py", "np.uint64(0), W, KQ, W)", "np.uint64(0), W, KQ - 1, W)", FFN8_TESTS),
     "ffn8_tail_residual_skipped": (
-        "ffn_int8.py", "_linear(k0, w0, g0, p0, cq0, rs0, ws0, b0, 0, xq, xs, width, res, TILE, 0, out, True, acc)",
-        "_linear(k0, w0, g0, p0, cq0, rs0, ws0, b0, 0, xq, xs, width, res, TILE, 0, out, False, acc)", FFN8_TESTS),
+        "ffn_int8.py", "_linear(k0, w0, g0, p0, cq0, rs0, ws0, b0, 0, xq, xs, width, res, W, 0, out, True, acc, W)",
+        "_linear(k0, w0, g0, p0, cq0, rs0, ws0, b0, 0, xq, xs, width, res, W, 0, out, False, acc, W)", FFN8_TESTS),
     "ffn8_partial_tile_writes_one_column_short": (
-        "ffn_int8.py", "    us, uw, ut = np.uint64(S), np.uint64(width), np.uint64(TILE)\n    for n in range(np",
-        "    us, uw, ut = np.uint64(S), np.uint64(max(width - 1, 1)), np.uint64(TILE)\n    for n in range(np",
+        "ffn_int8.py", "    us, uw, ut = np.uint64(S), np.uint64(width), np.uint64(W)\n    for n in range(np",
+        "    us, uw, ut = np.uint64(S), np.uint64(max(width - 1, 1)), np.uint64(W)\n    for n in range(np",
         FFN8_TESTS),
     "layer8_attention_ignores_padding": (
         "ffn_int8.py", "one_head(qkv, key_bias[b:b + 1], 0,", "one_head(qkv, key_bias[:1] * 0, 0,", FFN8_TESTS),
+    "layer8_bsr128_drops_last_block_of_run": (
+        "ffn_int8.py", "_tile_1x128(xq, c * cq * qb, qb, w, g, s, e, acc", "_tile_1x128(xq, c * cq * qb, qb, w, g, s, e - 1, acc",
+        FFN8_TESTS),
+    "layer8_gemm_second_half_skipped": (
+        "ffn_int8.py", "            for half in range(W // 64):", "            for half in range(1):", FFN8_TESTS),
     "layer8_qkv_last_tile_at_first_columns": (
-        "ffn_int8.py", "xq, xs, width, qf, S, s0, qf, False, acc)", "xq, xs, width, qf, S, 0, qf, False, acc)",
+        "ffn_int8.py", "xq, xs, width, qf, S, s0, qf, False, acc, W)", "xq, xs, width, qf, S, 0, qf, False, acc, W)",
         FFN8_TESTS),
 }
 

@@ -106,7 +106,8 @@ def test_layer_tail_equals_the_separate_calls(kinds, H, I, B, T):
 
 @needs_vnni
 @pytest.mark.parametrize("block", ["1x4", None])
-def test_model_int8_fused_layer_and_tail_bit_for_bit(minilm_path, tmp_path, monkeypatch, block):
+@pytest.mark.parametrize("layer_tile", [64, 128])
+def test_model_int8_fused_layer_and_tail_bit_for_bit(minilm_path, tmp_path, monkeypatch, block, layer_tile):
     # MiniLM pruned to 80% (1x4 blocks: bsr1x4 linears; unstructured: forced gemm) and quantized:
     # every layer runs whole per sequence (layer_int8, batch 4 on 2 threads), or its tail fused per
     # tile, or the separate calls; all three give the same bits, padding included.
@@ -119,10 +120,13 @@ def test_model_int8_fused_layer_and_tail_bit_for_bit(minilm_path, tmp_path, monk
     quantize(tmp_path / "p80", tmp_path / "q80", onnx=False)
     model = sparsebert.load(tmp_path / "q80", formats="int8-bsr1x4" if block else "int8-gemm")
     assert all(layer.fused_tail and layer.fused_layer for layer in model.encoder.layers)
+    for layer in model.encoder.layers:
+        layer.fused_ffn.layer_tile = layer_tile
     rng = np.random.default_rng(5)
-    ids = rng.integers(1000, 2000, size=(4, 128))
+    ids = rng.integers(1000, 2000, size=(4, 150))  # 150: a partial last tile either way
     mask = np.ones_like(ids)
     mask[1, 77:] = 0
+    mask[3, 140:] = 0
     runs = {}
     for mode in ("layer", "tail", "separate"):
         monkeypatch.setattr("sparsebert.model.layer_pays", lambda B, S: mode == "layer")

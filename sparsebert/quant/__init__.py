@@ -5,14 +5,16 @@
   time; writes a folder `sparsebert.load` reads (`sparsebert/loaders/int8_folder.py`) and a QDQ ONNX
   file ONNX Runtime runs (`onnx_export.py`), so the two can be compared.
 - `quantize_model(model)`: the same, in memory.
-- `Int8Linear`: the int8 linear (dense, CSR or VNNI codes) the model runs; kernels in
-  `kernels/int8.py` and `kernels/int8_vnni.py`. It is runtime: `sparsebert.dispatch` builds it for
-  int8 checkpoints, including int8 ONNX exports made by other tools (`loaders/onnx_quant.py`).
+- `Int8Linear`: the int8 linear (dense, CSR, VNNI gemm or 1x4-block codes) the model runs; kernels
+  in `kernels/int8*.py`. It is runtime: `sparsebert.dispatch` builds it for int8 checkpoints,
+  including int8 ONNX exports made by other tools (`loaders/onnx_quant.py`).
+- `fused.FusedInt8FFN`: a layer's int8 linears fused per token tile or per sequence
+  (`kernels/ffn_int8.py`), built by the model for pairs of VNNI gemm / 1x4-block linears.
 
 The tools (quantize, calibrate, QDQ export) load on first use: `import sparsebert` imports only
-`linear.py` from this package.
+`linear.py` and `fused.py` from this package.
 
-Left out (see each module): static calibration of activation scales, BSR int8, int8 task heads.
+Left out (see each module): static calibration of activation scales, int8 task heads.
 """
 
 import importlib

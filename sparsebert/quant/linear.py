@@ -22,8 +22,8 @@ by `sparsebert.dispatch.make_linear` for int8 "auto"). An `Int8Linear(format="au
 directly, outside the model, decides without timing, by the thresholds below (one-core
 measurements on Sapphire Rapids, benchmarks/bench_int8_gemm.py).
 
-Left out: static per-token activation scales, asymmetric (zero-point) weights, per-group scales,
-keeping activations int8 between layers.
+Left out: static per-token activation scales, asymmetric (zero-point) weights, per-group scales.
+Activations stay int8 between a layer's linears only in the fused layer (`sparsebert.quant.fused`).
 """
 
 from __future__ import annotations
