@@ -108,6 +108,19 @@ def one_head(qkv, key_bias, b, h, heads, scale, ctx, s, m, total, ibits):
             o[r] *= total[r]
 
 
+@kernel
+def sequence_heads(qkv, key_bias, heads, scale, ctx):
+    # Every head of one sequence, serially: qkv (1, 3H, T), key_bias (1, T), ctx (1, H, T); for
+    # the fused whole-layer kernels, whose tasks are sequences (kernels/ffn_fused.py, ffn_int8.py).
+    T = qkv.shape[2]
+    s = np.empty((T, T), dtype=np.float32)
+    m = np.empty(T, dtype=np.float32)
+    total = np.empty(T, dtype=np.float32)
+    ibits = np.empty(T, dtype=np.int32)
+    for h in range(heads):
+        one_head(qkv, key_bias, 0, h, heads, scale, ctx, s, m, total, ibits)
+
+
 @parallel_kernel
 def attention(qkv, key_bias, heads, scale, ctx):
     # The loop body is one serial call: NumPy allocations written inside a prange body become

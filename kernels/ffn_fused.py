@@ -37,7 +37,7 @@ import numpy as np
 from numba import prange
 
 from ._spmm_generated import _tile_bsr4x1_w32, _tile_csr_w64
-from .attention import one_head
+from .attention import sequence_heads
 from .jit import helper, parallel_kernel
 from .ops import layer_norm_tile
 from .spmm_epilogue import copy_row, epilogue_inplace, zero_rows
@@ -50,7 +50,7 @@ _tile_csr = tile_csr_z64 if ZMM else _tile_csr_w64
 # Numba's on-disk cache keys a kernel on its own file, not on the helpers it calls from
 # `_spmm_generated.py`, `spmm_zmm.py` and `ops.py`; tests/test_ffn_fused.py fails until this stamp
 # matches those files, so an edit to them also edits (and re-compiles) this one.
-BUILT_AGAINST = "_spmm_generated.py 7d83bc8828359aed, spmm_zmm.py 19555bb18465a4cb, ops.py bf281eab8eb1be2a, attention.py 4ff12022d50618b5, spmm_epilogue.py 84df407a011b8901, numeric.py 6c0311da66f4dbb7"
+BUILT_AGAINST = "_spmm_generated.py 7d83bc8828359aed, spmm_zmm.py 19555bb18465a4cb, ops.py bf281eab8eb1be2a, attention.py 839209a8831a6388, spmm_epilogue.py 84df407a011b8901, numeric.py 6c0311da66f4dbb7"
 
 
 @helper
@@ -176,12 +176,7 @@ def layer_csr(dq, iq, pq, kcq, bq, rq, key_bias, heads, scale, d0, i0, p0, kc0, 
                 off = np.uint64(n) * us + np.uint64(s0)
                 copy_row(out, np.uint64(n * TILE), qf, off, uw)
                 epilogue_inplace(qf, off, uw, bq[n], 0, qf, off, False)
-        s = np.empty((S, S), dtype=np.float32)
-        m = np.empty(S, dtype=np.float32)
-        total = np.empty(S, dtype=np.float32)
-        ibits = np.empty(S, dtype=np.int32)
-        for h in range(heads):
-            one_head(qkv, key_bias[b:b + 1], 0, h, heads, scale, ctx, s, m, total, ibits)
+        sequence_heads(qkv, key_bias[b:b + 1], heads, scale, ctx)
         cf = ctx.reshape(-1)
         for t in range(n_tiles):
             s0 = t * TILE

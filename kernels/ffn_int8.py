@@ -52,7 +52,7 @@ blocks, int8 attention (QK^T and PV run in float32 BLAS).
 import numpy as np
 from numba import prange
 
-from .attention import one_head
+from .attention import sequence_heads
 from .int8 import token_scales
 from .int8_bsr import _tile_1x64, _tile_1x128
 from .int8_gemm import RB, _block_vnni, _dequant_block
@@ -63,7 +63,7 @@ from .ops import layer_norm_tile
 # Numba's on-disk cache keys a kernel on its own file, not on the helpers it inlines from other
 # files; tests/test_ffn_int8.py fails until this stamp matches them, so an edit there also edits
 # (and re-compiles) this file.
-BUILT_AGAINST = "attention.py 4ff12022d50618b5, int8.py e8cb762509f1d006, int8_bsr.py 504cb5f8df9c3f84, int8_gemm.py 0be9b5a45a72b3f2, int8_vnni.py 481ed9f95056e5e2, ops.py bf281eab8eb1be2a, spmm_epilogue.py 84df407a011b8901, numeric.py 6c0311da66f4dbb7"
+BUILT_AGAINST = "attention.py 839209a8831a6388, int8.py e8cb762509f1d006, int8_bsr.py 504cb5f8df9c3f84, int8_gemm.py 0be9b5a45a72b3f2, int8_vnni.py 481ed9f95056e5e2, ops.py bf281eab8eb1be2a, spmm_epilogue.py 84df407a011b8901, numeric.py 6c0311da66f4dbb7"
 GEMM, BSR1X4 = 0, 1  # weight kinds
 _GROUP = 16  # output rows per int32 sums block (a multiple of RB)
 
@@ -231,12 +231,7 @@ def layer_int8(kq, wq, gq, pq, cqq, rsq, wsq, bq, smq, key_bias, heads, scale,
             _load_tile(xf, np.uint64(b * H * S + s0), H, S, width, tile, W)
             _quantize(tile, H, width, invq, xq, xs[:, s0:], inv, W)
             _linear(kq, wq, gq, pq, cqq, rsq, wsq, bq, 0, xq, xs, width, qf, S, s0, qf, False, acc, W)
-        s = np.empty((S, S), dtype=np.float32)
-        m = np.empty(S, dtype=np.float32)
-        total = np.empty(S, dtype=np.float32)
-        ibits = np.empty(S, dtype=np.int32)
-        for h in range(heads):
-            one_head(qkv, key_bias[b:b + 1], 0, h, heads, scale, ctx, s, m, total, ibits)
+        sequence_heads(qkv, key_bias[b:b + 1], heads, scale, ctx)
         cf = ctx.reshape(-1)
         for t in range(n_tiles):
             s0 = t * W

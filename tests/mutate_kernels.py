@@ -129,7 +129,7 @@ MUTATIONS = {
         "    us, uw, ut = np.uint64(S), np.uint64(max(width - 1, 1)), np.uint64(W)\n    for n in range(np",
         FFN8_TESTS),
     "layer8_attention_ignores_padding": (
-        "ffn_int8.py", "one_head(qkv, key_bias[b:b + 1], 0,", "one_head(qkv, key_bias[:1] * 0, 0,", FFN8_TESTS),
+        "ffn_int8.py", "sequence_heads(qkv, key_bias[b:b + 1],", "sequence_heads(qkv, key_bias[:1] * 0,", FFN8_TESTS),
     "layer8_bsr128_drops_last_block_of_run": (
         "ffn_int8.py", "_tile_1x128(xq, c * cq * qb, qb, w, g, s, e, acc", "_tile_1x128(xq, c * cq * qb, qb, w, g, s, e - 1, acc",
         FFN8_TESTS),
