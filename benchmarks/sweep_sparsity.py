@@ -41,7 +41,6 @@ import sparsebert  # noqa: E402
 from sparsebert import benchmark  # noqa: E402
 from sparsebert.prune import prune_checkpoint  # noqa: E402
 
-STEPS = ("qkv", "attention", "attn_out", "layer_norm", "ffn_in", "ffn_out")
 
 # Published reference points (speedup over a dense ONNX Runtime / baseline BERT-base, batch 32,
 # seq 128): not measured by this project. DeepSparse's numbers are the FACTS.md measurements of

@@ -119,7 +119,8 @@ def test_speedup_sweep_covers_every_configuration(tmp_path_factory):
     prof = result["profile"]
     # Each layer's FFN runs either as two linears or, when both are CSR and the batch is whole
     # token tiles, as the fused kernel (its LayerNorm inside), which also takes the attention
-    # output linear and its LayerNorm when that linear is CSR: one of the three step sets per layer.
+    # output linear and its LayerNorm when that linear is CSR, and the whole layer when qkv is too
+    # and every thread gets whole sequences: one of the four step sets per layer.
     per_layer = {}
     for k in prof["steps"]:
         if k.startswith("layer"):
@@ -128,7 +129,7 @@ def test_speedup_sweep_covers_every_configuration(tmp_path_factory):
     common = {"qkv", "attention", "attn_out", "layer_norm"}
     for layer, steps in per_layer.items():
         assert steps in (common | {"ffn_in", "ffn_out"}, common | {"ffn_fused"},
-                         {"qkv", "attention", "attn_out_ffn_fused"}), (layer, steps)
+                         {"qkv", "attention", "attn_out_ffn_fused"}, {"layer_fused"}), (layer, steps)
     assert {k.split(".")[0] for k in prof["steps"] if k.startswith("layer")} == \
         {f"layer{i}" for i in range(prof["layers"])}
 
