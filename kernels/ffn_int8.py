@@ -22,8 +22,9 @@ context): h = LayerNorm0(W0 X + b0 + residual) per token, and h takes the place 
 FFN's residual; y may then be residual itself.
 
 `layer_int8` runs a whole encoder layer per task, one sequence each: the qkv linear per 64-token
-tile into the task's (3H, S) buffer, attention per head (`attention.one_head`, the code of the
-per-step path) into a (H, S) context buffer, then the tail above per tile, in place in x. The
+tile into the task's (3H, S) buffer, attention per head (with att8 in int8,
+`attention_int8.one_head_int8`, else `attention.one_head`: the code of the per-step path) into a
+(H, S) context buffer, then the tail above per tile, in place in x. The
 per-step path writes qkv (B, 3H, S) and ctx (B, H, S) to memory (50 MB per layer at 32 x 128 for
 BERT-base) and reads them back; here they stay in the task's caches (1.5 MB at S = 128).
 
@@ -45,14 +46,15 @@ g below cq, chunks within the weight's KQ; gamma, beta (H,) float32. The intrins
 raw pointers: those packings are what keep them in bounds.
 
 Left out: AMX tiles, the one-row "vnni" kind, the portable (non-VNNI) int8 kinds, batch-1 row
-splitting (tasks are (sequence, token tile) pairs, or sequences), a 128-token tile for 1x4
-blocks, int8 attention (QK^T and PV run in float32 BLAS).
+splitting (tasks are (sequence, token tile) pairs, or sequences), 128-token tiles in `ffn_int8`
+(`layer_int8` has them).
 """
 
 import numpy as np
 from numba import prange
 
 from .attention import sequence_heads
+from .attention_int8 import sequence_heads_int8
 from .int8 import token_scales
 from .int8_bsr import _tile_1x64, _tile_1x128
 from .int8_gemm import RB, _block_vnni, _dequant_block
@@ -63,7 +65,7 @@ from .ops import layer_norm_tile
 # Numba's on-disk cache keys a kernel on its own file, not on the helpers it inlines from other
 # files; tests/test_ffn_int8.py fails until this stamp matches them, so an edit there also edits
 # (and re-compiles) this file.
-BUILT_AGAINST = "attention.py 839209a8831a6388, int8.py e8cb762509f1d006, int8_bsr.py 504cb5f8df9c3f84, int8_gemm.py 0be9b5a45a72b3f2, int8_vnni.py 481ed9f95056e5e2, ops.py bf281eab8eb1be2a, spmm_epilogue.py 84df407a011b8901, numeric.py 6c0311da66f4dbb7"
+BUILT_AGAINST = "attention.py 839209a8831a6388, attention_int8.py c0a742b4e7d692e6, int8.py e8cb762509f1d006, int8_bsr.py 2ddc90314e71d452, int8_gemm.py 6ff7883b59c7602c, int8_vnni.py 481ed9f95056e5e2, ops.py bf281eab8eb1be2a, spmm_epilogue.py 84df407a011b8901, numeric.py 6c0311da66f4dbb7"
 GEMM, BSR1X4 = 0, 1  # weight kinds
 _GROUP = 16  # output rows per int32 sums block (a multiple of RB)
 
@@ -201,14 +203,15 @@ def ffn_int8(k1, w1, g1, p1, cq1, rs1, ws1, b1, sm1, act,
 
 
 @parallel_kernel
-def layer_int8(kq, wq, gq, pq, cqq, rsq, wsq, bq, smq, key_bias, heads, scale,
+def layer_int8(kq, wq, gq, pq, cqq, rsq, wsq, bq, smq, key_bias, heads, scale, att8,
                k0, w0, g0, p0, cq0, rs0, ws0, b0, sm0, gamma0, beta0,
                k1, w1, g1, p1, cq1, rs1, ws1, b1, sm1, act,
                k2, w2, g2, p2, cq2, rs2, ws2, b2, sm2, gamma, beta, eps, x, W):
     # A whole encoder layer, one sequence per task, in place in x (B, H, S): qkv = Wqkv x + bqkv
     # (3H, S) per tile of W (64 or 128) tokens into the task's buffer, attention per head
-    # (`attention.one_head`) into ctx (H, S), then the tail (`_tail_tile`) per tile. qkv and ctx
-    # never leave the task's caches; only x is read and written.
+    # (`attention_int8.one_head_int8` when att8, else `attention.one_head`) into ctx (H, S), then
+    # the tail (`_tail_tile`) per tile. qkv and ctx never leave the task's caches; only x is read
+    # and written.
     B, H, S = x.shape
     n_tiles = (S + W - 1) // W
     xf = x.reshape(-1)
@@ -231,7 +234,10 @@ def layer_int8(kq, wq, gq, pq, cqq, rsq, wsq, bq, smq, key_bias, heads, scale,
             _load_tile(xf, np.uint64(b * H * S + s0), H, S, width, tile, W)
             _quantize(tile, H, width, invq, xq, xs[:, s0:], inv, W)
             _linear(kq, wq, gq, pq, cqq, rsq, wsq, bq, 0, xq, xs, width, qf, S, s0, qf, False, acc, W)
-        sequence_heads(qkv, key_bias[b:b + 1], heads, scale, ctx)
+        if att8:
+            sequence_heads_int8(qkv, key_bias[b:b + 1], heads, scale, ctx)
+        else:
+            sequence_heads(qkv, key_bias[b:b + 1], heads, scale, ctx)
         cf = ctx.reshape(-1)
         for t in range(n_tiles):
             s0 = t * W

@@ -71,6 +71,34 @@ def _i64(context, builder, ty, val):
     return context.cast(builder, val, ty, types.int64)
 
 
+def _emit_block(context, builder, xp_ptr, x_off, x_stride, wp_ptr, w_off, w_qstride, w_rstride, nq,
+                acc_ptr):
+    # The VNNI register tile's IR: acc[r * 64 + j] = sum over q < nq of dpbusd(xp[x_off + q *
+    # x_stride + 4 j : + 4], wp[w_off + q * w_qstride + r * w_rstride]) for r < RB, j < 64.
+    fn = cgutils.get_or_insert_function(
+        builder.module, ir.FunctionType(_I32X16, [_I32X16] * 3), "llvm.x86.avx512.vpdpbusd.512")
+    zero = ir.Constant(_I32X16, [0] * 16)
+    accs = [cgutils.alloca_once_value(builder, zero) for _ in range(RB * 4)]
+    lanes = ir.Constant(_I32X16, [0] * 16)
+    with cgutils.for_range_slice(builder, ir.Constant(_I64, 0), nq, ir.Constant(_I64, 1),
+                                 inc=True) as (q, _):
+        base = builder.gep(xp_ptr, [builder.add(x_off, builder.mul(q, x_stride))])
+        xv = [builder.load(builder.bitcast(builder.gep(base, [ir.Constant(_I64, 64 * t)]),
+                                           _I32X16.as_pointer()), align=1) for t in range(4)]
+        wbase = builder.add(w_off, builder.mul(q, w_qstride))
+        for r in range(RB):
+            w = builder.load(builder.gep(wp_ptr, [builder.add(wbase, builder.mul(ir.Constant(_I64, r),
+                                                                                 w_rstride))]))
+            wv = builder.insert_element(ir.Constant(_I32X16, ir.Undefined), w, ir.Constant(_I32, 0))
+            wb = builder.shuffle_vector(wv, ir.Constant(_I32X16, ir.Undefined), lanes)
+            for t in range(4):
+                a = accs[r * 4 + t]
+                builder.store(builder.call(fn, [builder.load(a), xv[t], wb]), a)
+    for i in range(RB * 4):
+        vp = builder.bitcast(builder.gep(acc_ptr, [ir.Constant(_I64, 16 * i)]), _I32X16.as_pointer())
+        builder.store(builder.load(accs[i]), vp, align=4)
+
+
 @intrinsic
 def _block_vnni(typingctx, xp, x_off, x_stride, wp, w_off, nquads, acc):
     # acc[r * 64 + j] = sum over q < nquads of dpbusd(xp[x_off + q * x_stride + 4 j : + 4],
@@ -82,27 +110,25 @@ def _block_vnni(typingctx, xp, x_off, x_stride, wp, w_off, nquads, acc):
         at = signature.args
         xp_ptr, wp_ptr, acc_ptr = (_ptr(context, builder, at[i], args[i]) for i in (0, 3, 6))
         x_off, x_stride, w_off, nq = (_i64(context, builder, at[i], args[i]) for i in (1, 2, 4, 5))
-        fn = cgutils.get_or_insert_function(
-            builder.module, ir.FunctionType(_I32X16, [_I32X16] * 3), "llvm.x86.avx512.vpdpbusd.512")
-        zero = ir.Constant(_I32X16, [0] * 16)
-        accs = [cgutils.alloca_once_value(builder, zero) for _ in range(RB * 4)]
-        lanes = ir.Constant(_I32X16, [0] * 16)
-        with cgutils.for_range_slice(builder, ir.Constant(_I64, 0), nq, ir.Constant(_I64, 1),
-                                     inc=True) as (q, _):
-            base = builder.gep(xp_ptr, [builder.add(x_off, builder.mul(q, x_stride))])
-            xv = [builder.load(builder.bitcast(builder.gep(base, [ir.Constant(_I64, 64 * t)]),
-                                               _I32X16.as_pointer()), align=1) for t in range(4)]
-            wbase = builder.add(w_off, builder.mul(q, ir.Constant(_I64, RB)))
-            for r in range(RB):
-                w = builder.load(builder.gep(wp_ptr, [builder.add(wbase, ir.Constant(_I64, r))]))
-                wv = builder.insert_element(ir.Constant(_I32X16, ir.Undefined), w, ir.Constant(_I32, 0))
-                wb = builder.shuffle_vector(wv, ir.Constant(_I32X16, ir.Undefined), lanes)
-                for t in range(4):
-                    a = accs[r * 4 + t]
-                    builder.store(builder.call(fn, [builder.load(a), xv[t], wb]), a)
-        for i in range(RB * 4):
-            vp = builder.bitcast(builder.gep(acc_ptr, [ir.Constant(_I64, 16 * i)]), _I32X16.as_pointer())
-            builder.store(builder.load(accs[i]), vp, align=4)
+        _emit_block(context, builder, xp_ptr, x_off, x_stride, wp_ptr, w_off, ir.Constant(_I64, RB),
+                    ir.Constant(_I64, 1), nq, acc_ptr)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@intrinsic
+def block_vnni_strided(typingctx, xp, x_off, x_stride, wp, w_off, w_qstride, w_rstride, nquads, acc):
+    # `_block_vnni` with the weight words anywhere: row r's word of quad q at wp[w_off + q *
+    # w_qstride + r * w_rstride] (the attention kernels' K and V, kernels/attention_int8.py).
+    sig = types.void(xp, x_off, x_stride, wp, w_off, w_qstride, w_rstride, nquads, acc)
+
+    def codegen(context, builder, signature, args):
+        at = signature.args
+        xp_ptr, wp_ptr, acc_ptr = (_ptr(context, builder, at[i], args[i]) for i in (0, 3, 8))
+        x_off, x_stride, w_off, w_q, w_r, nq = (_i64(context, builder, at[i], args[i])
+                                                for i in (1, 2, 4, 5, 6, 7))
+        _emit_block(context, builder, xp_ptr, x_off, x_stride, wp_ptr, w_off, w_q, w_r, nq, acc_ptr)
         return context.get_dummy_value()
 
     return sig, codegen

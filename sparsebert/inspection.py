@@ -62,4 +62,7 @@ def format_table(info: dict) -> str:
         f"{t['flops_skipped']:.1%} of linear FLOPs skipped; weights {t['nbytes'] / 2**20:.1f} MiB "
         f"stored vs {t['dense_nbytes'] / 2**20:.1f} MiB dense"
     )
+    kinds = sorted(set(t.get("attention", [])))
+    if kinds:
+        lines.append(f"attention (QK^T, PV): {', '.join(kinds)}")
     return "\n".join(lines)

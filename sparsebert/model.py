@@ -26,7 +26,7 @@ from .dispatch import check_formats, make_linear
 from . import precompile, tuning
 from .ffn import fuse_ffn, layer_pays, worth_fusing
 from .hugepages import move_to_huge_pages
-from .quant.fused import fuse_ffn8
+from .quant.fused import attends_int8, fuse_ffn8
 from .weights import BertWeights
 
 # Additive attention bias for padding keys: large enough that exp() underflows to 0, small enough
@@ -45,8 +45,9 @@ class EncoderOutput:
 class Layer:
     """One encoder layer: self-attention, then the feed-forward block, each with residual + LayerNorm."""
 
-    def __init__(self, w, config: BertConfig, formats):
-        """formats: (internal name, weight) -> format name (`sparsebert.dispatch`)."""
+    def __init__(self, w, config: BertConfig, formats, int8_attention=None):
+        """formats: (internal name, weight) -> format name (`sparsebert.dispatch`); int8_attention:
+        see `BertEncoder`."""
         def build(name):
             weight = getattr(w, f"{name}_w")
             return make_linear(weight, getattr(w, f"{name}_b"), formats(name, weight), w.int8.get(name))
@@ -69,6 +70,12 @@ class Layer:
         self.fused_tail = self.fused_ffn is not None and self.fused_ffn.can_tail(self.attn_out)
         # The qkv linear too: the whole layer per sequence in one call.
         self.fused_layer = self.fused_tail and self.fused_ffn.can_layer(self.qkv, self.attn_out)
+        # QK^T and PV in int8 (kernels/attention_int8.py) when qkv is an int8 VNNI linear.
+        self.int8_attention = attends_int8(self.qkv) if int8_attention is None else bool(int8_attention)
+        if self.int8_attention and not attends_int8(self.qkv):
+            raise InputError(f"int8 attention needs int8 query/key/value weights on a CPU with "
+                             f"AVX512-VNNI; this layer's run {self.qkv.format!r}: quantize the model "
+                             f"(sparsebert quantize) or pass int8_attention=None")
 
     @property
     def linears(self) -> dict:
@@ -81,14 +88,20 @@ class Layer:
                  (self.ffn_norm.gamma, self.ffn_norm.beta, self.eps))
         if self.fused_layer and layer_pays(B, T):
             precompile.wait()
-            y = self.fused_ffn.layer(x, key_bias, self.qkv, self.attn_out, self.heads, self.scale, *norms)
+            kw = {"int8_attention": True} if self.int8_attention else {}
+            y = self.fused_ffn.layer(x, key_bias, self.qkv, self.attn_out, self.heads, self.scale, *norms, **kw)
             tick("layer_fused")
             return y
         qkv = self.qkv(x, out=scratch.get("qkv", (B, 3 * H, T)))  # (B, 3H, T): Q, K, V row blocks
         tick("qkv")
         ctx = scratch.get("ctx", (B, H, T))  # per head, V_h @ softmax(Q_hᵀ K_h / √D + mask)ᵀ
         precompile.wait()  # on a cold cache the attention kernel compiles in a second process
-        attention.attention(qkv, key_bias, self.heads, self.scale, ctx)
+        if self.int8_attention:
+            from .kernels import attention_int8  # compiled only on VNNI CPUs
+
+            attention_int8.attention_int8(qkv, key_bias, self.heads, self.scale, ctx)
+        else:
+            attention.attention(qkv, key_bias, self.heads, self.scale, ctx)
         tick("attention")
         if self.fused_tail and worth_fusing(B, T):
             # attn_out + residual + LayerNorm + FFN + residual + LayerNorm per token tile, in place
@@ -158,15 +171,18 @@ class BertEncoder:
     The "workqueue" layer aborts the process on concurrent parallel regions, so under it calls
     serialise on a lock (`_kernel_lock`)."""
 
-    def __init__(self, weights: BertWeights, formats=None):
+    def __init__(self, weights: BertWeights, formats=None, int8_attention=None):
         """`formats` picks each encoder linear's format: None ("auto"), a format name, or a function
-        (internal name, weight) -> format name; see `sparsebert.dispatch`."""
+        (internal name, weight) -> format name; see `sparsebert.dispatch`. `int8_attention`: None
+        runs QK^T and PV in int8 (`kernels/attention_int8.py`) in the layers whose query/key/value
+        linear runs int8 on VNNI, float32 elsewhere; False keeps float32 attention everywhere; True
+        requires int8 attention in every layer (InputError where it cannot run)."""
         formats = check_formats(formats)
         # Cold cache: the shared kernels compile meanwhile in a second process (sparsebert.precompile).
         precompile.start(tuning.cache_dir(), (tuning.kernel_version(), tuning.machine_key()))
         self.config = weights.config
         self.weights = weights
-        self.layers = tuple(Layer(w, weights.config, formats) for w in weights.layers)
+        self.layers = tuple(Layer(w, weights.config, formats, int8_attention) for w in weights.layers)
         self.pooler = (
             make_linear(weights.pooler_w, weights.pooler_b, "dense") if weights.pooler_w is not None else None
         )
@@ -197,6 +213,9 @@ class BertEncoder:
             "flops_per_token": run_flops,
             "dense_flops_per_token": dense_flops,
         }
+        # which kernel runs attention's two matmuls: "int8-vnni" (kernels/attention_int8.py) or
+        # "float32", per layer
+        total["attention"] = ["int8-vnni" if layer.int8_attention else "float32" for layer in self.layers]
         total["sparsity"] = 1.0 - total["nnz"] / total["params"]
         total["flops_skipped"] = 1.0 - run_flops / dense_flops
         return {"linears": rows, "total": total}

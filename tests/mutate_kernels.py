@@ -31,6 +31,7 @@ INT8_TESTS = ("tests/test_int8_kernels.py",)
 FFN_TESTS = ("tests/test_ffn_fused.py",)
 FFN8_TESTS = ("tests/test_ffn_int8.py",)
 ATTENTION_TESTS = ("tests/test_attention.py",)
+ATTN8_TESTS = ("tests/test_attention_int8.py",)
 # name -> (file under kernels/, text, replacement[, test files]); test files default to FP32_TESTS
 MUTATIONS = {
     "packed_panel_drops_last_row": (
@@ -138,6 +139,21 @@ MUTATIONS = {
     "layer8_qkv_last_tile_at_first_columns": (
         "ffn_int8.py", "xq, xs, width, qf, S, s0, qf, False, acc, W)", "xq, xs, width, qf, S, 0, qf, False, acc, W)",
         FFN8_TESTS),
+    "layer8_int8_attention_ignores_padding": (
+        "ffn_int8.py", "sequence_heads_int8(qkv, key_bias[b:b + 1],", "sequence_heads_int8(qkv, key_bias[:1] * 0,",
+        FFN8_TESTS),
+    # Int8 attention (kernels/attention_int8.py), checked by tests/test_attention_int8.py.
+    "attn8_wrong_key_compensation": (
+        "attention_int8.py", "comp = ksum[j] * np.int32(128)", "comp = ksum[j] * np.int32(127)", ATTN8_TESTS),
+    "attn8_skips_last_key_quad_of_values": (
+        "attention_int8.py", "vw, db * RB * JQ, 1, JQ, JQ, acc)", "vw, db * RB * JQ, 1, JQ, JQ - 1, acc)",
+        ATTN8_TESTS),
+    "attn8_truncates_probability_codes": (
+        "attention_int8.py", "c1 = np.uint32(r1[r] * _P_MAX + _HALF)", "c1 = np.uint32(r1[r] * _P_MAX)",
+        ATTN8_TESTS),
+    "attn8_padding_keys_counted": (
+        "attention_int8.py", "    for j in range(T, T4):\n        s[j, :] = _ZERO",
+        "    for j in range(T, T4):\n        s[j, :] = _ONE", ATTN8_TESTS),
 }
 
 
@@ -187,7 +203,7 @@ def run(name: str, work: Path) -> str:
 
 def main(argv: list[str]) -> int:
     if argv == ["--int8"]:
-        argv = [n for n in MUTATIONS if tests_of(n) in (INT8_TESTS, FFN8_TESTS)]
+        argv = [n for n in MUTATIONS if tests_of(n) in (INT8_TESTS, FFN8_TESTS, ATTN8_TESTS)]
     names = argv or list(MUTATIONS)
     unknown = [n for n in names if n not in MUTATIONS]
     if unknown:

@@ -48,7 +48,8 @@ def test_prune_then_inspect(src, tmp_path, capsys):
     assert len(rows) == 2 * 4  # qkv, attn_out, ffn_in, ffn_out per layer
     assert all("4x1" in ln for ln in rows)
     assert all(89.5 <= float(ln.split()[3].rstrip("%")) <= 90.5 for ln in rows)
-    assert lines[-1].startswith("total:")
+    assert lines[-2].startswith("total:")
+    assert lines[-1] == "attention (QK^T, PV): float32"  # float linears: float attention
 
     code, out, err = _run(capsys, "inspect", dst, "--json")
     assert code == 0, err

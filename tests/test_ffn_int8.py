@@ -106,11 +106,13 @@ def test_layer_tail_equals_the_separate_calls(kinds, H, I, B, T):
 
 @needs_vnni
 @pytest.mark.parametrize("block", ["1x4", None])
-@pytest.mark.parametrize("layer_tile", [64, 128])
-def test_model_int8_fused_layer_and_tail_bit_for_bit(minilm_path, tmp_path, monkeypatch, block, layer_tile):
+@pytest.mark.parametrize("layer_tile,int8_attention", [(64, None), (128, None), (128, False)])
+def test_model_int8_fused_layer_and_tail_bit_for_bit(minilm_path, tmp_path, monkeypatch, block, layer_tile,
+                                                     int8_attention):
     # MiniLM pruned to 80% (1x4 blocks: bsr1x4 linears; unstructured: forced gemm) and quantized:
     # every layer runs whole per sequence (layer_int8, batch 4 on 2 threads), or its tail fused per
-    # tile, or the separate calls; all three give the same bits, padding included.
+    # tile, or the separate calls; all three give the same bits, padding included; with int8
+    # attention (the default on VNNI) and with float32 attention.
     import sparsebert
     from sparsebert.prune import prune_checkpoint
     from sparsebert.quant import quantize
@@ -118,8 +120,10 @@ def test_model_int8_fused_layer_and_tail_bit_for_bit(minilm_path, tmp_path, monk
     monkeypatch.setattr("numba.get_num_threads", lambda: 2)
     prune_checkpoint(minilm_path, tmp_path / "p80", sparsity=0.8, block=block)
     quantize(tmp_path / "p80", tmp_path / "q80", onnx=False)
-    model = sparsebert.load(tmp_path / "q80", formats="int8-bsr1x4" if block else "int8-gemm")
+    model = sparsebert.load(tmp_path / "q80", formats="int8-bsr1x4" if block else "int8-gemm",
+                            int8_attention=int8_attention)
     assert all(layer.fused_tail and layer.fused_layer for layer in model.encoder.layers)
+    assert all(layer.int8_attention is (int8_attention is None) for layer in model.encoder.layers)
     for layer in model.encoder.layers:
         layer.fused_ffn.layer_tile = layer_tile
     rng = np.random.default_rng(5)
@@ -167,7 +171,7 @@ def test_pairs_that_do_not_qualify_and_bad_inputs():
         ffn(x, norm=(np.ones(15, np.float32), np.zeros(16, np.float32), EPS))
 
 
-@pytest.mark.parametrize("module", ["ffn_int8", "int8_bsr"])
+@pytest.mark.parametrize("module", ["ffn_int8", "int8_bsr", "attention_int8"])
 def test_cached_kernels_are_stamped_with_the_helpers_they_inline(module):
     # Numba's cache would keep serving a kernel compiled against an old helper from another file:
     # bump the stamp in the kernel's file (which re-compiles it) whenever those files change.

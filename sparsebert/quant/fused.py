@@ -21,12 +21,19 @@ from ..linear_contract import act_code
 from .linear import Int8Linear
 
 _FUSED_FORMATS = {"int8-gemm": 0, "int8-bsr1x4": 1}
+_VNNI_FORMATS = ("int8-gemm", "int8-bsr1x4", "int8-vnni", "int8-amx")
 _NO_G = np.zeros(1, dtype=np.uint16)
 _NO_P = np.zeros((1, 1), dtype=np.int64)
 # Read-only like the linears' own arrays: every kind then has one Numba signature (one compile).
 _NO_G.flags.writeable = _NO_P.flags.writeable = False
 _NO_RESIDUAL = np.zeros((1, 1, 1), dtype=np.float32)
 _NO_NORM = np.zeros(1, dtype=np.float32)
+
+
+def attends_int8(qkv) -> bool:
+    """Whether a layer with this query/key/value linear runs its attention in int8
+    (`kernels/attention_int8.py`): the linear runs a VNNI kind, so the CPU has AVX512-VNNI."""
+    return type(qkv) is Int8Linear and qkv.format in _VNNI_FORMATS
 
 
 def fusable8(lin) -> bool:
@@ -104,17 +111,20 @@ class FusedInt8FFN:
         return (self.can_tail(attn_out) and fusable8(qkv) and qkv.in_features == self.hidden
                 and qkv.out_features == 3 * self.hidden)
 
-    def layer(self, x, key_bias, qkv, attn_out, heads: int, scale, attn_norm, norm) -> np.ndarray:
+    def layer(self, x, key_bias, qkv, attn_out, heads: int, scale, attn_norm, norm, *,
+              int8_attention: bool = False) -> np.ndarray:
         """A whole encoder layer in place in x (B, H, S), one sequence per task
         (`kernels/ffn_int8.layer_int8`): qkv (3H, S) and the attention context stay in the
-        task's caches. Bit for bit the separate calls' result (the same kernels' arithmetic).
+        task's caches. Bit for bit the separate calls' result (the same kernels' arithmetic; the
+        attention `kernels/attention_int8.py`'s with int8_attention, else attention.py's).
         key_bias (B, S) float32: 0 for real keys, very negative for padding."""
         from ..kernels import ffn_int8
 
         pre, post = checked_layer_inputs(self, x, key_bias, qkv, attn_out, heads, attn_norm, norm)
         if x.size == 0:
             return x
-        ffn_int8.layer_int8(*_weight(qkv), key_bias, heads, np.float32(scale), *_weight(attn_out), *pre[:2],
+        ffn_int8.layer_int8(*_weight(qkv), key_bias, heads, np.float32(scale), bool(int8_attention),
+                            *_weight(attn_out), *pre[:2],
                             *_weight(self.ffn_in), self.act, *_weight(self.ffn_out), *post, x,
                             self.layer_tile)
         return x
