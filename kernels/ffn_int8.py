@@ -33,10 +33,12 @@ are dequantized to float32 for the bias, GELU, residual add and LayerNorm, and t
 (h, Y) stays float32 because LayerNorm needs it. Outputs equal the unfused int8 calls bit for bit
 (same codes, same sums, same epilogue and LayerNorm code on the same values).
 
-Weights, each one of two kinds (`Int8Linear` formats): kind 0 "gemm" (w = WP (NB, KQ, 4) words
+Weights, each one of three kinds (`Int8Linear` formats): kind 0 "gemm" (w = WP (NB, KQ, 4) words
 flat, cq = KQ; g and p unused) with `int8_gemm._block_vnni` (4 rows x 64 tokens); kind 1 "bsr1x4"
 (w = one word per stored 1x4 block, g its chunk-local quad, p (n_chunks, N + 1), cq quads per
-chunk) with `int8_bsr`'s one-row 64-token tile. rs: the codes' row sums; ws: per-row scales; sm:
+chunk) with `int8_bsr`'s one-row 64-token tile; kind 2 "gather" (w = one word per quad of a row's
+concatenated nonzeros, g their 4 columns each, p (1, N + 1), cq unused) with `int8_gather`'s tile,
+its input tile quantized as K feature rows of W bytes instead of quads. rs: the codes' row sums; ws: per-row scales; sm:
 the SmoothQuant factors of the linear's input (K,).
 
 Contract (validated by the caller, `sparsebert.quant.fused`): the CPU has AVX512-VNNI; float32
@@ -57,16 +59,18 @@ from .attention import sequence_heads
 from .attention_int8 import sequence_heads_int8
 from .int8 import token_scales
 from .int8_bsr import _tile_1x64, _tile_1x128
+from .int8_gather import _tile_gather64
 from .int8_gemm import RB, _block_vnni, _dequant_block
-from .int8_vnni import TILE, inverse_smooth, pack_quads
+from .int8_vnni import TILE, _code_byte, inverse_smooth, pack_quads
 from .jit import helper, parallel_kernel
 from .ops import layer_norm_tile
 
 # Numba's on-disk cache keys a kernel on its own file, not on the helpers it inlines from other
 # files; tests/test_ffn_int8.py fails until this stamp matches them, so an edit there also edits
 # (and re-compiles) this file.
-BUILT_AGAINST = "attention.py 839209a8831a6388, attention_int8.py c0a742b4e7d692e6, int8.py e8cb762509f1d006, int8_bsr.py 2ddc90314e71d452, int8_gemm.py 6ff7883b59c7602c, int8_vnni.py 481ed9f95056e5e2, ops.py bf281eab8eb1be2a, spmm_epilogue.py 84df407a011b8901, numeric.py 6c0311da66f4dbb7"
-GEMM, BSR1X4 = 0, 1  # weight kinds
+BUILT_AGAINST = "int8_gather.py 431abb8a2be934fd, attention.py 839209a8831a6388, attention_int8.py c0a742b4e7d692e6, int8.py e8cb762509f1d006, int8_bsr.py 2ddc90314e71d452, int8_gemm.py 6ff7883b59c7602c, int8_vnni.py 481ed9f95056e5e2, ops.py bf281eab8eb1be2a, spmm_epilogue.py 84df407a011b8901, numeric.py 6c0311da66f4dbb7"
+GEMM, BSR1X4, GATHER = 0, 1, 2  # weight kinds
+_PAD = np.uint8(128)
 _GROUP = 16  # output rows per int32 sums block (a multiple of RB)
 
 
@@ -80,6 +84,14 @@ def _sums(kind, w, g, p, cq, xq, n0, n1, acc, W, half):
     if kind == GEMM:
         for nb in range(n0 // RB, (n1 + RB - 1) // RB):
             _block_vnni(xq, half * 256, qb, w, nb * cq * RB, cq, acc[(nb * RB - n0) * 64:])
+    elif kind == GATHER:  # xq holds feature rows of W bytes; p (1, N + 1)
+        for i in range((n1 - n0) * W):
+            acc[i] = 0
+        for n in range(n0, n1):
+            s, e = p[0, n], p[0, n + 1]
+            if e > s:
+                for h in range(W // 64):
+                    _tile_gather64(xq, h * 64, W, g, w, s, e, acc, (n - n0) * W + h * 64)
     else:
         for i in range((n1 - n0) * W):
             acc[i] = 0
@@ -94,12 +106,22 @@ def _sums(kind, w, g, p, cq, xq, n0, n1, acc, W, half):
 
 
 @helper
-def _quantize(src, K, width, inv_sm, xq, xs, inv, W):
-    # The (K, W) tile src, columns [0, width), per token into xq (KQ quads, padding code 0);
+def _quantize(kind, src, K, width, inv_sm, xq, xs, inv, W):
+    # The (K, W) tile src, columns [0, width), per token into xq in the layout of the weight kind
+    # that reads it: KQ quads of W tokens, or (gather) K feature rows of W bytes; padding code 0.
     # xs (1, >= W) the tokens' scales.
     KQ = (K + 3) // 4
     token_scales(src, 0, K, W, 0, width, inv_sm, xs, inv)
-    pack_quads(src, 0, K, W, 0, width, inv_sm, inv, xq.view(np.uint32), np.uint64(0), W, KQ, W)
+    if kind == GATHER:
+        uw, ut = np.uint64(width), np.uint64(W)
+        for k in range(np.uint64(K)):
+            m = inv_sm[k]
+            for j in range(uw):
+                xq[k * ut + j] = np.uint8(_code_byte(src[k * ut + j], m, inv[j]))
+            for j in range(uw, ut):
+                xq[k * ut + j] = _PAD
+    else:
+        pack_quads(src, 0, K, W, 0, width, inv_sm, inv, xq.view(np.uint32), np.uint64(0), W, KQ, W)
 
 
 @helper
@@ -158,18 +180,18 @@ def _tail_tile(k1, w1, g1, p1, cq1, rs1, ws1, b1, inv1, act,
     if has_pre:
         # h = LayerNorm0(W0 @ X tile + b0 + residual tile), into res.
         _load_tile(rf, base, H, S, width, out, W)
-        _quantize(tile, H, width, inv0, xq, xs, inv, W)
+        _quantize(k0, tile, H, width, inv0, xq, xs, inv, W)
         _linear(k0, w0, g0, p0, cq0, rs0, ws0, b0, 0, xq, xs, width, res, W, 0, out, True, acc, W)
         _norm(res, H, width, gamma0, beta0, eps, W)
-        _quantize(res, H, width, inv1, xq, xs, inv, W)
+        _quantize(k1, res, H, width, inv1, xq, xs, inv, W)
     else:
         if has_residual:
             _load_tile(rf, base, H, S, width, res, W)
-        _quantize(tile, H, width, inv1, xq, xs, inv, W)
+        _quantize(k1, tile, H, width, inv1, xq, xs, inv, W)
     # F (I, W) = act(W1 h + b1), then its codes.
     f = np.zeros(n_inner * W, dtype=np.float32)
     _linear(k1, w1, g1, p1, cq1, rs1, ws1, b1, act, xq, xs, width, f, W, 0, f, False, acc, W)
-    _quantize(f, n_inner, width, inv2, xq, xs, inv, W)
+    _quantize(k2, f, n_inner, width, inv2, xq, xs, inv, W)
     # Y tile = W2 F + b2 (+ residual), LayerNorm, then its columns to y.
     _linear(k2, w2, g2, p2, cq2, rs2, ws2, b2, 0, xq, xs, width, out, W, 0, res,
             has_pre or has_residual, acc, W)
@@ -232,7 +254,7 @@ def layer_int8(kq, wq, gq, pq, cqq, rsq, wsq, bq, smq, key_bias, heads, scale, a
             s0 = t * W
             width = min(W, S - s0)
             _load_tile(xf, np.uint64(b * H * S + s0), H, S, width, tile, W)
-            _quantize(tile, H, width, invq, xq, xs[:, s0:], inv, W)
+            _quantize(kq, tile, H, width, invq, xq, xs[:, s0:], inv, W)
             _linear(kq, wq, gq, pq, cqq, rsq, wsq, bq, 0, xq, xs, width, qf, S, s0, qf, False, acc, W)
         if att8:
             sequence_heads_int8(qkv, key_bias[b:b + 1], heads, scale, ctx)

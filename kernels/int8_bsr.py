@@ -28,8 +28,8 @@ below XP's KQ; rowsum int32 (N,); w_scale, bias float32 (N,); x_scale float32 (B
 (B, N, S) when has_residual; Y float32 (B, N, S). The intrinsics read through raw pointers, out of
 NUMBA_BOUNDSCHECK's sight: the packers are what keep them in bounds.
 
-Left out: the 4x1-blocks-concatenated layout with arbitrary columns (it needs a runtime gather
-of 4 activation rows into quads), AMX sparse tiles, AVX2 fallbacks.
+Left out: AMX sparse tiles, AVX2 fallbacks. (Unstructured weights: each row's nonzeros concatenated
+into full quads, the activation rows gathered at run time, are kernels/int8_gather.py.)
 References: Intel Intrinsics Guide `_mm512_dpbusd_epi32`; Kurtic et al. 2022 (oBERT, "4-block"
 pruning); Intel Neural Compressor's sparse int8 GEMM (4x1 blocks, VNNI).
 """

@@ -22,9 +22,9 @@ weight) -> format name, asked per linear ("qkv", "attn_out", "ffn_in", "ffn_out"
 - float: "auto", "dense", "csr", "bsr" (the cheapest block shape that fits), "bsrRxC";
 - int8: "int8" (= "int8-auto": the fastest kind by timing; on AVX512-VNNI CPUs AMX tiles where the
   CPU has AMX-INT8, else the register-blocked VNNI gemm, against 1x4 block-sparse when few enough
-  K-quads hold a nonzero; without VNNI dense against CSR when sparse enough), "int8-dense",
-  "int8-csr", "int8-vnni" (the older per-token-row VNNI kernel), "int8-gemm", "int8-amx",
-  "int8-bsr1x4"; on a float weight they quantize it on load (symmetric per-output-channel,
+  K-quads hold a nonzero, and the gather kind for unstructured weights; without VNNI dense against
+  CSR when sparse enough), "int8-dense", "int8-csr", "int8-vnni" (the older per-token-row VNNI
+  kernel), "int8-gemm", "int8-amx", "int8-bsr1x4", "int8-gather"; on a float weight they quantize it on load (symmetric per-output-channel,
   `quantize_weight`).
 
 How a name applies to a linear the checkpoint stores in int8 (`Int8Weight`):
@@ -53,7 +53,7 @@ from .weights import Int8Weight
 
 FLOAT_FORMATS = linear.FORMATS
 INT8_FORMATS = ("int8", "int8-auto", "int8-dense", "int8-csr", "int8-vnni", "int8-gemm", "int8-amx",
-                "int8-bsr1x4")
+                "int8-bsr1x4", "int8-gather")
 # Float names that, on a w8a8 checkpoint's int8 weight, name its int8 kernel.
 _ON_INT8 = {"auto": "auto", "dense": "dense", "csr": "csr"}
 

@@ -6,8 +6,9 @@ weight). For each distinct (shape, density, fraction of non-empty K-quads) it ti
 `Int8Linear` kinds this CPU can run on a (8, K, 128) float activation, as `sparsebert.tuning.measure`
 times the float formats (the first call compiles, then the best of a few), and keeps the fastest:
 
-- AVX512-VNNI CPUs: the dense kind ("amx" where this process may use AMX tiles, else "gemm") and
-  "bsr1x4" when at most `BSR1X4_TIMED_MAX_QUADS` of the (row, K-quad) blocks hold a nonzero;
+- AVX512-VNNI CPUs: the dense kind ("amx" where this process may use AMX tiles, else "gemm"),
+  "bsr1x4" when at most `BSR1X4_TIMED_MAX_QUADS` of the (row, K-quad) blocks hold a nonzero, and
+  "gather" (kernels/int8_gather.py) for unstructured weights (`GATHER_TIMED_*`);
 - other CPUs: "dense", and "csr" from `CSR_TIMED_FROM_SPARSITY` sparsity on.
 
 The bounds only drop candidates that cannot win: they sit well past the measured break-evens
@@ -40,6 +41,11 @@ BSR1X4_TIMED_MAX_QUADS = 0.6
 # Without VNNI, CSR's row loop does more work per stored value than the dense kernel; the
 # break-even is near 50% sparsity, so below 30% it is not worth timing.
 CSR_TIMED_FROM_SPARSITY = 0.3
+# "gather" fills every quad it stores but pays ~2x "bsr1x4"'s work per quad (8 byte / word unpacks
+# per 4 `vpdpbusd`): it is timed when the 1x4 blocks would hold at least 1.5x the nonzeros' quads
+# (90% unstructured: 3.4x; 1x4-pruned weights: 1x) and the weight is at most half dense.
+GATHER_TIMED_MAX_DENSITY = 0.5
+GATHER_TIMED_MIN_WASTE = 1.5
 
 
 def structure(codes: np.ndarray) -> tuple[float, float]:
@@ -55,6 +61,8 @@ def candidates(density: float, quads: float) -> list[str]:
         kinds = [qlinear.dense_vnni_kind()]
         if quads <= BSR1X4_TIMED_MAX_QUADS:
             kinds.append("bsr1x4")
+        if density <= GATHER_TIMED_MAX_DENSITY and quads >= GATHER_TIMED_MIN_WASTE * density:
+            kinds.append("gather")
     else:
         kinds = ["dense"]
         if 1.0 - density >= CSR_TIMED_FROM_SPARSITY:

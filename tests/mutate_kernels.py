@@ -142,6 +142,18 @@ MUTATIONS = {
     "layer8_int8_attention_ignores_padding": (
         "ffn_int8.py", "sequence_heads_int8(qkv, key_bias[b:b + 1],", "sequence_heads_int8(qkv, key_bias[:1] * 0,",
         FFN8_TESTS),
+    # The unstructured gather kind (kernels/int8_gather.py) and its fused use.
+    "gather_drops_last_quad_of_row": (
+        "int8_gather.py", "idx, wq, ptr[n], ptr[n + 1], acc, (n - n0) * TOKENS)",
+        "idx, wq, ptr[n], ptr[n + 1] - 1, acc, (n - n0) * TOKENS)", INT8_TESTS),
+    "gather_token_order_swapped": (
+        "int8_gather.py", "outs = [sh(a01, a23, first), sh(a01, a23, second),",
+        "outs = [sh(a01, a23, second), sh(a01, a23, first),", INT8_TESTS),
+    "gather_padding_codes_nonzero": (
+        "int8_gather.py", "    vals = np.zeros(4 * int(ptr[-1]), dtype=np.int8)",
+        "    vals = np.ones(4 * int(ptr[-1]), dtype=np.int8)", INT8_TESTS),
+    "layer8_gather_second_half_skipped": (
+        "ffn_int8.py", "                for h in range(W // 64):", "                for h in range(1):", FFN8_TESTS),
     # Int8 attention (kernels/attention_int8.py), checked by tests/test_attention_int8.py.
     "attn8_wrong_key_compensation": (
         "attention_int8.py", "comp = ksum[j] * np.int32(128)", "comp = ksum[j] * np.int32(127)", ATTN8_TESTS),

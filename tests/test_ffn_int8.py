@@ -37,6 +37,10 @@ def linear(rng, N, K, kind, sparsity=0.8):
     if kind == "bsr1x4":
         w *= np.repeat(rng.random((N, K // 4)) >= sparsity, 4, axis=1)
         w[N // 3] = 0
+    elif kind == "gather":  # unstructured, with an empty row and a row of 1-3 nonzeros
+        w *= rng.random((N, K)) >= sparsity
+        w[N // 3] = 0
+        w[N // 2, 3:] = 0
     smooth = rng.uniform(0.5, 2.0, K).astype(np.float32)
     lin = Int8Linear.from_float(w, (0.1 * rng.standard_normal(N)).astype(np.float32), kind, smooth)
     assert lin.format == f"int8-{kind}" and fusable8(lin)
@@ -59,7 +63,8 @@ def separate(lin, x, **kw):
 
 
 KINDS = [("gemm", "gemm", "gemm"), ("bsr1x4", "bsr1x4", "bsr1x4"), ("gemm", "bsr1x4", "gemm"),
-         ("bsr1x4", "gemm", "bsr1x4")]
+         ("bsr1x4", "gemm", "bsr1x4"), ("gather", "gather", "gather"), ("gather", "bsr1x4", "gather"),
+         ("gemm", "gather", "bsr1x4")]
 SHAPES = [(384, 1536, 2, 100), (768, 3072, 1, 130), (384, 1536, 3, 1), (64, 200, 2, 64)]
 
 
@@ -105,11 +110,12 @@ def test_layer_tail_equals_the_separate_calls(kinds, H, I, B, T):
 
 
 @needs_vnni
-@pytest.mark.parametrize("block", ["1x4", None])
+@pytest.mark.parametrize("block,fmt", [("1x4", "int8-bsr1x4"), (None, "int8-gemm"), (None, "int8-gather")])
 @pytest.mark.parametrize("layer_tile,int8_attention", [(64, None), (128, None), (128, False)])
-def test_model_int8_fused_layer_and_tail_bit_for_bit(minilm_path, tmp_path, monkeypatch, block, layer_tile,
+def test_model_int8_fused_layer_and_tail_bit_for_bit(minilm_path, tmp_path, monkeypatch, block, fmt, layer_tile,
                                                      int8_attention):
-    # MiniLM pruned to 80% (1x4 blocks: bsr1x4 linears; unstructured: forced gemm) and quantized:
+    # MiniLM pruned to 80% (1x4 blocks: bsr1x4 linears; unstructured: forced gemm or gather) and
+    # quantized:
     # every layer runs whole per sequence (layer_int8, batch 4 on 2 threads), or its tail fused per
     # tile, or the separate calls; all three give the same bits, padding included; with int8
     # attention (the default on VNNI) and with float32 attention.
@@ -120,8 +126,7 @@ def test_model_int8_fused_layer_and_tail_bit_for_bit(minilm_path, tmp_path, monk
     monkeypatch.setattr("numba.get_num_threads", lambda: 2)
     prune_checkpoint(minilm_path, tmp_path / "p80", sparsity=0.8, block=block)
     quantize(tmp_path / "p80", tmp_path / "q80", onnx=False)
-    model = sparsebert.load(tmp_path / "q80", formats="int8-bsr1x4" if block else "int8-gemm",
-                            int8_attention=int8_attention)
+    model = sparsebert.load(tmp_path / "q80", formats=fmt, int8_attention=int8_attention)
     assert all(layer.fused_tail and layer.fused_layer for layer in model.encoder.layers)
     assert all(layer.int8_attention is (int8_attention is None) for layer in model.encoder.layers)
     for layer in model.encoder.layers:
@@ -171,7 +176,7 @@ def test_pairs_that_do_not_qualify_and_bad_inputs():
         ffn(x, norm=(np.ones(15, np.float32), np.zeros(16, np.float32), EPS))
 
 
-@pytest.mark.parametrize("module", ["ffn_int8", "int8_bsr", "attention_int8"])
+@pytest.mark.parametrize("module", ["ffn_int8", "int8_bsr", "attention_int8", "int8_gather"])
 def test_cached_kernels_are_stamped_with_the_helpers_they_inline(module):
     # Numba's cache would keep serving a kernel compiled against an old helper from another file:
     # bump the stamp in the kernel's file (which re-compiles it) whenever those files change.

@@ -105,6 +105,12 @@ def _run(kind, codes, xp, S, B):
     elif kind.startswith("bsr4x4"):
         chunk = 5 if kind.endswith("small-chunks") else kb.CHUNK_QUADS
         kb.spmm_int8_bsr4x4(*kb.pack_bsr4x4(codes, chunk), xp, S, one, *tail)
+    elif kind == "gather":  # its per-feature layout: the quads' bytes, one row per feature
+        from sparsebert.kernels import int8_gather as kq
+
+        K = codes.shape[1]
+        xr = np.ascontiguousarray(xp.transpose(0, 1, 3, 2).reshape(B, -1, xp.shape[2])[:, :K])
+        kq.spmm_int8_gather(*kq.pack_gather(codes), xr, S, one, *tail)
     elif kind.startswith("vnni"):  # the fused one-row quad kernel production ran before this
         chunk = 3 if kind.endswith("small-chunks") else kv.CHUNK_QUADS
         # its packed layout: KQ = ceil(K / 4) quads
@@ -114,7 +120,7 @@ def _run(kind, codes, xp, S, B):
 
 
 KINDS = ["gemm", "amx", "bsr1x4", "bsr1x4-small-chunks", "bsr4x4", "bsr4x4-small-chunks", "vnni",
-         "vnni-small-chunks"]
+         "vnni-small-chunks", "gather"]
 
 
 @needs_vnni
@@ -133,7 +139,7 @@ def test_kernel_sums_bit_exact(kind, N, K, B, S, sparsity):
 
 
 @needs_vnni
-@pytest.mark.parametrize("kind", ["gemm", "amx", "bsr1x4", "bsr4x4", "vnni"])
+@pytest.mark.parametrize("kind", ["gemm", "amx", "bsr1x4", "bsr4x4", "vnni", "gather"])
 def test_extreme_sums_do_not_saturate(kind):
     # K = 3072 products of +-127 x +-127: |sum| = 49.5 M (a multiple of 1024, exact in float32),
     # past int16 and float32's integer range: vpdpbusd must add in int32, not saturate.
@@ -150,7 +156,7 @@ def test_extreme_sums_do_not_saturate(kind):
 
 
 @needs_vnni
-@pytest.mark.parametrize("fmt", ["gemm", "amx", "bsr1x4"])
+@pytest.mark.parametrize("fmt", ["gemm", "amx", "bsr1x4", "gather"])
 def test_int8_linear_kinds_fused_epilogue(fmt):
     if fmt == "amx" and not _amx():
         pytest.skip("needs AMX-INT8")
@@ -183,3 +189,32 @@ def test_auto_picks_a_vnni_kind_by_quad_density():
     sparse = Int8Linear.from_float(w * keep, np.zeros(N, np.float32))
     assert sparse.format == "int8-bsr1x4"
     assert sparse.describe()["flops_per_token"] == 2 * 4 * int(keep[:, ::4].sum())
+
+
+@needs_vnni
+@pytest.mark.parametrize("sparsity", [0.0, 0.9, 0.999])
+def test_gather_layout_rows_and_packing(sparsity):
+    # quantize_rows gives the quads' bytes one row per feature (the same codes as quantize_pack,
+    # which _packed checks against NumPy); pack_gather keeps every nonzero once, in column order,
+    # and its padding codes are 0 at columns below K; the unstructured unit test of its sums.
+    from sparsebert.kernels import int8_gather as kq
+
+    rng = np.random.default_rng(11)
+    N, K, B, S = 37, 203, 2, 70
+    codes = rng.integers(-127, 128, (N, K)).astype(np.int8)
+    codes[rng.random((N, K)) < sparsity] = 0
+    codes[5] = 0
+    codes[6, 4:] = 0
+    x = rng.standard_normal((B, K, S)).astype(np.float32)
+    xp, q = _packed(x, K, S)
+    xr = np.empty((B, K, xp.shape[2]), np.uint8)
+    xs = np.empty((B, S), np.float32)
+    kq.quantize_rows(x, np.ones(K, np.float32), xr, xs)
+    np.testing.assert_array_equal(xr[:, :, :S].astype(np.int16) - 128, q)
+    assert (xr[:, :, S:] == 128).all()
+    idx, wq, ptr, rowsum = kq.pack_gather(codes)
+    assert ptr[0] == 0 and (np.diff(ptr) == -(-np.count_nonzero(codes, axis=1) // 4)).all()
+    assert idx.size == 4 * wq.size == 4 * ptr[-1] and (idx < K).all()
+    lin = Int8Linear(codes, np.ones(N, np.float32), np.zeros(N, np.float32), "gather")
+    np.testing.assert_array_equal(lin.to_codes(), codes)
+    np.testing.assert_array_equal(_run("gather", codes, xp, S, B), _reference(codes, q).astype(np.float32))

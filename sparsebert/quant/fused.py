@@ -20,8 +20,8 @@ from ..kernels import ops
 from ..linear_contract import act_code
 from .linear import Int8Linear
 
-_FUSED_FORMATS = {"int8-gemm": 0, "int8-bsr1x4": 1}
-_VNNI_FORMATS = ("int8-gemm", "int8-bsr1x4", "int8-vnni", "int8-amx")
+_FUSED_FORMATS = {"int8-gemm": 0, "int8-bsr1x4": 1, "int8-gather": 2}
+_VNNI_FORMATS = ("int8-gemm", "int8-bsr1x4", "int8-vnni", "int8-amx", "int8-gather")
 _NO_G = np.zeros(1, dtype=np.uint16)
 _NO_P = np.zeros((1, 1), dtype=np.int64)
 # Read-only like the linears' own arrays: every kind then has one Numba signature (one compile).
@@ -37,7 +37,8 @@ def attends_int8(qkv) -> bool:
 
 
 def fusable8(lin) -> bool:
-    """Whether the fused int8 kernel runs this linear: an Int8Linear of kind "gemm" or "bsr1x4"."""
+    """Whether the fused int8 kernel runs this linear: an Int8Linear of kind "gemm", "bsr1x4" or
+    "gather"."""
     return type(lin) is Int8Linear and lin.format in _FUSED_FORMATS
 
 
@@ -47,6 +48,8 @@ def _weight(lin) -> tuple:
     kind = _FUSED_FORMATS[lin.format]
     if kind == 0:
         words, g, p, cq = lin.packed.reshape(-1), _NO_G, _NO_P, lin.packed.shape[1]
+    elif kind == 2:
+        words, g, p, cq = lin.quads, lin.gather_index, lin.indptr.reshape(1, -1), 0
     else:
         words, g, p, cq = lin.quads, lin.quad_index, lin.indptr, lin.chunk_quads
     return kind, words, g, p, int(cq), lin.rowsum, lin.scale, lin.bias, lin.smooth
@@ -63,7 +66,7 @@ class FusedInt8FFN:
         # Tokens per tile of the whole-layer kernel, 64 or 128 (same bits). Zen 4, 12L 32 x 128:
         # 128 ran 1x4-block FFNs 9-11% faster (the 8-accumulator block tile, half the per-row
         # work per token), dense gemm FFNs ~10% slower (its register tile is 64 tokens wide).
-        self.layer_tile = 128 if ffn_in.format == "int8-bsr1x4" else 64
+        self.layer_tile = 128 if ffn_in.format in ("int8-bsr1x4", "int8-gather") else 64
 
     def can_tail(self, attn_out) -> bool:
         """Whether `tail` can fuse this attention output linear too."""

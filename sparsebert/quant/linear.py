@@ -13,7 +13,9 @@ weights; `sparsebert.quant.calibrate` measures it from texts.
 Kernel kinds (`format`, shown by `inspect` and `sparsity_report`): on AVX512-VNNI CPUs "amx"
 (AMX-INT8 tiles, where Linux grants them) or "gemm" (register-blocked `vpdpbusd`) for dense-ish
 weights, "bsr1x4" (one `vpdpbusd` broadcast per stored 1x4 block) when few K-quads hold a nonzero
-(`kernels/int8_gemm.py`, `kernels/int8_bsr.py`); "vnni" (the one-row quad tile) only when forced;
+(`kernels/int8_gemm.py`, `kernels/int8_bsr.py`), "gather" (each row's nonzeros four to a quad, the
+activation rows gathered at run time: unstructured weights; `kernels/int8_gather.py`) when the
+tuner's timing picks it; "vnni" (the one-row quad tile) only when forced;
 elsewhere "dense" and "csr". All kinds give the same outputs bit for bit (the same activation
 codes, exact int32 sums, the same float epilogue): the choice is speed only.
 
@@ -37,7 +39,7 @@ from ..errors import CheckpointError
 from ..kernels import int8 as k8
 from ..linear_contract import act_code, check_call, describe_linear, index_dtype
 
-FORMATS = ("auto", "dense", "csr", "vnni", "gemm", "amx", "bsr1x4")
+FORMATS = ("auto", "dense", "csr", "vnni", "gemm", "amx", "bsr1x4", "gather")
 # Untimed "auto" on VNNI CPUs takes "bsr1x4" when at most this fraction of K-quads holds a
 # nonzero. One core, Sapphire Rapids, BERT-base FFN linears: a stored 1x4 block runs at ~0.4x the
 # dense VNNI kernel's rate per multiply-add, so it wins below ~0.4 of the quads; against AMX, 80%
@@ -178,7 +180,7 @@ class Int8Linear:
         nnz = int(np.count_nonzero(codes))
         if format == "auto":
             format = untimed_kind(codes)
-        elif format in ("vnni", "gemm", "bsr1x4", "amx") and not host_has_vnni():
+        elif format in ("vnni", "gemm", "bsr1x4", "amx", "gather") and not host_has_vnni():
             raise ValueError(f"format {format!r} needs a CPU with AVX512-VNNI; use 'auto', 'dense' or 'csr'")
         if format == "amx":
             from ..kernels import int8_gemm
@@ -203,6 +205,11 @@ class Int8Linear:
             (self.quads, self.quad_index, self.indptr, self.chunk_quads,
              self.rowsum) = int8_bsr.pack_bsr1x4(codes)
             arrays = (self.quads, self.quad_index, self.indptr, self.rowsum)
+        elif format == "gather":
+            from ..kernels import int8_gather
+
+            self.gather_index, self.quads, self.indptr, self.rowsum = int8_gather.pack_gather(codes)
+            arrays = (self.gather_index, self.quads, self.indptr, self.rowsum)
         elif format in ("gemm", "amx"):
             from ..kernels import int8_gemm
 
@@ -232,6 +239,8 @@ class Int8Linear:
             return (self.quads, self.quad_index, self.indptr, self.rowsum)
         if self.format in ("int8-gemm", "int8-amx"):
             return (self.packed, self.rowsum)
+        if self.format == "int8-gather":
+            return (self.gather_index, self.quads, self.indptr, self.rowsum)
         return (self.data, self.indices, self.indptr)
 
     @property
@@ -247,7 +256,7 @@ class Int8Linear:
     def stored_macs(self) -> int:
         if self.format in ("int8-dense", "int8-gemm", "int8-amx"):
             return self.out_features * self.in_features
-        if self.format in ("int8-vnni", "int8-bsr1x4"):
+        if self.format in ("int8-vnni", "int8-bsr1x4", "int8-gather"):
             return int(self.quads.size * 4)
         return int(self.data.size)
 
@@ -274,6 +283,12 @@ class Int8Linear:
             w[rows, quad] = self.quads.view(np.int8).reshape(-1, 4)
             return w.reshape(self.out_features, -1)[:, : self.in_features].copy()
         w = np.zeros((self.out_features, self.in_features), dtype=np.int8)
+        if self.format == "int8-gather":  # padding codes are 0 at a column the row already holds
+            rows = np.repeat(np.arange(self.out_features), 4 * np.diff(self.indptr))
+            codes = self.quads.view(np.int8)
+            kept = codes != 0
+            w[rows[kept], self.gather_index[kept]] = codes[kept]
+            return w
         rows = np.repeat(np.arange(self.out_features), np.diff(self.indptr))
         w[rows, self.indices] = self.data
         return w
@@ -325,6 +340,13 @@ class Int8Linear:
             else:
                 raise RuntimeError("this process may not use AMX tiles (arch_prctl refused); "
                                    "rebuild the linear with format='gemm'")
+        elif self.format == "int8-gather":
+            from ..kernels import int8_gather as kq
+
+            xr = _SCRATCH.get("rows", (B, K, -(-S // kq.TOKENS) * kq.TOKENS), np.uint8)
+            kq.quantize_rows(x, self.smooth, xr, x_scale)
+            kq.spmm_int8_gather(self.gather_index, self.quads, self.indptr, self.rowsum, xr, S, self.scale,
+                                x_scale, self.bias, act, res, has_res, y)
         elif self.format == "int8-vnni":
             from ..kernels import int8_vnni as kv
 
