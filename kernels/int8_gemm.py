@@ -72,11 +72,12 @@ def _i64(context, builder, ty, val):
 
 
 def _emit_block(context, builder, xp_ptr, x_off, x_stride, wp_ptr, w_off, w_qstride, w_rstride, nq,
-                acc_ptr):
+                acc_ptr, op="vpdpbusd"):
     # The VNNI register tile's IR: acc[r * 64 + j] = sum over q < nq of dpbusd(xp[x_off + q *
-    # x_stride + 4 j : + 4], wp[w_off + q * w_qstride + r * w_rstride]) for r < RB, j < 64.
+    # x_stride + 4 j : + 4], wp[w_off + q * w_qstride + r * w_rstride]) for r < RB, j < 64; with
+    # op="vpdpwssd" each word is 2 signed int16 instead of 4 unsigned x signed bytes.
     fn = cgutils.get_or_insert_function(
-        builder.module, ir.FunctionType(_I32X16, [_I32X16] * 3), "llvm.x86.avx512.vpdpbusd.512")
+        builder.module, ir.FunctionType(_I32X16, [_I32X16] * 3), f"llvm.x86.avx512.{op}.512")
     zero = ir.Constant(_I32X16, [0] * 16)
     accs = [cgutils.alloca_once_value(builder, zero) for _ in range(RB * 4)]
     lanes = ir.Constant(_I32X16, [0] * 16)
@@ -129,6 +130,25 @@ def block_vnni_strided(typingctx, xp, x_off, x_stride, wp, w_off, w_qstride, w_r
         x_off, x_stride, w_off, w_q, w_r, nq = (_i64(context, builder, at[i], args[i])
                                                 for i in (1, 2, 4, 5, 6, 7))
         _emit_block(context, builder, xp_ptr, x_off, x_stride, wp_ptr, w_off, w_q, w_r, nq, acc_ptr)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@intrinsic
+def block_vnni16_strided(typingctx, xp, x_off, x_stride, wp, w_off, w_qstride, w_rstride, npairs, acc):
+    # `block_vnni_strided` on words of 2 signed int16 (`vpdpwssd`): acc[r * 64 + j] = sum over
+    # pairs q < npairs of the dot products of xp's word (byte offset x_off + q * x_stride + 4 j)
+    # with wp[w_off + q * w_qstride + r * w_rstride] (attention's PV, kernels/attention_int8.py).
+    sig = types.void(xp, x_off, x_stride, wp, w_off, w_qstride, w_rstride, npairs, acc)
+
+    def codegen(context, builder, signature, args):
+        at = signature.args
+        xp_ptr, wp_ptr, acc_ptr = (_ptr(context, builder, at[i], args[i]) for i in (0, 3, 8))
+        x_off, x_stride, w_off, w_q, w_r, nq = (_i64(context, builder, at[i], args[i])
+                                                for i in (1, 2, 4, 5, 6, 7))
+        _emit_block(context, builder, xp_ptr, x_off, x_stride, wp_ptr, w_off, w_q, w_r, nq, acc_ptr,
+                    "vpdpwssd")
         return context.get_dummy_value()
 
     return sig, codegen
