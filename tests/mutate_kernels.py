@@ -157,8 +157,8 @@ MUTATIONS = {
     # Int8 attention (kernels/attention_int8.py), checked by tests/test_attention_int8.py.
     "attn8_wrong_key_compensation": (
         "attention_int8.py", "comp = ksum[j] * np.int32(128)", "comp = ksum[j] * np.int32(127)", ATTN8_TESTS),
-    "attn8_skips_last_key_quad_of_values": (
-        "attention_int8.py", "vw, db * RB * JQ, 1, JQ, JQ, acc)", "vw, db * RB * JQ, 1, JQ, JQ - 1, acc)",
+    "attn8_skips_last_key_pair_of_values": (
+        "attention_int8.py", "vw, db * RB * JP, 1, JP, JP, acc)", "vw, db * RB * JP, 1, JP, JP - 1, acc)",
         ATTN8_TESTS),
     "attn8_truncates_probability_codes": (
         "attention_int8.py", "c1 = np.uint32(r1[r] * _P_MAX + _HALF)", "c1 = np.uint32(r1[r] * _P_MAX)",
