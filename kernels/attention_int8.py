@@ -42,7 +42,7 @@ from .jit import helper, kernel, parallel_kernel
 
 # Numba's on-disk cache keys a kernel on its own file, not on the helpers it inlines from other
 # files; tests/test_ffn_int8.py fails until this stamp matches them.
-BUILT_AGAINST = "attention.py 839209a8831a6388, int8.py e8cb762509f1d006, int8_gemm.py 8f0a185c37e57241, int8_vnni.py 481ed9f95056e5e2"
+BUILT_AGAINST = "attention.py 839209a8831a6388, int8.py e8cb762509f1d006, int8_gemm.py bfe0e0dc7e8c6e38, int8_vnni.py 481ed9f95056e5e2"
 _TQ = 64  # queries per register tile
 _NEG_INF = np.float32(-np.inf)
 _ZERO = np.float32(0.0)

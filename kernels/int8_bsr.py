@@ -47,7 +47,7 @@ from .spmm import chunk_entries
 
 # Numba's cache keys these kernels on this file only: tests/test_ffn_int8.py fails until this stamp
 # matches the files whose helpers they inline, so an edit there re-compiles them.
-BUILT_AGAINST = "int8_gemm.py 8f0a185c37e57241, numeric.py 6c0311da66f4dbb7"
+BUILT_AGAINST = "int8_gemm.py bfe0e0dc7e8c6e38, numeric.py 6c0311da66f4dbb7"
 CHUNK_QUADS = 64  # 64 quads x 128 tokens x 4 bytes = 32 KiB of activations per chunk, in L1
 _I32, _I64 = ir.IntType(32), ir.IntType(64)
 _I32X16 = ir.VectorType(_I32, 16)

@@ -43,7 +43,7 @@ from .jit import parallel_kernel
 
 # Numba's on-disk cache keys these kernels on this file only: tests/test_ffn_int8.py fails until this
 # stamp matches the files whose helpers they inline.
-BUILT_AGAINST = "int8.py e8cb762509f1d006, int8_gemm.py 8f0a185c37e57241, int8_vnni.py 481ed9f95056e5e2, spmm_epilogue.py 84df407a011b8901, numeric.py 6c0311da66f4dbb7"
+BUILT_AGAINST = "int8.py e8cb762509f1d006, int8_gemm.py bfe0e0dc7e8c6e38, int8_vnni.py 481ed9f95056e5e2, spmm_epilogue.py 84df407a011b8901, numeric.py 6c0311da66f4dbb7"
 TOKENS = 64  # tokens per register tile
 ROWS = 16  # output rows per task
 _I8, _I16, _I32, _I64 = ir.IntType(8), ir.IntType(16), ir.IntType(32), ir.IntType(64)

@@ -118,40 +118,31 @@ def _block_vnni(typingctx, xp, x_off, x_stride, wp, w_off, nquads, acc):
     return sig, codegen
 
 
-@intrinsic
-def block_vnni_strided(typingctx, xp, x_off, x_stride, wp, w_off, w_qstride, w_rstride, nquads, acc):
-    # `_block_vnni` with the weight words anywhere: row r's word of quad q at wp[w_off + q *
-    # w_qstride + r * w_rstride] (the attention kernels' K and V, kernels/attention_int8.py).
-    sig = types.void(xp, x_off, x_stride, wp, w_off, w_qstride, w_rstride, nquads, acc)
+def _strided_block(op):
+    # An intrinsic tile(xp, x_off, x_stride, wp, w_off, w_qstride, w_rstride, nquads, acc):
+    # `_block_vnni` with the weight words anywhere (row r's word of quad q at wp[w_off + q *
+    # w_qstride + r * w_rstride]), `op` "vpdpbusd" (4 unsigned x signed bytes per word) or
+    # "vpdpwssd" (2 signed int16 per word).
+    @intrinsic
+    def tile(typingctx, xp, x_off, x_stride, wp, w_off, w_qstride, w_rstride, nquads, acc):
+        sig = types.void(xp, x_off, x_stride, wp, w_off, w_qstride, w_rstride, nquads, acc)
 
-    def codegen(context, builder, signature, args):
-        at = signature.args
-        xp_ptr, wp_ptr, acc_ptr = (_ptr(context, builder, at[i], args[i]) for i in (0, 3, 8))
-        x_off, x_stride, w_off, w_q, w_r, nq = (_i64(context, builder, at[i], args[i])
-                                                for i in (1, 2, 4, 5, 6, 7))
-        _emit_block(context, builder, xp_ptr, x_off, x_stride, wp_ptr, w_off, w_q, w_r, nq, acc_ptr)
-        return context.get_dummy_value()
+        def codegen(context, builder, signature, args):
+            at = signature.args
+            xp_ptr, wp_ptr, acc_ptr = (_ptr(context, builder, at[i], args[i]) for i in (0, 3, 8))
+            x_off, x_stride, w_off, w_q, w_r, nq = (_i64(context, builder, at[i], args[i])
+                                                    for i in (1, 2, 4, 5, 6, 7))
+            _emit_block(context, builder, xp_ptr, x_off, x_stride, wp_ptr, w_off, w_q, w_r, nq, acc_ptr, op)
+            return context.get_dummy_value()
 
-    return sig, codegen
+        return sig, codegen
+
+    return tile
 
 
-@intrinsic
-def block_vnni16_strided(typingctx, xp, x_off, x_stride, wp, w_off, w_qstride, w_rstride, npairs, acc):
-    # `block_vnni_strided` on words of 2 signed int16 (`vpdpwssd`): acc[r * 64 + j] = sum over
-    # pairs q < npairs of the dot products of xp's word (byte offset x_off + q * x_stride + 4 j)
-    # with wp[w_off + q * w_qstride + r * w_rstride] (attention's PV, kernels/attention_int8.py).
-    sig = types.void(xp, x_off, x_stride, wp, w_off, w_qstride, w_rstride, npairs, acc)
-
-    def codegen(context, builder, signature, args):
-        at = signature.args
-        xp_ptr, wp_ptr, acc_ptr = (_ptr(context, builder, at[i], args[i]) for i in (0, 3, 8))
-        x_off, x_stride, w_off, w_q, w_r, nq = (_i64(context, builder, at[i], args[i])
-                                                for i in (1, 2, 4, 5, 6, 7))
-        _emit_block(context, builder, xp_ptr, x_off, x_stride, wp_ptr, w_off, w_q, w_r, nq, acc_ptr,
-                    "vpdpwssd")
-        return context.get_dummy_value()
-
-    return sig, codegen
+# The attention kernels' K and V tiles (kernels/attention_int8.py): QK^T in bytes, PV in int16.
+block_vnni_strided = _strided_block("vpdpbusd")
+block_vnni16_strided = _strided_block("vpdpwssd")
 
 
 @helper
