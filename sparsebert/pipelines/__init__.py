@@ -34,7 +34,7 @@ TASKS = {
 }
 
 # Keyword arguments that go to sparsebert.load when a path is given.
-_LOAD_KEYS = ("layers", "tokenizer", "max_length", "formats")
+_LOAD_KEYS = ("layers", "tokenizer", "max_length", "formats", "int8_attention")
 
 
 def pipeline(task: str, path_or_model, **options) -> Pipeline:
@@ -42,7 +42,7 @@ def pipeline(task: str, path_or_model, **options) -> Pipeline:
 
     options: batch_size, chunk_size, show_progress_bar, the task's call defaults (top_k,
     aggregation_strategy, doc_stride, ...), and, with a path, sparsebert.load's keyword arguments
-    (layers, tokenizer, max_length, formats).
+    (layers, tokenizer, max_length, formats, int8_attention).
     """
     from ..api import Model, load
 
