@@ -18,8 +18,8 @@ DIR = Path(__file__).resolve().parent.parent / "notebooks" / "results" / "ablati
 # Recipe keys shown as columns: (section, key).
 KEYS = [("pruning", "final_sparsity"), ("pruning", "block"), ("pruning", "initial_sparsity"),
         ("pruning", "end"), ("pruning", "update_every"), ("distillation", "hidden_weight"),
-        ("distillation", "hidden_norm"), ("pruning", "init_method"), ("pruning", "score"),
-        ("student", "freeze_embeddings"), ("training", "lr"), ("training", "lr_schedule")]
+        ("distillation", "hidden_norm"), ("distillation", "attention_weight"), ("pruning", "init_method"),
+        ("pruning", "score"), ("student", "freeze_embeddings"), ("training", "lr"), ("training", "lr_schedule")]
 
 
 def rows() -> list[dict]:
