@@ -98,9 +98,9 @@ def _pack_keys(kf, D, T, T4, DQ, ones, sc, inv, kw, ksum):
 @helper
 def _quantize_values(vf, D, T, vc, lanes):
     # V's rows quantized per feature over the sequence's keys into vc[d, :T] (int16 codes within
-    # +-1023); returns the
-    # row scales sv (D,). The row max runs in 16 lanes (lanes: float32 scratch (16,)): a single
-    # running max is a serial dependency chain (fastmath here excludes reassociation).
+    # +-1023); returns the row scales sv (D,). The row max runs in 16 lanes (lanes: float32
+    # scratch (16,)): a single running max is a serial dependency chain (fastmath here excludes
+    # reassociation).
     sv = np.zeros(D, dtype=np.float32)
     for d in range(D):
         row = vf[d * T: (d + 1) * T]

@@ -68,7 +68,7 @@ from .ops import layer_norm_tile
 # Numba's on-disk cache keys a kernel on its own file, not on the helpers it inlines from other
 # files; tests/test_ffn_int8.py fails until this stamp matches them, so an edit there also edits
 # (and re-compiles) this file.
-BUILT_AGAINST = "int8_gather.py 869a7a0b48654222, attention.py 839209a8831a6388, attention_int8.py 35036dc72b57f1fb, int8.py e8cb762509f1d006, int8_bsr.py 70acaa5a06cc5c56, int8_gemm.py bfe0e0dc7e8c6e38, int8_vnni.py 481ed9f95056e5e2, ops.py bf281eab8eb1be2a, spmm_epilogue.py 84df407a011b8901, numeric.py 6c0311da66f4dbb7"
+BUILT_AGAINST = "int8_gather.py 20c56d0a263074cc, attention.py 839209a8831a6388, attention_int8.py 7165694aac82f380, int8.py e8cb762509f1d006, int8_bsr.py 70acaa5a06cc5c56, int8_gemm.py bfe0e0dc7e8c6e38, int8_vnni.py 481ed9f95056e5e2, ops.py bf281eab8eb1be2a, spmm_epilogue.py 84df407a011b8901, numeric.py 6c0311da66f4dbb7"
 GEMM, BSR1X4, GATHER = 0, 1, 2  # weight kinds
 _PAD = np.uint8(128)
 _GROUP = 16  # output rows per int32 sums block (a multiple of RB)

@@ -37,8 +37,8 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from .int8 import token_scales
-from .int8_gemm import _dequant_block
-from .int8_vnni import _code_byte
+from .int8_gemm import _dequant_block, _i64, _ptr
+from .int8_vnni import _code_byte, inverse_smooth
 from .jit import parallel_kernel
 
 # Numba's on-disk cache keys these kernels on this file only: tests/test_ffn_int8.py fails until this
@@ -74,11 +74,9 @@ def _tile_gather64(typingctx, xr, x_off, x_stride, idx, wq, start, end, acc, acc
 
     def codegen(context, builder, signature, args):
         at = signature.args
-        ptr = lambda i: context.make_array(at[i])(context, builder, args[i]).data  # noqa: E731
-        i64 = lambda i: context.cast(builder, args[i], at[i], types.int64)  # noqa: E731
         c64 = lambda v: ir.Constant(_I64, v)  # noqa: E731
-        xp, ip, wp, ap = ptr(0), ptr(3), ptr(4), ptr(7)
-        x_off, x_stride, start, end, acc_off = i64(1), i64(2), i64(5), i64(6), i64(8)
+        xp, ip, wp, ap = (_ptr(context, builder, at[i], args[i]) for i in (0, 3, 4, 7))
+        x_off, x_stride, start, end, acc_off = (_i64(context, builder, at[i], args[i]) for i in (1, 2, 5, 6, 8))
         fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_V32, [_V32] * 3),
                                             "llvm.x86.avx512.vpdpbusd.512")
         accs = [cgutils.alloca_once_value(builder, ir.Constant(_V32, [0] * 16)) for _ in range(4)]
@@ -130,9 +128,7 @@ def quantize_rows(X, smooth, XR, x_scale):
     SP = XR.shape[2]
     xf = X.reshape(X.size)
     rf = XR.reshape(XR.size)
-    inv_smooth = np.empty(K, dtype=np.float32)
-    for k in range(K):
-        inv_smooth[k] = np.float32(1.0) / smooth[k]
+    inv_smooth = inverse_smooth(smooth, (K + 3) // 4)
     n_tiles = SP // TOKENS
     for task in prange(B * n_tiles):
         b = task // n_tiles
