@@ -59,18 +59,17 @@ from .attention import sequence_heads
 from .attention_int8 import sequence_heads_int8
 from .int8 import token_scales
 from .int8_bsr import _tile_1x64, _tile_1x128
-from .int8_gather import _tile_gather64
+from .int8_gather import _tile_gather64, code_rows
 from .int8_gemm import RB, _block_vnni, _dequant_block
-from .int8_vnni import TILE, _code_byte, inverse_smooth, pack_quads
+from .int8_vnni import TILE, inverse_smooth, pack_quads
 from .jit import helper, parallel_kernel
 from .ops import layer_norm_tile
 
 # Numba's on-disk cache keys a kernel on its own file, not on the helpers it inlines from other
 # files; tests/test_ffn_int8.py fails until this stamp matches them, so an edit there also edits
 # (and re-compiles) this file.
-BUILT_AGAINST = "int8_gather.py 20c56d0a263074cc, attention.py 839209a8831a6388, attention_int8.py 7165694aac82f380, int8.py e8cb762509f1d006, int8_bsr.py 70acaa5a06cc5c56, int8_gemm.py bfe0e0dc7e8c6e38, int8_vnni.py 481ed9f95056e5e2, ops.py bf281eab8eb1be2a, spmm_epilogue.py 84df407a011b8901, numeric.py 6c0311da66f4dbb7"
+BUILT_AGAINST = "int8_gather.py 1c7a764c4c71913c, attention.py 839209a8831a6388, attention_int8.py 7165694aac82f380, int8.py e8cb762509f1d006, int8_bsr.py 70acaa5a06cc5c56, int8_gemm.py bfe0e0dc7e8c6e38, int8_vnni.py 481ed9f95056e5e2, ops.py bf281eab8eb1be2a, spmm_epilogue.py 84df407a011b8901, numeric.py 6c0311da66f4dbb7"
 GEMM, BSR1X4, GATHER = 0, 1, 2  # weight kinds
-_PAD = np.uint8(128)
 _GROUP = 16  # output rows per int32 sums block (a multiple of RB)
 
 
@@ -113,13 +112,8 @@ def _quantize(kind, src, K, width, inv_sm, xq, xs, inv, W):
     KQ = (K + 3) // 4
     token_scales(src, 0, K, W, 0, width, inv_sm, xs, inv)
     if kind == GATHER:
-        uw, ut = np.uint64(width), np.uint64(W)
-        for k in range(np.uint64(K)):
-            m = inv_sm[k]
-            for j in range(uw):
-                xq[k * ut + j] = np.uint8(_code_byte(src[k * ut + j], m, inv[j]))
-            for j in range(uw, ut):
-                xq[k * ut + j] = _PAD
+        z, uw = np.uint64(0), np.uint64(W)
+        code_rows(src, z, uw, xq, z, uw, K, width, W, inv_sm, inv)
     else:
         pack_quads(src, 0, K, W, 0, width, inv_sm, inv, xq.view(np.uint32), np.uint64(0), W, KQ, W)
 

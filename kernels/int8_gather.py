@@ -39,7 +39,7 @@ from numba.extending import intrinsic
 from .int8 import token_scales
 from .int8_gemm import _dequant_block, _i64, _ptr
 from .int8_vnni import _code_byte, inverse_smooth
-from .jit import parallel_kernel
+from .jit import helper, parallel_kernel
 
 # Numba's on-disk cache keys these kernels on this file only: tests/test_ffn_int8.py fails until this
 # stamp matches the files whose helpers they inline.
@@ -137,17 +137,26 @@ def quantize_rows(X, smooth, XR, x_scale):
         inv = np.zeros(TOKENS, dtype=np.float32)
         if width > 0:
             token_scales(xf, b, K, S, s0, width, inv_smooth, x_scale, inv)
-        # unsigned flat offsets: signed ones keep Numba's negative-index wraparound in the loop
-        uw, ut = np.uint64(width), np.uint64(TOKENS)
-        for k in range(K):
-            row = np.uint64(b) * np.uint64(K) + np.uint64(k)
-            src = row * np.uint64(S) + np.uint64(s0)
-            dst = row * np.uint64(SP) + np.uint64(s0)
-            m = inv_smooth[k]
-            for j in range(uw):
-                rf[dst + j] = np.uint8(_code_byte(xf[src + j], m, inv[j]))
-            for j in range(uw, ut):
-                rf[dst + j] = _PAD
+        base = np.uint64(b) * np.uint64(K)
+        code_rows(xf, base * np.uint64(S) + np.uint64(s0), np.uint64(S), rf, base * np.uint64(SP) + np.uint64(s0),
+                  np.uint64(SP), K, width, TOKENS, inv_smooth, inv)
+
+
+@helper
+def code_rows(src, sbase, sstride, dst, dbase, dstride, K, width, W, inv_smooth, inv):
+    # The activation layout the gather tile reads, shared by quantize_rows and the fused kernels:
+    # dst's K rows (dstride apart from dbase, flat uint8) = the codes + 128 of src's K rows
+    # (sstride apart from sbase, flat float32) over columns [0, width), scaled by inv_smooth[k] and
+    # each column's inv[j]; columns [width, W) padding 128. Offsets are unsigned: signed ones keep
+    # Numba's negative-index wraparound in the loop.
+    uw, ut = np.uint64(width), np.uint64(W)
+    for k in range(np.uint64(K)):
+        s, d = sbase + k * sstride, dbase + k * dstride
+        m = inv_smooth[k]
+        for j in range(uw):
+            dst[d + j] = np.uint8(_code_byte(src[s + j], m, inv[j]))
+        for j in range(uw, ut):
+            dst[d + j] = _PAD
 
 
 @parallel_kernel

@@ -11,7 +11,8 @@ Batches the kernel would run slowly (`worth_fusing`: short sequences, too few ti
 threads) take the two calls instead.
 The linears' own compressed arrays are used as they are: they were validated when built.
 
-Left out: other block shapes and dense linears (they keep the two-call path), int8 linears.
+Int8 pairs: `sparsebert.quant.fused.FusedInt8FFN`, the same `FusedPair` over the int8 kernel.
+Left out: other block shapes and dense linears (they keep the two-call path).
 """
 
 from __future__ import annotations
@@ -28,14 +29,28 @@ _NO_RESIDUAL = np.zeros((1, 1, 1), dtype=np.float32)
 _NO_NORM = np.zeros(1, dtype=np.float32)
 
 
-class FusedFFN:
-    """ffn_out(act(ffn_in(x))) (+ residual) in one kernel call; see the module docstring."""
+class FusedPair:
+    """ffn_out(act(ffn_in(x))) (+ residual) in one kernel call per token tile, and the layer tail
+    after attention; the checks and the two-call fallbacks shared by `FusedFFN` (float32) and
+    `sparsebert.quant.fused.FusedInt8FFN`. A subclass names the linears its kernel runs (`fits`,
+    `needs` for the error message) and runs the kernel (`_run`)."""
+
+    needs = ""  # the linears `fits` accepts, as the tail's error message names them
 
     def __init__(self, ffn_in, ffn_out, activation):
         self.ffn_in, self.ffn_out = ffn_in, ffn_out
         self.act = act_code(activation)
         self.activation = activation
         self.hidden = ffn_in.in_features
+
+    @staticmethod
+    def fits(lin) -> bool:
+        raise NotImplementedError
+
+    def _run(self, x, residual, has_residual, norm, has_norm, y, attn_out, pre) -> None:
+        """The kernel: y = LayerNorm(ffn(h) + residual) per token tile (the norm when has_norm),
+        h = x, or with attn_out h = LayerNorm_pre(attn_out(x) + residual) and residual = h."""
+        raise NotImplementedError
 
     def __call__(self, x: np.ndarray, *, residual=None, out=None, norm=None) -> np.ndarray:
         """norm: None, or (gamma, beta, eps) of a LayerNorm over H applied to the result (float32
@@ -44,29 +59,66 @@ class FusedFFN:
         y = checked_tile_inputs(x, H, residual, out)
         if y.size == 0:
             return y
-        a, b = self.ffn_in, self.ffn_out
         gamma, beta, eps = (_NO_NORM, _NO_NORM, np.float32(0)) if norm is None else checked_norm(norm, H)
         if not worth_fusing(x.shape[0], x.shape[2]):
-            f = a(x, activation=self.activation)  # (B, I, S)
-            b(f, residual=residual, out=y)
+            f = self.ffn_in(x, activation=self.activation)  # (B, I, S)
+            self.ffn_out(f, residual=residual, out=y)
             if norm is not None:
                 ops.layer_norm(y, gamma, beta, eps)
             return y
-        ffn_fused.ffn_csr(*_weight(a), self.act, *_weight(b), x,
-                          _NO_RESIDUAL if residual is None else residual, residual is not None,
-                          gamma, beta, eps, norm is not None, y,
-                          *_weight(a), _NO_NORM, _NO_NORM, False, _rows(a), _rows(b), _rows(a))
+        self._run(x, _NO_RESIDUAL if residual is None else residual, residual is not None,
+                  (gamma, beta, eps), norm is not None, y, None, None)
         return y
 
     def can_tail(self, attn_out) -> bool:
         """Whether `tail` can fuse this attention output linear too."""
-        return fusable(attn_out) and attn_out.in_features == attn_out.out_features == self.hidden
+        return self.fits(attn_out) and attn_out.in_features == attn_out.out_features == self.hidden
 
     def can_layer(self, qkv, attn_out) -> bool:
         """Whether `layer` can run a whole encoder layer with these query/key/value and attention
         output linears."""
         H = self.hidden
-        return self.can_tail(attn_out) and fusable(qkv) and qkv.in_features == H and qkv.out_features == 3 * H
+        return self.can_tail(attn_out) and self.fits(qkv) and qkv.in_features == H and qkv.out_features == 3 * H
+
+    def tail(self, ctx: np.ndarray, x: np.ndarray, attn_out, attn_norm, norm) -> np.ndarray:
+        """The rest of an encoder layer after attention, in place in x (B, H, S):
+        h = LayerNorm_attn(attn_out(ctx) + x), then x = LayerNorm(ffn(h) + h). attn_norm and norm
+        are (gamma, beta, eps). One kernel call per token tile when `worth_fusing` (h never leaves
+        L2), else the separate calls."""
+        H = self.hidden
+        checked_tail_inputs(ctx, x, H)
+        if not self.can_tail(attn_out):
+            raise InputError(f"fused layer tail needs a ({H}, {H}) attention output linear of kind {self.needs}")
+        pre, post = checked_norm(attn_norm, H), checked_norm(norm, H)
+        if pre[2] != post[2]:
+            raise InputError("fused layer tail: both LayerNorms must share one eps")
+        if x.size == 0:
+            return x
+        if not worth_fusing(x.shape[0], x.shape[2]):
+            h = attn_out(ctx, residual=x)
+            ops.layer_norm(h, *pre)
+            return self(h, residual=h, out=x, norm=norm)
+        self._run(ctx, x, False, post, True, x, attn_out, pre)
+        return x
+
+
+class FusedFFN(FusedPair):
+    """The float32 pair: CSR or 4x1-block linears (`kernels/ffn_fused.py`). Equal to the separate
+    calls on whole 64-token tiles (a partial tile can differ in the last place: the separate calls'
+    8-token tail tiles sum in another order)."""
+
+    needs = "CSR or 4x1 blocks"
+
+    @staticmethod
+    def fits(lin) -> bool:
+        return fusable(lin)
+
+    def _run(self, x, residual, has_residual, norm, has_norm, y, attn_out, pre) -> None:
+        a, b = self.ffn_in, self.ffn_out
+        o = a if attn_out is None else attn_out
+        g0, be0 = (_NO_NORM, _NO_NORM) if pre is None else pre[:2]
+        ffn_fused.ffn_csr(*_weight(a), self.act, *_weight(b), x, residual, has_residual, *norm, has_norm, y,
+                          *_weight(o), g0, be0, attn_out is not None, _rows(a), _rows(b), _rows(o))
 
     def layer(self, x, key_bias, qkv, attn_out, heads: int, scale, attn_norm, norm) -> np.ndarray:
         """A whole encoder layer in place in x (B, H, S), one sequence per task
@@ -80,31 +132,6 @@ class FusedFFN:
         ffn_fused.layer_csr(*_weight(qkv), _rows(qkv), key_bias, heads, np.float32(scale),
                             *_weight(attn_out), *pre[:2], _rows(attn_out), *_weight(a), self.act, _rows(a),
                             *_weight(b), _rows(b), *post, x)
-        return x
-
-    def tail(self, ctx: np.ndarray, x: np.ndarray, attn_out, attn_norm, norm) -> np.ndarray:
-        """The rest of an encoder layer after attention, in place in x (B, H, S):
-        h = LayerNorm_attn(attn_out(ctx) + x), then x = LayerNorm(ffn(h) + h). attn_norm and norm
-        are (gamma, beta, eps). One kernel call per token tile when `worth_fusing` (h never leaves
-        L2), else the separate calls: the same bits on whole 64-token tiles (a partial tile can
-        differ in the last place: the separate calls' 8-token tail tiles sum in another order)."""
-        H = self.hidden
-        checked_tail_inputs(ctx, x, H)
-        if not self.can_tail(attn_out):
-            raise InputError(f"fused layer tail needs a CSR or 4x1-block ({H}, {H}) attention output linear")
-        g0, be0, eps0 = checked_norm(attn_norm, H)
-        gamma, beta, eps = checked_norm(norm, H)
-        if eps0 != eps:
-            raise InputError("fused layer tail: both LayerNorms must share one eps")
-        if x.size == 0:
-            return x
-        if not worth_fusing(x.shape[0], x.shape[2]):
-            h = attn_out(ctx, residual=x)
-            ops.layer_norm(h, g0, be0, eps0)
-            return self(h, residual=h, out=x, norm=norm)
-        a, b, o = self.ffn_in, self.ffn_out, attn_out
-        ffn_fused.ffn_csr(*_weight(a), self.act, *_weight(b), ctx, x, False, gamma, beta, eps, True, x,
-                          *_weight(o), g0, be0, True, _rows(a), _rows(b), _rows(o))
         return x
 
 

@@ -28,7 +28,7 @@ EPS = np.float32(1e-12)
 @pytest.fixture(autouse=True)
 def always_fuse(monkeypatch):
     # The conformance cases must reach the kernel, whatever worth_fusing would choose.
-    monkeypatch.setattr("sparsebert.quant.fused.worth_fusing", lambda B, S: True)
+    monkeypatch.setattr("sparsebert.ffn.worth_fusing", lambda B, S: True)
 
 
 def linear(rng, N, K, kind, sparsity=0.8):
@@ -170,7 +170,7 @@ def test_pairs_that_do_not_qualify_and_bad_inputs():
     x = np.zeros((1, 16, 4), np.float32)
     with pytest.raises(InputError, match="overlap"):
         ffn(x, out=x)
-    with pytest.raises(InputError, match="int8 attention output linear"):
+    with pytest.raises(InputError, match="attention output linear of kind int8 gemm"):
         ffn.tail(np.zeros_like(x), x, csr, norm(rng, 16), norm(rng, 16))
     with pytest.raises(InputError, match="LayerNorm gamma"):
         ffn(x, norm=(np.ones(15, np.float32), np.zeros(16, np.float32), EPS))
