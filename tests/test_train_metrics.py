@@ -1,7 +1,8 @@
 """The metrics users choose a model by, against answers computed by hand in the tests:
 top_k_overlap (neighbour sets), evaluate_model's held-out cosine, accuracy (label order) and Lee
-Spearman (pair order), the retrieval scores, and train/points.py (speed medians, which runs are
-measured, re-measured or reused).
+Spearman (pair order), the retrieval scores, train/points.py (speed medians, which runs are
+measured, re-measured or reused) and train/committed.py (rows and structures of committed results,
+one stand-in per structure).
 
 Embeddings come from a stand-in for `sparsebert.load` that returns fixed vectors, so every expected
 value is known exactly; accuracy runs a real tiny classifier whose head always answers one label.
@@ -158,9 +159,15 @@ def test_speed_ratio_takes_medians_of_paired_rounds(monkeypatch):
 
     # rounds alternate ORT, candidate: (10, 20), (10, 30), (20, 20) -> ratios 2, 3, 1
     speeds = iter([999.0, 10.0, 20.0, 10.0, 30.0, 20.0, 20.0])  # first: the untimed warm-up
-    monkeypatch.setattr(benchmark, "load_runner", lambda *a, **k: "candidate")
-    monkeypatch.setattr(benchmark, "measure", lambda runner, *a, **k: {"items_per_s": next(speeds)})
-    got = points.speed_ratio("path", "ort", {}, rounds=3)
+    timed = []
+
+    def measure(runner, *a, **k):
+        timed.append(runner)
+        return {"items_per_s": next(speeds)}
+
+    monkeypatch.setattr(benchmark, "measure", measure)
+    got = points.speed_ratio("candidate", "ort", {}, rounds=3)
+    assert timed == ["candidate"] + ["ort", "candidate"] * 3
     assert got == {"items_per_s": 20.0, "ort_items_per_s": 10.0, "speedup_vs_ort": 2.0,
                    "speedup_range": [1.0, 3.0]}
 
@@ -176,7 +183,9 @@ def _run_folder(root, name, *, step, sparsity, task="embeddings", metrics_step=N
     return f
 
 
-def test_gather_measures_reuses_and_skips_the_right_runs(tmp_path, monkeypatch):
+def _no_measuring(tmp_path, monkeypatch) -> dict:
+    """points.gather with every export, prune, quantization, evaluation and timing faked; returns
+    the teacher folder and the lists the fakes record their calls in."""
     import sparsebert.export
     import sparsebert.prune
     import sparsebert.quant
@@ -191,33 +200,44 @@ def test_gather_measures_reuses_and_skips_the_right_runs(tmp_path, monkeypatch):
     teacher = tmp_path / "teacher"
     teacher.mkdir()
     (teacher / "config.json").write_text("{}")
+    calls = {"teacher": teacher, "pruned": [], "quantized": [], "measured": []}
     monkeypatch.setattr(sparsebert.export, "export_bert_onnx", lambda *a, **k: None)
-    monkeypatch.setattr(sparsebert.prune, "prune_checkpoint", lambda *a, **k: None)
+    monkeypatch.setattr(sparsebert.prune, "prune_checkpoint", lambda src, dst, **k: calls["pruned"].append(
+        (str(dst).rsplit("/", 1)[-1], k)))
     monkeypatch.setattr(benchmark, "load_runner", lambda *a, **k: _Ort())
     monkeypatch.setattr(benchmark, "random_inputs", lambda *a, **k: {})
     monkeypatch.setattr(benchmark, "library_versions", lambda: {})
-    quantized = []
-    monkeypatch.setattr(sparsebert.quant, "quantize", lambda src, dst, **k: quantized.append(
+    monkeypatch.setattr(sparsebert.quant, "quantize", lambda src, dst, **k: calls["quantized"].append(
         (str(src).rsplit("/", 1)[-1], str(dst).rsplit("/", 1)[-1], k)))
-    measured = []
 
     def fake_eval(path, **kw):
-        measured.append(str(path).rsplit("/", 1)[-1])
+        calls["measured"].append(str(path).rsplit("/", 1)[-1])
         return {"model": str(path), "task": kw["kind"], "cosine_to_teacher": 0.9}
 
     monkeypatch.setattr(points, "evaluate_model", fake_eval)
-    monkeypatch.setattr(points, "speed_ratio", lambda path, *a, **k: {"speedup_vs_ort": 1.5})
+    speed = {"items_per_s": 15.0, "ort_items_per_s": 10.0, "speedup_vs_ort": 1.5, "speedup_range": [1.4, 1.6]}
+    monkeypatch.setattr(points, "speed_ratio", lambda runner, *a, **k: dict(speed))
+    return calls
+
+
+def test_gather_measures_reuses_and_skips_the_right_runs(tmp_path, monkeypatch):
+    calls = _no_measuring(tmp_path, monkeypatch)
+    teacher, quantized, measured = calls["teacher"], calls["quantized"], calls["measured"]
     runs = tmp_path / "runs"
     _run_folder(runs, "emb-80", step=100, sparsity=0.8, metrics_step=100)  # current metrics: reused
     _run_folder(runs, "emb-90", step=100, sparsity=0.9, metrics_step=50, fake_quant=90)  # stale: measured
     _run_folder(runs, "emb-90-gmp-only", step=10, sparsity=0.9)  # no metrics: measured
     _run_folder(runs, "emb-dense", step=10, sparsity=0.0)  # dense: not a point
-    previous = {"results": [{"task": "embeddings", "label": "dense teacher", "kind": "dense", "kept": True},
+    previous = {"results": [{"task": "embeddings", "label": "dense teacher", "kind": "dense", "kept": True,
+                             "speed_from": "this model"},
+                            {"task": "embeddings", "label": "one-shot 80%", "kind": "one-shot",
+                             "old_format": True},  # no speed_from: measured again
                             {"task": "embeddings", "label": "emb-90", "kind": "compound",
                              "train": {"step": 60}, "stale": True}]}
     result = points.gather(runs, tmp_path / "cache", teacher, None, previous=previous, log=lambda s: None)
     rows = {r["label"]: r for r in result["results"]}
     assert rows["dense teacher"].get("kept") is True  # reused from the previous result
+    assert "old_format" not in rows["one-shot 80%"]
     assert "stale" not in rows["emb-90"]  # its step moved on: measured again
     assert rows["emb-80"]["cosine_to_teacher"] == 0.5 and rows["emb-80"]["kind"] == "compound"
     assert rows["emb-90-gmp-only"]["kind"] == "gmp-only" and "emb-dense" not in rows
@@ -232,7 +252,18 @@ def test_gather_measures_reuses_and_skips_the_right_runs(tmp_path, monkeypatch):
     assert "emb-80 int8" not in rows
     one_shot = [label for label, *_ in points.EMB_ONESHOT]
     assert set(one_shot) <= set(rows) and "dense, layers 0 2 4" in rows
-    assert all(math.isclose(r["speedup_vs_ort"], 1.5) for r in result["results"] if "kept" not in r)
+    assert all(math.isclose(r["speedup_vs_ort"], 1.5) for r in result["results"]
+               if "kept" not in r and r.get("engine") is None)
+    assert all(r["speed_from"] == "this model" for r in result["results"] if "kept" not in r
+               and r.get("engine") is None)
+    assert rows["one-shot 3 layers + 80%"]["layers"] == [0, 2, 4]  # kept layers, not runtime dropping
+    assert rows["emb-90"]["final_sparsity"] == 0.9 and rows["emb-90 int8"]["precision"] == "int8"
+    # ORT fp32 is the baseline (1x, the dense teacher's metrics); no int8 accuracy file: no int8 row
+    ort_fp32 = rows["dense teacher, ORT fp32"]
+    assert ort_fp32["speedup_vs_ort"] == 1.0 and ort_fp32["engine"] == "onnxruntime"
+    assert ort_fp32["items_per_s"] == ort_fp32["ort_items_per_s"] == 10.0
+    assert "dense teacher, ORT int8 dynamic" not in rows
+    assert result["settings"]["shared_machine"] is False
 
     # Once the cache has retrieval pairs, rows and metrics measured without them are measured again.
     (tmp_path / "cache" / "retrieval").mkdir(parents=True)
@@ -243,6 +274,160 @@ def test_gather_measures_reuses_and_skips_the_right_runs(tmp_path, monkeypatch):
     assert sorted(m for m in measured if m.startswith("int8_")) == ["int8_embeddings_dense_teacher_int8",
                                                                     "int8_embeddings_emb-90_int8"]
     assert "teacher" in measured and len(again["results"]) == len(result["results"])
+
+
+# --- committed results (train/committed.py) and their stand-ins --------------------------------------
+
+
+def _recipe(kind="embeddings", sparsity=0.8, block="1x1", layers=None, scope="per-layer", fake_quant=None):
+    lines = ["[task]", f'kind = "{kind}"']
+    lines += ['labels = ["neg", "pos"]'] if kind == "classification" else []
+    lines += ["[student]", f"layers = {layers}"] if layers else []
+    if sparsity:
+        lines += ["[pruning]", f"final_sparsity = {sparsity}", "end = 10", f'block = "{block}"',
+                  f'scope = "{scope}"']
+    lines += ["[distillation]", "hidden_weight = 1.0", "[training]", "steps = 20"]
+    lines += ["[quantization]", f"fake_quant_start = {fake_quant}"] if fake_quant is not None else []
+    return "\n".join(lines) + "\n"
+
+
+def _commit(folder, name, metrics, recipe=None, train=None, int8=None):
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{name}.metrics.json").write_text(json.dumps(metrics))
+    for suffix, content in ((".recipe.toml", recipe), (".train.json", train), (".int8-metrics.json", int8)):
+        if content is not None:
+            text = content if isinstance(content, str) else json.dumps(content)
+            (folder / f"{name}{suffix}").write_text(text)
+
+
+def test_committed_rows_by_hand(tmp_path):
+    from sparsebert.train.committed import Structure, committed_rows, still_current
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    curve = [[1, 0.5], [2, 0.25]]
+    emb80 = {"model": "train-runs/emb-80", "task": "embeddings", "cosine_to_teacher": 0.93,
+             "lee_spearman": 0.5, "train": {"step": 1}}
+    _commit(a, "emb-80", emb80, _recipe(), train={"task": "embeddings", "step": 100, "total_steps": 100,
+                                                  "wall_seconds": 600.0, "encoder_linear_sparsity": 0.8,
+                                                  "loss_curve": curve})
+    _commit(a, "emb-3l-90-global", {"task": "embeddings", "cosine_to_teacher": 0.8,
+                                    "train": {"step": 5, "encoder_linear_sparsity": 0.9}},
+            _recipe(sparsity=0.9, layers=[0, 2, 4], scope="global"))  # no train.json: metrics' "train"
+    _commit(a, "emb-stopped", {"cosine_to_teacher": 0.7}, _recipe(sparsity=0.9),
+            train={"step": 3, "encoder_linear_sparsity": 0.6123})  # stopped mid-ramp: reached 0.61
+    _commit(a, "emb-measured", {"cosine_to_teacher": 0.6}, _recipe())  # a --runs folder: skipped
+    _commit(a, "orphan", {"cosine_to_teacher": 0.6})  # no recipe: skipped
+    _commit(a, "sent-1x4-int8", {"task": "classification", "accuracy": 0.85},
+            _recipe("classification", block="1x4", fake_quant=15), train={"step": 20},
+            int8={"model": "/tmp/q", "task": "classification", "accuracy": 0.84})
+    _commit(a, "teacher", {"task": "classification", "accuracy": 0.86},
+            _recipe("classification", sparsity=0))  # dense: the teacher rows cover it
+    _commit(b, "emb-80", {"cosine_to_teacher": 0.1}, _recipe())  # the name is a row already
+    _commit(b, "emb-80-copy", emb80, _recipe())  # the same result under a second name
+    _commit(b, "sent-90-gmp-only", {"task": "classification", "accuracy": 0.8},
+            _recipe("classification", 0.9))
+    logged = []
+    got = committed_rows([a, b], skip_names={"emb-measured"}, log=logged.append)
+
+    assert [r["label"] for r, _ in got] == ["emb-3l-90-global", "emb-80", "emb-stopped", "sent-1x4-int8",
+                                            "sent-1x4-int8 int8", "sent-90-gmp-only"]  # folder, name order
+    rows, structures = {r["label"]: r for r, _ in got}, {r["label"]: s for r, s in got}
+    assert structures == {
+        "emb-3l-90-global": Structure("embeddings", (0, 2, 4), 0.9, "1x1", "global"),
+        "emb-80": Structure("embeddings", None, 0.8, "1x1"),
+        "emb-stopped": Structure("embeddings", None, 0.61, "1x1"),
+        "sent-1x4-int8": Structure("classification", None, 0.8, "1x4"),
+        "sent-1x4-int8 int8": Structure("classification", None, 0.8, "1x4", precision="int8"),
+        "sent-90-gmp-only": Structure("classification", None, 0.9, "1x1")}
+    assert rows["emb-80"] == {
+        "task": "embeddings", "label": "emb-80", "kind": "compound", "precision": "fp32", "layers": None,
+        "final_sparsity": 0.8, "block": "1x1", "scope": "per-layer", "int8_aware": False,
+        "cosine_to_teacher": 0.93, "lee_spearman": 0.5, "results_file": str(a / "emb-80.metrics.json"),
+        "train": {"task": "embeddings", "step": 100, "total_steps": 100, "wall_seconds": 600.0,
+                  "encoder_linear_sparsity": 0.8},
+        "loss_curve": curve, "also_committed_as": ["emb-80-copy"]}
+    assert rows["emb-3l-90-global"]["layers"] == [0, 2, 4] and rows["emb-3l-90-global"]["scope"] == "global"
+    assert rows["emb-3l-90-global"]["train"] == {"step": 5, "encoder_linear_sparsity": 0.9}
+    assert rows["sent-1x4-int8"]["accuracy"] == 0.85 and rows["sent-1x4-int8"]["int8_aware"] is True
+    q = rows["sent-1x4-int8 int8"]
+    assert (q["precision"], q["accuracy"], q["int8_aware"], q["train"]) == ("int8", 0.84, True, {"step": 20})
+    assert "loss_curve" not in q and q["results_file"].endswith("sent-1x4-int8.int8-metrics.json")
+    assert rows["sent-90-gmp-only"]["kind"] == "gmp-only"
+    assert rows["sent-90-gmp-only"]["task"] == "classification"
+    assert any("orphan" in m for m in logged) and any(str(b / "emb-80.metrics.json") in m for m in logged)
+    assert structures["emb-3l-90-global"].describe() == "0.9 1x1, layers 0 2 4, global scope"
+    assert structures["sent-1x4-int8 int8"].describe() == "0.8 1x4, int8 (sparsebert quantize)"
+    # A row read back from the JSON gives the same structure, and stays current while its files do.
+    for row, structure in got:
+        back = json.loads(json.dumps({**row, "speedup_vs_ort": 2.0}))
+        assert Structure.of_row(back) == structure and still_current(back, row)
+    moved_on = {**rows["emb-80"], "train": {**rows["emb-80"]["train"], "step": 101}}
+    assert not still_current(moved_on, rows["emb-80"]) and not still_current(None, rows["emb-80"])
+
+
+def test_ort_int8_cosine_comes_from_the_teacher_entry(tmp_path):
+    from sparsebert.train.committed import ort_int8_cosine
+
+    student = {"fp32_cos_to_teacher_mean": 0.3, "ort_int8_dynamic": {"cos_to_teacher_mean": 0.29}}
+    teacher = {"fp32_cos_to_teacher_mean": 1.0, "ort_int8_dynamic": {"cos_to_teacher_mean": 0.99}}
+    path = tmp_path / "int8_accuracy.json"
+    path.write_text(json.dumps({"sentences": 1000, "models": {"/s": student, "/t": teacher}}))
+    got = ort_int8_cosine(path)
+    assert got["cosine_to_teacher"] == 0.99 and str(path) in got["accuracy_from"]
+    path.write_text(json.dumps({"sentences": 1000, "models": {"/s": student}}))
+    assert ort_int8_cosine(path) is None
+
+
+def test_gather_times_committed_runs_on_one_stand_in_per_structure(tmp_path, monkeypatch):
+    calls = _no_measuring(tmp_path, monkeypatch)
+    results = tmp_path / "results"
+    for name, cosine in (("emb-80", 0.9), ("emb-80-b", 0.91), ("emb-80-c", 0.92)):
+        _commit(results, name, {"task": "embeddings", "cosine_to_teacher": cosine}, _recipe(),
+                train={"step": 10})
+    _commit(results, "emb-1x4-int8", {"task": "embeddings", "cosine_to_teacher": 0.88},
+            _recipe(block="1x4", fake_quant=15), int8={"cosine_to_teacher": 0.87})
+    _commit(results, "sent-90", {"task": "classification", "accuracy": 0.8},
+            _recipe("classification", 0.9))
+    runs = tmp_path / "runs"
+    _run_folder(runs, "emb-80", step=100, sparsity=0.8, metrics_step=100)  # measured from its folder
+    accuracy = tmp_path / "int8_accuracy.json"
+    accuracy.write_text(json.dumps({"sentences": 5, "models": {"/t": {
+        "fp32_cos_to_teacher_mean": 1.0, "ort_int8_dynamic": {"cos_to_teacher_mean": 0.99}}}}))
+    logged = []
+    result = points.gather(runs, tmp_path / "cache", calls["teacher"], None, results=[results],
+                           ort_int8_accuracy=accuracy, shared_machine=True, log=logged.append)
+    rows = {r["label"]: r for r in result["results"]}
+    stand_ins = [(dst, k) for dst, k in calls["pruned"] if dst.startswith("stand-in")]
+    assert stand_ins == [  # emb-1x4-int8 (fp32, then int8), then emb-80-b for emb-80-b and -c
+        ("stand-in-0", {"sparsity": 0.8, "block": "1x4", "scope": "per-layer", "layers": None}),
+        ("stand-in-1", {"sparsity": 0.8, "block": "1x4", "scope": "per-layer", "layers": None}),
+        ("stand-in-2", {"sparsity": 0.8, "block": "1x1", "scope": "per-layer", "layers": None})]
+    assert ("stand-in-1", "stand-in-1-int8", {"onnx": False}) in calls["quantized"]
+    assert rows["emb-80"]["speed_from"] == "this model" and "results_file" not in rows["emb-80"]
+    assert rows["emb-80-b"]["speed_from"] == rows["emb-80-c"]["speed_from"] == \
+        "stand-in: the dense teacher pruned one-shot to 0.8 1x1"
+    assert rows["emb-80-c"]["cosine_to_teacher"] == 0.92 and rows["emb-80-c"]["speedup_vs_ort"] == 1.5
+    assert rows["emb-1x4-int8 int8"]["speed_from"].endswith("0.8 1x4, int8 (sparsebert quantize)")
+    assert rows["emb-1x4-int8 int8"]["cosine_to_teacher"] == 0.87
+    assert "sent-90" not in rows and any("sent-90" in m and "--sentiment-teacher" in m for m in logged)
+    ort_int8 = rows["dense teacher, ORT int8 dynamic"]
+    assert (ort_int8["engine"], ort_int8["precision"], ort_int8["cosine_to_teacher"]) == (
+        "onnxruntime-int8", "int8", 0.99)
+    assert ort_int8["speedup_vs_ort"] == 1.5 and str(accuracy) in ort_int8["accuracy_from"]
+    assert rows["dense teacher, ORT fp32"]["cosine_to_teacher"] == 0.9  # the (faked) dense teacher's
+    assert result["settings"]["shared_machine"] is True and result["settings"]["results"] == [str(results)]
+
+    # Again on that result: committed rows are current, so nothing is pruned; a changed metric makes
+    # a new row that takes the speed its structure already has.
+    calls["pruned"].clear()
+    _commit(results, "emb-80-c", {"task": "embeddings", "cosine_to_teacher": 0.95}, _recipe(),
+            train={"step": 10})
+    again = points.gather(runs, tmp_path / "cache", calls["teacher"], None, results=[results],
+                          ort_int8_accuracy=accuracy, previous=json.loads(json.dumps(result)),
+                          log=lambda s: None)
+    rows = {r["label"]: r for r in again["results"]}
+    assert calls["pruned"] == [] and rows["emb-80-c"]["cosine_to_teacher"] == 0.95
+    assert rows["emb-80-c"]["speed_from"] == "stand-in: the dense teacher pruned one-shot to 0.8 1x1"
 
 
 # --- the retrieval pairs -----------------------------------------------------------------------
