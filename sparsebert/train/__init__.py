@@ -8,10 +8,12 @@ Neural Magic's SparseML BERT recipes, with GMP in place of second-order pruning.
 recipe (`recipe.py`, shipped ones in `recipes/`) says everything about a run; the output is a Hugging
 Face folder with exact zeros that `sparsebert.load`, `sparsebert.pipeline` and transformers read.
 
-Modules: recipe (parsing, checks), gmp (schedule, masks, LR), calibrate (Wanda input norms),
-fakequant (int8-aware steps), distill (models, losses), trainer (the loop, output), checkpoint
-(resume state), data (fetching real text into a cache, readers), evaluate (task metrics with the
-sparsebert runtime), cli (`sparsebert fetch-data | finetune | sparsify | evaluate`).
+Modules: recipe (parsing, checks), gmp (schedule, masks, LR), calibrate (Wanda input norms and
+Hessians), sparsegpt (SparseGPT masks and reconstruction), fakequant (int8-aware steps), distill
+(models, losses), trainer (the loop, output), checkpoint (resume state), data (fetching real text
+into a cache, readers), evaluate (task metrics with the sparsebert runtime), points and committed
+(the accuracy-vs-speed figure's points, from run folders and from committed results), cli
+(`sparsebert fetch-data | finetune | sparsify | evaluate`).
 
 Needs the [train] extra (torch, transformers, tqdm); the runtime never imports this package.
 Left out: second-order (oBERT) and movement pruning, learned quantisation scales, GPUs,
