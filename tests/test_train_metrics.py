@@ -187,6 +187,7 @@ def _no_measuring(tmp_path, monkeypatch) -> dict:
     """points.gather with every export, prune, quantization, evaluation and timing faked; returns
     the teacher folder and the lists the fakes record their calls in."""
     import sparsebert.export
+    import sparsebert.ort_files
     import sparsebert.prune
     import sparsebert.quant
     from sparsebert import benchmark
@@ -202,6 +203,7 @@ def _no_measuring(tmp_path, monkeypatch) -> dict:
     (teacher / "config.json").write_text("{}")
     calls = {"teacher": teacher, "pruned": [], "quantized": [], "measured": []}
     monkeypatch.setattr(sparsebert.export, "export_bert_onnx", lambda *a, **k: None)
+    monkeypatch.setattr(sparsebert.ort_files, "quantize_dynamic_int8", lambda *a, **k: None)
     monkeypatch.setattr(sparsebert.prune, "prune_checkpoint", lambda src, dst, **k: calls["pruned"].append(
         (str(dst).rsplit("/", 1)[-1], k)))
     monkeypatch.setattr(benchmark, "load_runner", lambda *a, **k: _Ort())
