@@ -203,7 +203,6 @@ def _no_measuring(tmp_path, monkeypatch) -> dict:
     (teacher / "config.json").write_text("{}")
     calls = {"teacher": teacher, "pruned": [], "quantized": [], "measured": []}
     monkeypatch.setattr(sparsebert.export, "export_bert_onnx", lambda *a, **k: None)
-    monkeypatch.setattr(sparsebert.ort_files, "quantize_dynamic_int8", lambda *a, **k: None)
     monkeypatch.setattr(sparsebert.prune, "prune_checkpoint", lambda src, dst, **k: calls["pruned"].append(
         (str(dst).rsplit("/", 1)[-1], k)))
     monkeypatch.setattr(benchmark, "load_runner", lambda *a, **k: _Ort())
@@ -219,6 +218,9 @@ def _no_measuring(tmp_path, monkeypatch) -> dict:
     monkeypatch.setattr(points, "evaluate_model", fake_eval)
     speed = {"items_per_s": 15.0, "ort_items_per_s": 10.0, "speedup_vs_ort": 1.5, "speedup_range": [1.4, 1.6]}
     monkeypatch.setattr(points, "speed_ratio", lambda runner, *a, **k: dict(speed))
+    monkeypatch.setattr(points, "baseline_speed", lambda ort, *a, **k: 12.0)
+    monkeypatch.setattr(sparsebert.ort_files, "quantize_dynamic_int8",
+                        lambda *a, **k: calls["quantized"].append(("ort-int8",)))
     return calls
 
 
@@ -260,10 +262,11 @@ def test_gather_measures_reuses_and_skips_the_right_runs(tmp_path, monkeypatch):
                and r.get("engine") is None)
     assert rows["one-shot 3 layers + 80%"]["layers"] == [0, 2, 4]  # kept layers, not runtime dropping
     assert rows["emb-90"]["final_sparsity"] == 0.9 and rows["emb-90 int8"]["precision"] == "int8"
-    # ORT fp32 is the baseline (1x, the dense teacher's metrics); no int8 accuracy file: no int8 row
+    # ORT fp32 is the baseline (1x, the dense teacher's metrics); no int8 accuracy file: no int8 row,
+    # and ORT int8 is neither made nor timed (the baseline is timed alone)
     ort_fp32 = rows["dense teacher, ORT fp32"]
     assert ort_fp32["speedup_vs_ort"] == 1.0 and ort_fp32["engine"] == "onnxruntime"
-    assert ort_fp32["items_per_s"] == ort_fp32["ort_items_per_s"] == 10.0
+    assert ort_fp32["items_per_s"] == ort_fp32["ort_items_per_s"] == 12.0
     assert "dense teacher, ORT int8 dynamic" not in rows
     assert result["settings"]["shared_machine"] is False
 
@@ -416,6 +419,8 @@ def test_gather_times_committed_runs_on_one_stand_in_per_structure(tmp_path, mon
     assert (ort_int8["engine"], ort_int8["precision"], ort_int8["cosine_to_teacher"]) == (
         "onnxruntime-int8", "int8", 0.99)
     assert ort_int8["speedup_vs_ort"] == 1.5 and str(accuracy) in ort_int8["accuracy_from"]
+    assert ("ort-int8",) in calls["quantized"]  # made in the run's work folder, timed against ORT fp32
+    assert rows["dense teacher, ORT fp32"]["items_per_s"] == 10.0  # ORT's rounds of that timing
     assert rows["dense teacher, ORT fp32"]["cosine_to_teacher"] == 0.9  # the (faked) dense teacher's
     assert result["settings"]["shared_machine"] is True and result["settings"]["results"] == [str(results)]
 

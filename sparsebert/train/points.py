@@ -92,6 +92,16 @@ def speed_ratio(runner, ort, inputs, *, rounds=3, time_s=2.0) -> dict:
             "speedup_vs_ort": statistics.median(ratios), "speedup_range": [min(ratios), max(ratios)]}
 
 
+def baseline_speed(ort, inputs, *, rounds=3, time_s=2.0) -> float:
+    """The ORT baseline's own throughput (items/s, the median of `rounds`), when no row is timed
+    against it."""
+    from .. import benchmark
+
+    benchmark.measure(ort, inputs, time_s / 2, 0.0, 1)  # warm-up, not timed
+    return statistics.median(benchmark.measure(ort, inputs, time_s, 0.0, 1)["items_per_s"]
+                             for _ in range(rounds))
+
+
 def _run_structure(run: Path, train: dict) -> Structure:
     """From the recipe the trainer copies into its output; from train.json (sparsity only) without one."""
     recipe = run / "recipe.toml"
@@ -249,24 +259,28 @@ def ort_points(rows, work, ort, inputs, ort_int8_accuracy, *, rounds, time_s, ad
 
     dense = {r["task"]: r for r in rows if r["label"] == "dense teacher"}
     accuracy = ort_int8_cosine(ort_int8_accuracy) if ort_int8_accuracy else None
-    # Quantized into `work` here, not by the "onnxruntime-int8" engine: that one caches the file
-    # under a key of the source's path, a new temporary folder on every call.
-    from ..ort_files import quantize_dynamic_int8
+    if accuracy is None:  # no int8 row: time the baseline alone (its own speed is all its rows need)
+        baseline = baseline_speed(ort, inputs, rounds=rounds, time_s=time_s)
+    else:
+        # Quantized into `work` here, not by the "onnxruntime-int8" engine: that one caches the file
+        # under a key of the source's path, a new temporary folder on every call.
+        from ..ort_files import quantize_dynamic_int8
 
-    int8_dir = work / "ort-int8"
-    int8_dir.mkdir()
-    quantize_dynamic_int8(work / "model.onnx", int8_dir / "model.onnx")
-    shutil.copyfile(work / "config.json", int8_dir / "config.json")
-    int8 = benchmark.load_runner(int8_dir, "onnxruntime", threads=THREADS)
-    int8.run(inputs)
-    speed = speed_ratio(int8, ort, inputs, rounds=rounds, time_s=time_s)
+        int8_dir = work / "ort-int8"
+        int8_dir.mkdir()
+        quantize_dynamic_int8(work / "model.onnx", int8_dir / "model.onnx")
+        shutil.copyfile(work / "config.json", int8_dir / "config.json")
+        int8 = benchmark.load_runner(int8_dir, "onnxruntime", threads=THREADS)
+        int8.run(inputs)
+        speed = speed_ratio(int8, ort, inputs, rounds=rounds, time_s=time_s)
+        baseline = speed["ort_items_per_s"]
     fields = {"kind": "dense", "layers": None, "final_sparsity": 0.0, "block": None, "scope": "per-layer"}
     for task, teacher_row in dense.items():
         add({"task": task, "label": "dense teacher, ORT fp32", **fields, "engine": "onnxruntime",
              "precision": "fp32", **{k: v for k, v in teacher_row.items() if k not in NOT_METRICS},
              "accuracy_from": "the dense teacher row (sparsebert fp32; ORT fp32 of the same weights "
                               "agrees to float tolerance)",
-             "items_per_s": speed["ort_items_per_s"], "ort_items_per_s": speed["ort_items_per_s"],
+             "items_per_s": baseline, "ort_items_per_s": baseline,
              "speedup_vs_ort": 1.0, "speedup_range": [1.0, 1.0],
              "speed_from": "the baseline itself (ORT fp32 on the dense MiniLM encoder)"})
     if accuracy is None:
