@@ -10,7 +10,7 @@ from .jit import kernel, parallel_kernel
 from .spmm_epilogue import copy_row, epilogue_inplace, pack_panel, pack_sequences
 from .spmm_zmm import tile_csr_z64, tile_bsr4x1_z64
 
-# Built against: numeric.py 6c0311da66f4dbb7, spmm_epilogue.py 84df407a011b8901, jit.py cb457540cb65f18d, spmm_zmm.py 19555bb18465a4cb
+# Built against: numeric.py 6c0311da66f4dbb7, spmm_epilogue.py 84df407a011b8901, jit.py cb457540cb65f18d, spmm_zmm.py 1a798bb96672e871
 
 
 

@@ -128,11 +128,18 @@ def make_tile(R: int, C: int, T: int, sets: int = 1):
 # The zmm tiles `gen_spmm.FORMATS` names (tile_<fmt>_z<width>); the generated drivers call them.
 _csr_z64 = make_tile(1, 1, 64, 2)
 _bsr4x1_z64 = make_tile(4, 1, 64, 1)
+# The fused FFN's wide token tile (`ffn_fused.TILES`): 16 zmm sums in two sets, 8 zmm of X per entry.
+_csr_z128 = make_tile(1, 1, 128, 2)
 
 
 @kernel
 def tile_csr_z64(y, yoff, ystride, x, xoff, xstride, data, indices, start, end):
     _csr_z64(y, yoff, ystride, x, xoff, xstride, data, indices, start, end)
+
+
+@kernel
+def tile_csr_z128(y, yoff, ystride, x, xoff, xstride, data, indices, start, end):
+    _csr_z128(y, yoff, ystride, x, xoff, xstride, data, indices, start, end)
 
 
 @kernel

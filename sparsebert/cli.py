@@ -221,9 +221,12 @@ def tune(path, *, layers=None, retune: bool = False) -> dict:
     ids = np.full((1, 8), 1000 % model.config.vocab_size, dtype=np.int64)
     model(ids)
     if any(layer.fused_ffn is not None for layer in model.encoder.layers):
-        from .ffn import warmup
+        from .ffn import FusedFFN, warmup
 
         warmup()  # the small call above takes the two-call FFN path
+        for layer in model.encoder.layers:
+            if isinstance(layer.fused_ffn, FusedFFN):
+                layer.fused_ffn.settle_tile()  # the token tile, chosen now rather than on a first long batch
     warm_s = time.perf_counter() - t0
     choices = {}
     rows = model.sparsity_report()["linears"]
@@ -233,6 +236,10 @@ def tune(path, *, layers=None, retune: bool = False) -> dict:
         if c.get("signature"):
             choices.setdefault(c["signature"], {"format": row["format"], "chunk_cols": c.get(
                 "chunk_cols"), "by": c["by"], "timings_ms": c.get("timings_ms")})
+    for c in filter(None, model.sparsity_report()["total"]["fused_ffn_tile_choice"]):
+        choosing_s += c.get("seconds", 0.0)  # the fused FFNs' token tiles (tuning.choose_ffn_tile)
+        choices.setdefault(c["signature"], {"format": c["format"], "tile": c["tile"], "by": c["by"],
+                                            "timings_ms": c.get("timings_ms")})
     return {"path": str(path), "cache": str(cache.path), "machine": cache.machine,
             "machine_key": cache.key, "load_s": round(load_s, 3), "choosing_s": round(choosing_s, 3),
             "first_call_s": round(warm_s, 3),

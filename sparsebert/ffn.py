@@ -17,6 +17,8 @@ Left out: other block shapes and dense linears (they keep the two-call path).
 
 from __future__ import annotations
 
+import threading
+
 import numba
 import numpy as np
 
@@ -105,9 +107,52 @@ class FusedPair:
 class FusedFFN(FusedPair):
     """The float32 pair: CSR or 4x1-block linears (`kernels/ffn_fused.py`). Equal to the separate
     calls on whole 64-token tiles (a partial tile can differ in the last place: the separate calls'
-    8-token tail tiles sum in another order)."""
+    8-token tail tiles sum in another order).
+
+    `tile` is the token-tile width the kernels run where a batch fills it (`tile_for`): 64, or on
+    AVX-512 also 128 (`ffn_fused.TILES`). Models built with formats="auto" take the tuner's
+    measured choice (`sparsebert.tuning.choose_ffn_tile`, recorded in `tile_choice`), made on the
+    first batch that could run the wide tile (`tune_tile_on_first_use`), or ahead of time by
+    `settle_tile` (`sparsebert tune`): a model that never sees long batches never pays for it."""
 
     needs = "CSR or 4x1 blocks"
+
+    def __init__(self, ffn_in, ffn_out, activation, tile: int = ffn_fused.TILE):
+        super().__init__(ffn_in, ffn_out, activation)
+        self.tile = tile
+        self.tile_choice = None  # how `tile` was chosen, when the tuner chose it
+        self._tuner = None  # called once with this pair before the first wide-enough batch
+        self._tuner_lock = threading.RLock()
+
+    def tune_tile_on_first_use(self, tuner) -> None:
+        """Have `tuner(self)` set `tile` before the first batch that could run a wider tile
+        (concurrent callers wait for it, so every call after the first runs the chosen width)."""
+        self._tuner = tuner if len(ffn_fused.TILES) > 1 else None
+
+    def settle_tile(self) -> None:
+        """Run the pending tuner now, if any."""
+        with self._tuner_lock:
+            if self._tuner is not None:
+                self._tuner(self)
+                self._tuner = None
+
+    @property
+    def tile(self) -> int:
+        return self._tile
+
+    @tile.setter
+    def tile(self, value) -> None:
+        # The kernels trust the width (it sizes their panels and picks their register tiles).
+        if value not in ffn_fused.TILES or isinstance(value, bool):
+            raise InputError(f"fused FFN token tile must be one of {ffn_fused.TILES} on this CPU, got {value!r}")
+        self._tile = int(value)
+
+    def tile_for(self, B: int, S: int) -> int:
+        """The width a (B, *, S) batch runs: `tile` when the batch fills it as `worth_fusing`
+        asks of 64-token tiles (little padding, tiles enough for the threads), else 64."""
+        if self._tuner is not None and tiles_fill(B, S, ffn_fused.TILES[-1]):
+            self.settle_tile()
+        return self.tile if self.tile != ffn_fused.TILE and tiles_fill(B, S, self.tile) else ffn_fused.TILE
 
     @staticmethod
     def fits(lin) -> bool:
@@ -118,7 +163,8 @@ class FusedFFN(FusedPair):
         o = a if attn_out is None else attn_out
         g0, be0 = (_NO_NORM, _NO_NORM) if pre is None else pre[:2]
         ffn_fused.ffn_csr(*_weight(a), self.act, *_weight(b), x, residual, has_residual, *norm, has_norm, y,
-                          *_weight(o), g0, be0, attn_out is not None, _rows(a), _rows(b), _rows(o))
+                          *_weight(o), g0, be0, attn_out is not None, _rows(a), _rows(b), _rows(o),
+                          self.tile_for(x.shape[0], x.shape[2]))
 
     def layer(self, x, key_bias, qkv, attn_out, heads: int, scale, attn_norm, norm) -> np.ndarray:
         """A whole encoder layer in place in x (B, H, S), one sequence per task
@@ -129,9 +175,14 @@ class FusedFFN(FusedPair):
         if x.size == 0:
             return x
         a, b = self.ffn_in, self.ffn_out
+        S = x.shape[2]  # tasks are whole sequences: only the padding of the last tile matters
+        wide = ffn_fused.TILES[-1]
+        if self._tuner is not None and -(-S // wide) * wide <= 1.125 * S:
+            self.settle_tile()
+        tile = self.tile if -(-S // self.tile) * self.tile <= 1.125 * S else ffn_fused.TILE
         ffn_fused.layer_csr(*_weight(qkv), _rows(qkv), key_bias, heads, np.float32(scale),
                             *_weight(attn_out), *pre[:2], _rows(attn_out), *_weight(a), self.act, _rows(a),
-                            *_weight(b), _rows(b), *post, x)
+                            *_weight(b), _rows(b), *post, x, tile)
         return x
 
 
@@ -213,9 +264,15 @@ def worth_fusing(B: int, S: int) -> bool:
     at batch 1 x 128 (2 tiles) took 38.2 ms fused vs 47.7 ms as two calls at 90%, and 54.9 vs
     70.1 ms at 80%. Uneven counts below two per thread lose: 3 x 64 took 60.9 vs 43.1 ms, 1 x 192
     71.2 vs 68.8 ms."""
-    tiles = -(-S // ffn_fused.TILE)
+    return tiles_fill(B, S, ffn_fused.TILE)
+
+
+def tiles_fill(B: int, S: int, tile: int) -> bool:
+    """Whether tile-wide tasks suit a (B, *, S) batch: at most 1/8 padding, and a task count the
+    threads share evenly or at least two per thread (`worth_fusing`, which asks it of 64)."""
+    tiles = -(-S // tile)
     n, threads = B * tiles, numba.get_num_threads()
-    return tiles * ffn_fused.TILE <= 1.125 * S and (n >= 2 * threads or n % threads == 0)
+    return tiles * tile <= 1.125 * S and (n >= 2 * threads or n % threads == 0)
 
 
 def fusable(lin) -> bool:
@@ -256,5 +313,5 @@ def warmup() -> float:
     a, b = pair.ffn_in, pair.ffn_out
     ffn_fused.ffn_csr(*_weight(a), pair.act, *_weight(b), x, x, True,
                       _NO_NORM, _NO_NORM, np.float32(1e-12), False, np.empty_like(x),
-                      *_weight(a), _NO_NORM, _NO_NORM, False, 1, 1, 1)
+                      *_weight(a), _NO_NORM, _NO_NORM, False, 1, 1, 1, ffn_fused.TILE)
     return time.perf_counter() - start

@@ -24,7 +24,7 @@ from .errors import CheckpointError, InputError
 from .kernels import attention, ops
 from .dispatch import check_formats, make_linear
 from . import precompile, tuning
-from .ffn import fuse_ffn, layer_pays, worth_fusing
+from .ffn import FusedFFN, fuse_ffn, layer_pays, worth_fusing
 from .hugepages import move_to_huge_pages
 from .quant.fused import attends_int8, fuse_ffn8
 from .weights import BertWeights
@@ -66,6 +66,10 @@ class Layer:
         # (sparsebert.quant.fused): one fused call per token tile, else None.
         self.fused_ffn = fuse_ffn(self.ffn_in, self.ffn_out, self.act) or fuse_ffn8(
             self.ffn_in, self.ffn_out, self.act)
+        if isinstance(self.fused_ffn, FusedFFN) and all(
+                getattr(lin, "choice", {}).get("by") in ("measured", "cache") for lin in (self.ffn_in, self.ffn_out)):
+            # formats the tuner chose: so is the token tile, on the first batch that could use it
+            self.fused_ffn.tune_tile_on_first_use(tuning.choose_ffn_tile)
         # The attention output linear joins the fused call when the kernel runs its kind too.
         self.fused_tail = self.fused_ffn is not None and self.fused_ffn.can_tail(self.attn_out)
         # The qkv linear too: the whole layer per sequence in one call.
@@ -216,6 +220,11 @@ class BertEncoder:
         # which kernel runs attention's two matmuls: "int8-vnni" (kernels/attention_int8.py) or
         # "float32", per layer
         total["attention"] = ["int8-vnni" if layer.int8_attention else "float32" for layer in self.layers]
+        # the token-tile width of each layer's fused float32 FFN (None: not fused in float32), and how
+        # it was chosen (sparsebert.tuning.choose_ffn_tile; None: the default, or not chosen yet)
+        total["fused_ffn_tile"] = [layer.fused_ffn.tile if isinstance(layer.fused_ffn, FusedFFN) else None
+                                   for layer in self.layers]
+        total["fused_ffn_tile_choice"] = [getattr(layer.fused_ffn, "tile_choice", None) for layer in self.layers]
         total["sparsity"] = 1.0 - total["nnz"] / total["params"]
         total["flops_skipped"] = 1.0 - run_flops / dense_flops
         return {"linears": rows, "total": total}

@@ -17,12 +17,17 @@ format was chosen (`choice` in `describe()` and the sparsity report): "measured"
 
 The int8 kernel kinds are timed the same way, into the same file (`sparsebert.tuning_int8`).
 
+A float32 FFN pair that runs fused (`sparsebert.ffn.FusedFFN`) also gets its token-tile width
+chosen here, on AVX-512 CPUs where the kernels take 64 or 128 (`choose_ffn_tile`): 128 halves
+the passes over the weights and doubles the cached panels, and which wins depends on the caches
+(on Sapphire Rapids' 2 MiB L2 128-token CSR tiles ran 80% layers faster, on Zen 4's 1 MiB slower).
+
 The tuner measures linears and never loads a model: `sparsebert tune PATH` (`sparsebert.cli.tune`)
 loads one with formats="auto", which fills this cache.
 
 Left out: re-tuning per batch size (one representative shape is timed; batch 1 takes the same
-choice), generating register-tile widths per machine (the widths are compiled in; only the
-K-chunk width is tuned), sharing a cache between machines.
+choice), generating register-tile widths per machine (the widths are compiled in; the K-chunk
+width and the fused FFN's token tile are tuned), sharing a cache between machines.
 """
 
 from __future__ import annotations
@@ -285,3 +290,48 @@ def choose(weight: np.ndarray, bias: np.ndarray, cache: TuningCache | None = Non
     cache.put(sig, entry)
     lin.choice = {"by": "measured", "signature": sig, **entry, "seconds": time.perf_counter() - t0}
     return lin
+
+
+def _pair_signature(pair) -> str:
+    def one(lin):
+        kind = "csr" if lin.block_shape is None else f"bsr{lin.block_shape[0]}x{lin.block_shape[1]}"
+        N, K = lin.out_features, lin.in_features
+        return f"{N}x{K} {kind}/{lin.chunk_cols} d{lin.data.size / max(1, N * K):.2f}"
+
+    return f"fused ffn {one(pair.ffn_in)} -> {one(pair.ffn_out)} tile"
+
+
+def choose_ffn_tile(pair, cache: TuningCache | None = None) -> int:
+    """Set `pair.tile` (a `sparsebert.ffn.FusedFFN`) to the token-tile width that ran its weights
+    fastest on a (8, H, 128) batch on this machine, from the cache or measured (on a copy of the
+    pair, so calls running `pair` meanwhile keep one width) and cached; records how in
+    `pair.tile_choice` and returns the width. One width only (CPUs without AVX-512): 64, untimed.
+    The width also serves the whole-layer kernel, whose FFN is most of its work."""
+    from .ffn import FusedFFN
+    from .kernels import ffn_fused
+
+    t0 = time.perf_counter()
+    if len(ffn_fused.TILES) == 1:
+        pair.tile = ffn_fused.TILES[0]
+        return pair.tile
+    cache = default_cache() if cache is None else cache
+    sig = _pair_signature(pair)
+    entry = cache.get(sig)
+    if entry is None or entry.get("tile") not in ffn_fused.TILES:  # a hand-edited width: measure again
+        trial = FusedFFN(pair.ffn_in, pair.ffn_out, pair.activation)
+        x = np.random.default_rng(0).standard_normal((_TUNE_BATCH, pair.hidden, _TUNE_SEQ)).astype(np.float32)
+        timings = {}
+        for tile in ffn_fused.TILES:
+            trial.tile = tile
+            timings[tile] = time_call(lambda v: trial(v, residual=v), x)
+        entry = {"format": "fused-ffn", "chunk_cols": None, "tile": min(timings, key=timings.get),
+                 "timings_ms": {str(k): round(v * 1e3, 3) for k, v in timings.items()},
+                 "tokens": _TUNE_BATCH * _TUNE_SEQ,
+                 "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        cache.put(sig, entry)
+        by = "measured"
+    else:
+        by = "cache"
+    pair.tile = entry["tile"]
+    pair.tile_choice = {"by": by, "signature": sig, **entry, "seconds": time.perf_counter() - t0}
+    return pair.tile

@@ -309,3 +309,112 @@ def test_fused_kernel_on_a_cpu_without_avx512():
     from avx2_rerun import rerun_on_haswell
 
     rerun_on_haswell(__file__, "(4x1 or real_sizes) and not model and not without_avx512")
+
+
+# --- the 128-token tile (AVX-512 CPUs; the tuner chooses it per model) -----------------------------
+
+wide = pytest.mark.skipif(128 not in ffn_fused.TILES,
+                          reason="the 128-token tile is built on AVX-512 targets only (ffn_fused.TILES)")
+
+
+def _pair(rng, H, I, sparsity, kinds):
+    w1, w2 = pruned(rng, (I, H), sparsity, 0, kinds[0]), pruned(rng, (H, I), sparsity, 0, kinds[1])
+    b1 = rng.standard_normal(I).astype(np.float32) * 0.1
+    b2 = rng.standard_normal(H).astype(np.float32) * 0.1
+    return w1, b1, w2, b2, fuse_ffn(make_linear(w1, b1, kinds[0]), make_linear(w2, b2, kinds[1]), "gelu")
+
+
+@wide
+@pytest.mark.parametrize("kinds", [("csr", "csr"), ("bsr4x1", "bsr4x1"), ("csr", "bsr4x1")])
+@pytest.mark.parametrize("H, I, B, T", [(384, 1536, 2, 200), (768, 3072, 1, 128), (384, 1536, 2, 77),
+                                        (64, 256, 1, 1)])
+def test_wide_tile_matches_float64_and_the_64_token_tile(kinds, H, I, B, T, monkeypatch):
+    # 128-token tasks on every batch (partial last tiles included), against float64 and against
+    # the 64-token tile: the same sums per token, so equal to float rounding of their order.
+    monkeypatch.setattr("sparsebert.ffn.tiles_fill", lambda B, S, tile: True)
+    rng = np.random.default_rng(H + T)
+    w1, b1, w2, b2, ffn = _pair(rng, H, I, 0.8, kinds)
+    x = rng.standard_normal((B, H, T)).astype(np.float32)
+    gamma = (1 + 0.1 * rng.standard_normal(H)).astype(np.float32)
+    beta = (0.1 * rng.standard_normal(H)).astype(np.float32)
+    norm = (gamma, beta, np.float32(1e-12))
+    ffn.tile = 128
+    assert ffn.tile_for(B, T) == 128
+    y = ffn(x, residual=x)
+    np.testing.assert_allclose(y, reference(w1, b1, w2, b2, x, "gelu", x), rtol=1e-4, atol=1e-4)
+    normed = ffn(x, residual=x, norm=norm)  # the LayerNorm epilogue over all 128 columns
+    np.testing.assert_allclose(normed, layer_norm_ref(reference(w1, b1, w2, b2, x, "gelu", x), *norm),
+                               rtol=1e-4, atol=1e-4)
+    ffn.tile = 64
+    np.testing.assert_allclose(y, ffn(x, residual=x), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(normed, ffn(x, residual=x, norm=norm), rtol=1e-5, atol=1e-5)
+
+
+@wide
+@pytest.mark.parametrize("kind", ["csr", "bsr4x1"])
+def test_wide_tile_layer_tail_matches_float64(kind, monkeypatch):
+    monkeypatch.setattr("sparsebert.ffn.tiles_fill", lambda B, S, tile: True)
+    rng = np.random.default_rng(11)
+    H, I, T = 384, 1536, 150
+    w0 = pruned(rng, (H, H), 0.8, 3, kind)
+    b0 = rng.standard_normal(H).astype(np.float32) * 0.1
+    w1, b1, w2, b2, ffn = _pair(rng, H, I, 0.8, (kind, kind))
+    g0, be0, g1, be1 = (rng.standard_normal(H).astype(np.float32) for _ in range(4))
+    eps = np.float32(1e-12)
+    ctx = rng.standard_normal((2, H, T)).astype(np.float32)
+    x = rng.standard_normal((2, H, T)).astype(np.float32)
+    ffn.tile = 128
+    out = ffn.tail(ctx, x.copy(), make_linear(w0, b0, kind), (g0, be0, eps), (g1, be1, eps))
+    h64 = np.einsum("hk,bks->bhs", w0.astype(np.float64), ctx.astype(np.float64)) + b0[:, None] + x
+    h64 = np.stack([_layer_norm64(v, g0, be0, eps) for v in h64])
+    y64 = np.stack([_layer_norm64(v, g1, be1, eps) for v in reference(w1, b1, w2, b2, h64, "gelu", h64)])
+    np.testing.assert_allclose(out, y64, rtol=1e-4, atol=1e-4)
+
+
+@wide
+@pytest.mark.parametrize("block,fmt", [(None, "csr"), ("4x1", "bsr4x1")])
+def test_wide_tile_whole_layer_equals_the_dense_model(minilm_path, tmp_path, monkeypatch, block, fmt):
+    # MiniLM pruned to 90%, every layer whole per sequence (layer_csr) with 128-token tiles, on
+    # sequences of 128 (one tile) and of 120 (a partial tile), padding included.
+    import sparsebert
+    from sparsebert.prune import prune_checkpoint
+
+    monkeypatch.setattr("numba.get_num_threads", lambda: 2)
+    prune_checkpoint(minilm_path, tmp_path / "m90", sparsity=0.9, block=block)
+    sparse = sparsebert.load(tmp_path / "m90", formats=fmt)
+    dense = sparsebert.load(tmp_path / "m90", formats="dense")
+    for layer in sparse.encoder.layers:
+        assert layer.fused_layer
+        layer.fused_ffn.tile = 128
+    calls = []
+    real = ffn_fused.layer_csr
+    monkeypatch.setattr(ffn_fused, "layer_csr", lambda *a: calls.append(a[-1]) or real(*a))
+    for T in (128, 120):
+        ids = np.random.default_rng(T).integers(1000, 2000, size=(4, T))
+        mask = np.ones_like(ids)
+        mask[2, 90:] = 0
+        np.testing.assert_allclose(sparse(ids, attention_mask=mask).last_hidden_state,
+                                   dense(ids, attention_mask=mask).last_hidden_state, rtol=0, atol=1e-5)
+    assert calls == [128] * 12  # 6 layers x 2 lengths, each in 128-token tiles
+
+
+def test_tile_width_is_checked_and_falls_back_where_it_would_pad(monkeypatch):
+    from sparsebert.ffn import tiles_fill
+
+    monkeypatch.setattr("numba.get_num_threads", lambda: 2)
+    rng = np.random.default_rng(12)
+    *_, ffn = _pair(rng, 32, 64, 0.5, ("csr", "csr"))
+    assert ffn.tile == 64 and ffn.tile_for(8, 128) == 64
+    for bad in (96, 0, True, 256):
+        with pytest.raises(InputError, match="token tile"):
+            ffn.tile = bad
+    assert tiles_fill(8, 128, 128) and tiles_fill(2, 128, 128) and tiles_fill(4, 250, 128)
+    assert not tiles_fill(8, 100, 128)  # 28% padding
+    assert not tiles_fill(1, 128, 128) and not tiles_fill(3, 128, 128)  # one thread idles
+    if 128 in ffn_fused.TILES:
+        ffn.tile = 128
+        assert ffn.tile_for(8, 128) == 128 and ffn.tile_for(8, 256) == 128
+        assert ffn.tile_for(8, 100) == 64 and ffn.tile_for(1, 128) == 64
+    else:
+        with pytest.raises(InputError, match=r"\(64,\)"):
+            ffn.tile = 128

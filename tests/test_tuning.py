@@ -169,3 +169,77 @@ def test_tune_command_fills_cache_then_hits(cache_file, tmp_path, capsys):
     report = sparsebert.load(path).sparsity_report()
     assert {r["choice"]["by"] for r in report["linears"]} == {"cache"}
     assert all(r["choice"]["signature"] for r in report["linears"])
+
+
+def _fused_pair(seed=10, H=64, I=256):
+    from sparsebert.ffn import fuse_ffn
+
+    w1, b1 = pruned(seed, I, H, 0.8)
+    w2, b2 = pruned(seed + 1, H, I, 0.8)
+    return fuse_ffn(linear.build_linear(w1, b1, "csr"), linear.build_linear(w2, b2, "csr"), "gelu")
+
+
+def test_fused_ffn_tile_is_measured_then_cached(cache_file, monkeypatch):
+    from sparsebert.kernels import ffn_fused
+
+    pair = _fused_pair()
+    timed = []
+
+    def fake_time(fn, x):  # 128 "faster": the choice must follow the timings, not the default
+        fn(x)  # the call the tuner times runs (and computes), on a copy of the pair
+        timed.append(x.shape)
+        return 2e-3 if len(timed) % 2 else 1e-3  # the tuner times 64, then 128
+
+    monkeypatch.setattr(tuning, "time_call", fake_time)
+    if ffn_fused.TILES == (64,):  # no AVX-512: one width, nothing to time or cache
+        assert tuning.choose_ffn_tile(pair) == 64 and timed == [] and not cache_file.exists()
+        return
+    assert tuning.choose_ffn_tile(pair) == 128 == pair.tile and len(timed) == 2  # 64, then 128
+    assert pair.tile_choice["by"] == "measured" and pair.tile_choice["timings_ms"] == {"64": 2.0, "128": 1.0}
+    again = _fused_pair()
+    tuning._default_cache = None  # a new process: read from the file
+    assert tuning.choose_ffn_tile(again) == 128 and again.tile_choice["by"] == "cache" and len(timed) == 2
+    # A hand-edited entry with a width the kernels do not take is measured again, never used.
+    data = json.loads(cache_file.read_text())
+    entries = data["machines"][tuning.machine_key()]["entries"]
+    (sig,) = [k for k in entries if k.startswith("fused ffn")]
+    entries[sig]["tile"] = 96
+    cache_file.write_text(json.dumps(data))
+    tuning._default_cache = None
+    third = _fused_pair()
+    assert tuning.choose_ffn_tile(third) == 128 and third.tile_choice["by"] == "measured" and len(timed) == 4
+
+
+def test_auto_models_tune_the_fused_tile_on_first_use_and_forced_ones_keep_64(cache_file, tmp_path, monkeypatch):
+    pytest.importorskip("torch")
+    from make_checkpoints import make_random_bert
+
+    import sparsebert
+    from sparsebert import linear_cost
+    from sparsebert.ffn import FusedFFN
+    from sparsebert.kernels import ffn_fused
+
+    monkeypatch.setattr("numba.get_num_threads", lambda: 2)
+    path = make_random_bert(tmp_path / "m", hidden=64, layers=2, heads=4, intermediate=256,
+                            vocab=100, max_position=128, sparsity=0.85)
+    # CSR predicted cheaper than dense: the tuner times only CSR (no block shape fits random
+    # unstructured weights), so every FFN pair is CSR and fused.
+    monkeypatch.setattr(linear_cost, "predicted_cost", lambda w, kind: 0.5)
+    auto = sparsebert.load(path, formats="auto")
+    assert all(isinstance(layer.fused_ffn, FusedFFN) for layer in auto.encoder.layers)
+    assert auto.sparsity_report()["total"]["fused_ffn_tile_choice"] == [None, None]  # not chosen yet
+    ids = np.random.default_rng(0).integers(5, 100, size=(2, 16))
+    auto(ids)  # short sequences: never a wide tile, so still not chosen
+    assert auto.sparsity_report()["total"]["fused_ffn_tile_choice"] == [None, None]
+    ids = np.random.default_rng(0).integers(5, 100, size=(4, 128))
+    want = auto(ids).last_hidden_state  # the first long batch chooses, then runs the chosen width
+    total = auto.sparsity_report()["total"]
+    if len(ffn_fused.TILES) > 1:
+        assert set(total["fused_ffn_tile"]) <= set(ffn_fused.TILES)
+        assert [c["by"] for c in total["fused_ffn_tile_choice"]] == ["measured", "cache"]  # one signature
+    else:
+        assert total["fused_ffn_tile"] == [64, 64] and total["fused_ffn_tile_choice"] == [None, None]
+    forced = sparsebert.load(path, formats="csr")
+    np.testing.assert_allclose(forced(ids).last_hidden_state, want, rtol=0, atol=1e-5)
+    total = forced.sparsity_report()["total"]
+    assert total["fused_ffn_tile"] == [64, 64] and total["fused_ffn_tile_choice"] == [None, None]
