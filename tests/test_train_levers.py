@@ -72,6 +72,17 @@ def test_new_shipped_recipes_use_the_levers():
         assert r.text == (RECIPES_DIR / f"{name}.toml").read_text(encoding="utf-8")
 
 
+def test_every_shipped_student_recipe_takes_the_measured_levers():
+    # The ablations' winners (notebooks/results/ablations): one-shot start plus LR restarted at each
+    # mask update, teacher-normalised hidden loss. Only the GMP-only baseline keeps the old schedule.
+    for path in sorted(RECIPES_DIR.glob("minilm-*.toml")):
+        r = load_recipe(path.stem)
+        if r.pruning is None or path.stem.endswith("gmp-only"):
+            continue
+        assert r.training.lr_schedule == "restart-per-update", path.stem
+        assert r.distillation.hidden_norm == "teacher" and r.pruning.initial_sparsity >= 0.3, path.stem
+
+
 # --- LR restarts -------------------------------------------------------------------------------
 
 
