@@ -9,11 +9,12 @@ one token tile at a time: a task packs its (H, TW) slice of X into a contiguous 
 (I, TW) intermediate into a scratch buffer, which stays in L2 (I x TW x 4 B: 768 KiB for BERT-base
 at TW = 64, 384 KiB for MiniLM), and runs the second matmul straight from it. The unfused path
 writes all of F (B, I, S) to memory (12.6 MB at B = 8 x 128 for BERT-base) and reads it back.
-Each matmul uses a 64-token register tile (`spmm_zmm`'s on AVX-512, else `_spmm_generated.py`'s)
-for its weight's kind; a partial tile at the end of a sequence runs on a zero-padded panel and
-writes back only its own columns. The token-tile width tw is an argument, one of `TILES`: 64, or
-on AVX-512 also 128 (CSR rows then run `spmm_zmm`'s 128-token tile, 4x1 rows the 64-token one
-twice). Which is faster depends on the CPU's caches (128 halves the passes over the weights but
+The token-tile width tw is an argument, one of `TILES`: 64, or on AVX-512 also 128. Each matmul
+uses the 64-token register tile of its weight's kind (`spmm_zmm`'s on AVX-512, else
+`_spmm_generated.py`'s), once per 64 tokens, except CSR at tw = 128, which runs `spmm_zmm`'s
+128-token tile. A partial tile at the end of a sequence writes back only its own columns; in
+`ffn_csr` it runs on a zero-padded panel, in `layer_csr` the qkv panel keeps the previous tile's
+columns past the end (columns are independent, and those are never written back). Which is faster depends on the CPU's caches (128 halves the passes over the weights but
 doubles the panel and the intermediate: I x 128 x 4 B is 1.5 MiB for BERT-base), so the tuner
 times both per model (`sparsebert.tuning.choose_ffn_tile`).
 

@@ -209,6 +209,7 @@ def tune(path, *, layers=None, retune: bool = False) -> dict:
     import numpy as np
 
     from .api import load
+    from .ffn import FusedFFN, warmup
     from .tuning import default_cache
 
     cache = default_cache()
@@ -221,13 +222,11 @@ def tune(path, *, layers=None, retune: bool = False) -> dict:
     ids = np.full((1, 8), 1000 % model.config.vocab_size, dtype=np.int64)
     model(ids)
     if any(layer.fused_ffn is not None for layer in model.encoder.layers):
-        from .ffn import FusedFFN, warmup
-
         warmup()  # the small call above takes the two-call FFN path
-        for layer in model.encoder.layers:
-            if isinstance(layer.fused_ffn, FusedFFN):
-                layer.fused_ffn.settle_tile()  # the token tile, chosen now rather than on a first long batch
     warm_s = time.perf_counter() - t0
+    for layer in model.encoder.layers:  # the fused FFNs' token tiles, now rather than on a first long batch
+        if isinstance(layer.fused_ffn, FusedFFN):  # (counted in choosing_s below)
+            layer.fused_ffn.settle_tile()
     choices = {}
     rows = model.sparsity_report()["linears"]
     choosing_s = sum((r.get("choice") or {}).get("seconds", 0.0) for r in rows)

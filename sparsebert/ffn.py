@@ -18,6 +18,7 @@ Left out: other block shapes and dense linears (they keep the two-call path).
 from __future__ import annotations
 
 import threading
+import warnings
 
 import numba
 import numpy as np
@@ -126,15 +127,32 @@ class FusedFFN(FusedPair):
 
     def tune_tile_on_first_use(self, tuner) -> None:
         """Have `tuner(self)` set `tile` before the first batch that could run a wider tile
-        (concurrent callers wait for it, so every call after the first runs the chosen width)."""
+        (concurrent callers with such batches wait for it; until then `tile` stays 64)."""
         self._tuner = tuner if len(ffn_fused.TILES) > 1 else None
 
     def settle_tile(self) -> None:
-        """Run the pending tuner now, if any."""
+        """Run the pending tuner now, if any, once: a tuner that fails leaves the width at 64 with
+        a warning rather than failing this call and every later one."""
         with self._tuner_lock:
-            if self._tuner is not None:
-                self._tuner(self)
-                self._tuner = None
+            tuner, self._tuner = self._tuner, None
+            if tuner is None:
+                return
+            try:
+                tuner(self)
+            except Exception as exc:  # noqa: BLE001 - a failed timing must not fail inference
+                self.tile = ffn_fused.TILE
+                warnings.warn(f"choosing the fused FFN's token tile failed ({exc!r}); it stays "
+                              f"{ffn_fused.TILE}", stacklevel=2)
+
+    def run_at(self, x: np.ndarray, tile: int) -> np.ndarray:
+        """ffn(x) + x in one kernel call per `tile`-token tile, whatever the batch: for the tuner,
+        which must time each width it compares (not the width a batch would fall back to)."""
+        if tile not in ffn_fused.TILES:
+            raise InputError(f"fused FFN token tile must be one of {ffn_fused.TILES}, got {tile!r}")
+        y = checked_tile_inputs(x, self.hidden, x, None)
+        if y.size:
+            self._run(x, x, True, (_NO_NORM, _NO_NORM, np.float32(0)), False, y, None, None, tile)
+        return y
 
     @property
     def tile(self) -> int:
@@ -152,19 +170,20 @@ class FusedFFN(FusedPair):
         asks of 64-token tiles (little padding, tiles enough for the threads), else 64."""
         if self._tuner is not None and tiles_fill(B, S, ffn_fused.TILES[-1]):
             self.settle_tile()
-        return self.tile if self.tile != ffn_fused.TILE and tiles_fill(B, S, self.tile) else ffn_fused.TILE
+        tile = self.tile  # read once: a tuner elsewhere may be setting it
+        return tile if tile != ffn_fused.TILE and tiles_fill(B, S, tile) else ffn_fused.TILE
 
     @staticmethod
     def fits(lin) -> bool:
         return fusable(lin)
 
-    def _run(self, x, residual, has_residual, norm, has_norm, y, attn_out, pre) -> None:
+    def _run(self, x, residual, has_residual, norm, has_norm, y, attn_out, pre, tile=None) -> None:
         a, b = self.ffn_in, self.ffn_out
         o = a if attn_out is None else attn_out
         g0, be0 = (_NO_NORM, _NO_NORM) if pre is None else pre[:2]
         ffn_fused.ffn_csr(*_weight(a), self.act, *_weight(b), x, residual, has_residual, *norm, has_norm, y,
                           *_weight(o), g0, be0, attn_out is not None, _rows(a), _rows(b), _rows(o),
-                          self.tile_for(x.shape[0], x.shape[2]))
+                          self.tile_for(x.shape[0], x.shape[2]) if tile is None else tile)
 
     def layer(self, x, key_bias, qkv, attn_out, heads: int, scale, attn_norm, norm) -> np.ndarray:
         """A whole encoder layer in place in x (B, H, S), one sequence per task
@@ -179,7 +198,8 @@ class FusedFFN(FusedPair):
         wide = ffn_fused.TILES[-1]
         if self._tuner is not None and -(-S // wide) * wide <= 1.125 * S:
             self.settle_tile()
-        tile = self.tile if -(-S // self.tile) * self.tile <= 1.125 * S else ffn_fused.TILE
+        tile = self.tile  # read once: a tuner elsewhere may be setting it
+        tile = tile if -(-S // tile) * tile <= 1.125 * S else ffn_fused.TILE
         ffn_fused.layer_csr(*_weight(qkv), _rows(qkv), key_bias, heads, np.float32(scale),
                             *_weight(attn_out), *pre[:2], _rows(attn_out), *_weight(a), self.act, _rows(a),
                             *_weight(b), _rows(b), *post, x, tile)

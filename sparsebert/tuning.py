@@ -37,10 +37,12 @@ import hashlib
 import json
 import os
 import platform
+import threading
 import time
 import warnings
 from pathlib import Path
 
+import numba
 import numpy as np
 
 from . import linear, linear_cost, precompile
@@ -165,7 +167,8 @@ class TuningCache:
         section = machines.setdefault(self.key, {"machine": self.machine, "entries": {}})
         section["machine"] = self.machine
         section["entries"].update(self.entries)
-        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        # one temporary file per process and thread: models may tune in several threads at once
+        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             tmp.write_text(json.dumps({"version": CACHE_VERSION, "machines": machines}, indent=1),
@@ -303,10 +306,13 @@ def _pair_signature(pair) -> str:
 
 def choose_ffn_tile(pair, cache: TuningCache | None = None) -> int:
     """Set `pair.tile` (a `sparsebert.ffn.FusedFFN`) to the token-tile width that ran its weights
-    fastest on a (8, H, 128) batch on this machine, from the cache or measured (on a copy of the
-    pair, so calls running `pair` meanwhile keep one width) and cached; records how in
+    fastest on this machine, from the cache or measured and cached; records how in
     `pair.tile_choice` and returns the width. One width only (CPUs without AVX-512): 64, untimed.
-    The width also serves the whole-layer kernel, whose FFN is most of its work."""
+
+    Each width is timed as that width (`FusedFFN.run_at`, not the fallbacks a batch may take) on a
+    copy of the pair (calls running `pair` meanwhile keep one width), on a (B, H, 128) batch with B
+    the larger of 8 and two sequences per thread: at 128 tokens every thread gets two tasks. The
+    width also serves the whole-layer kernel, whose FFN is most of its work."""
     from .ffn import FusedFFN
     from .kernels import ffn_fused
 
@@ -319,14 +325,14 @@ def choose_ffn_tile(pair, cache: TuningCache | None = None) -> int:
     entry = cache.get(sig)
     if entry is None or entry.get("tile") not in ffn_fused.TILES:  # a hand-edited width: measure again
         trial = FusedFFN(pair.ffn_in, pair.ffn_out, pair.activation)
-        x = np.random.default_rng(0).standard_normal((_TUNE_BATCH, pair.hidden, _TUNE_SEQ)).astype(np.float32)
+        batch = max(_TUNE_BATCH, 2 * numba.get_num_threads())
+        x = np.random.default_rng(0).standard_normal((batch, pair.hidden, _TUNE_SEQ)).astype(np.float32)
         timings = {}
         for tile in ffn_fused.TILES:
-            trial.tile = tile
-            timings[tile] = time_call(lambda v: trial(v, residual=v), x)
+            timings[tile] = time_call(lambda v, t=tile: trial.run_at(v, t), x)
         entry = {"format": "fused-ffn", "chunk_cols": None, "tile": min(timings, key=timings.get),
                  "timings_ms": {str(k): round(v * 1e3, 3) for k, v in timings.items()},
-                 "tokens": _TUNE_BATCH * _TUNE_SEQ,
+                 "tokens": batch * _TUNE_SEQ,
                  "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
         cache.put(sig, entry)
         by = "measured"

@@ -68,7 +68,9 @@ MUTATIONS = {
     "ffn_4x1_avx2_second_half_reads_first": (
         "ffn_fused.py", "_tile_bsr4x1_w32(out, yoff + half, ut, src, xoff + half, ut, d, i, start, end)",
         "_tile_bsr4x1_w32(out, yoff + half, ut, src, xoff, ut, d, i, start, end)", FFN_TESTS),
-    # The 128-token tile of the fused kernels (AVX-512 hosts; elsewhere its tests skip: NOT CAUGHT).
+    # The 128-token tile of the fused kernels. Its tests run everywhere (off AVX-512 on the 64-token
+    # tile twice), but the 128-token zmm CSR tile runs on AVX-512 hosts only: elsewhere the first
+    # of these reads NOT CAUGHT.
     "ffn_wide_csr_tile_row_stride": (
         "ffn_fused.py", "_tile_csr_128(out, np.uint64(n * tw), ut, src, xoff, ut,",
         "_tile_csr_128(out, np.uint64(n * tw), ut, src, xoff, np.uint64(64),", FFN_TESTS),

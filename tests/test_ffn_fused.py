@@ -308,13 +308,20 @@ def test_fused_kernel_on_a_cpu_without_avx512():
     # 4x1 ones 32 tokens wide, twice per 64-token tile.
     from avx2_rerun import rerun_on_haswell
 
-    rerun_on_haswell(__file__, "(4x1 or real_sizes) and not model and not without_avx512")
+    rerun_on_haswell(__file__, "(4x1 or real_sizes or wide_tile) and not model and not without_avx512")
 
 
 # --- the 128-token tile (AVX-512 CPUs; the tuner chooses it per model) -----------------------------
 
-wide = pytest.mark.skipif(128 not in ffn_fused.TILES,
-                          reason="the 128-token tile is built on AVX-512 targets only (ffn_fused.TILES)")
+@pytest.fixture
+def wide_tiles(monkeypatch):
+    # Off AVX-512 the Python side offers 64 only, but the kernels compute any multiple of 64 (the
+    # 64-token tile per 64 columns): let the 128 cases run there too, on that path.
+    if 128 not in ffn_fused.TILES:
+        monkeypatch.setattr(ffn_fused, "TILES", (64, 128))
+
+
+wide = pytest.mark.usefixtures("wide_tiles")
 
 
 def _pair(rng, H, I, sparsity, kinds):
@@ -389,13 +396,17 @@ def test_wide_tile_whole_layer_equals_the_dense_model(minilm_path, tmp_path, mon
     calls = []
     real = ffn_fused.layer_csr
     monkeypatch.setattr(ffn_fused, "layer_csr", lambda *a: calls.append(a[-1]) or real(*a))
-    for T in (128, 120):
+    for T in (128, 120, 250):  # one whole tile, one partial, a whole and a partial one
         ids = np.random.default_rng(T).integers(1000, 2000, size=(4, T))
         mask = np.ones_like(ids)
         mask[2, 90:] = 0
-        np.testing.assert_allclose(sparse(ids, attention_mask=mask).last_hidden_state,
-                                   dense(ids, attention_mask=mask).last_hidden_state, rtol=0, atol=1e-5)
-    assert calls == [128] * 12  # 6 layers x 2 lengths, each in 128-token tiles
+        got = sparse(ids, attention_mask=mask).last_hidden_state
+        want = dense(ids, attention_mask=mask).last_hidden_state
+        valid = mask.astype(bool)
+        np.testing.assert_allclose(got[valid], want[valid], rtol=0, atol=1e-5)
+        # padding positions too, to rounding (at 250 tokens one of them, |x| ~ 6, is 1.05e-5 off)
+        np.testing.assert_allclose(got, want, rtol=2e-6, atol=1e-5)
+    assert calls == [128] * 18  # 6 layers x 3 lengths, each in 128-token tiles
 
 
 def test_tile_width_is_checked_and_falls_back_where_it_would_pad(monkeypatch):
@@ -418,3 +429,28 @@ def test_tile_width_is_checked_and_falls_back_where_it_would_pad(monkeypatch):
     else:
         with pytest.raises(InputError, match=r"\(64,\)"):
             ffn.tile = 128
+
+
+def test_run_at_times_the_width_asked_and_a_failed_tuner_leaves_64(monkeypatch, wide_tiles):
+    rng = np.random.default_rng(13)
+    w1, b1, w2, b2, ffn = _pair(rng, 64, 256, 0.8, ("csr", "csr"))
+    x = rng.standard_normal((1, 64, 100)).astype(np.float32)  # a batch tile_for would run at 64
+    calls = []
+    real = ffn_fused.ffn_csr
+    monkeypatch.setattr(ffn_fused, "ffn_csr", lambda *a: calls.append(a[-1]) or real(*a))
+    want = reference(w1, b1, w2, b2, x, "gelu", x)
+    for tile in (64, 128):
+        np.testing.assert_allclose(ffn.run_at(x, tile), want, rtol=1e-4, atol=1e-4)
+    assert calls == [64, 128]
+    with pytest.raises(InputError, match="token tile"):
+        ffn.run_at(x, 96)
+
+    def broken(pair):
+        pair.tile = 128
+        raise RuntimeError("timer failed")
+
+    ffn.tune_tile_on_first_use(broken)
+    with pytest.warns(UserWarning, match="stays 64"):
+        ffn.settle_tile()
+    assert ffn.tile == 64
+    ffn.settle_tile()  # tried once: no second warning, no second failure
