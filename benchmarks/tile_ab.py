@@ -67,7 +67,8 @@ def run(name: str, batch: int, seq: int, rounds: int) -> dict:
     formats = sorted({lin.format if lin.block_shape is None else f"bsr{lin.block_shape[0]}x{lin.block_shape[1]}"
                       for layer in model.encoder.layers for lin in layer.linears.values()})
     return {"model": name, "batch": batch, "seq": seq, "fused_layers": len(pairs), "formats": formats,
-            "load_s": round(load_s, 2), "tile_choice_s": round(choose_s, 2), "ms_64": round(med[64], 1), "ms_128": round(med[128], 1),
+            "load_s": round(load_s, 2), "tile_choice_s": round(choose_s, 2),
+            "ms_64": round(med[64], 1), "ms_128": round(med[128], 1),
             "ratio_128_over_64": round(med[128] / med[64], 3),
             "ms_all": {str(t): [round(v * 1e3, 1) for v in vs] for t, vs in times.items()},
             "tuner_chose": sorted(set(chosen)),

@@ -14,9 +14,10 @@ uses the 64-token register tile of its weight's kind (`spmm_zmm`'s on AVX-512, e
 `_spmm_generated.py`'s), once per 64 tokens, except CSR at tw = 128, which runs `spmm_zmm`'s
 128-token tile. A partial tile at the end of a sequence writes back only its own columns; in
 `ffn_csr` it runs on a zero-padded panel, in `layer_csr` the qkv panel keeps the previous tile's
-columns past the end (columns are independent, and those are never written back). Which is faster depends on the CPU's caches (128 halves the passes over the weights but
-doubles the panel and the intermediate: I x 128 x 4 B is 1.5 MiB for BERT-base), so the tuner
-times both per model (`sparsebert.tuning.choose_ffn_tile`).
+columns past the end (columns are independent, and those are never written back). Which width is
+faster depends on the CPU's caches (128 halves the passes over the weights but doubles the panel and
+the intermediate: I x 128 x 4 B is 1.5 MiB for BERT-base), so the tuner times both per model
+(`sparsebert.tuning.choose_ffn_tile`).
 
 Weights are grouped by K-chunk as `sparsebert.linear.CSRLinear` / `BSRLinear` store them
 (`spmm.chunk_entries`), each either CSR (r = 1: data (nnz,), chunk-local column indices, ptr

@@ -147,8 +147,7 @@ class FusedFFN(FusedPair):
     def run_at(self, x: np.ndarray, tile: int) -> np.ndarray:
         """ffn(x) + x in one kernel call per `tile`-token tile, whatever the batch: for the tuner,
         which must time each width it compares (not the width a batch would fall back to)."""
-        if tile not in ffn_fused.TILES:
-            raise InputError(f"fused FFN token tile must be one of {ffn_fused.TILES}, got {tile!r}")
+        tile = checked_tile(tile)
         y = checked_tile_inputs(x, self.hidden, x, None)
         if y.size:
             self._run(x, x, True, (_NO_NORM, _NO_NORM, np.float32(0)), False, y, None, None, tile)
@@ -160,10 +159,7 @@ class FusedFFN(FusedPair):
 
     @tile.setter
     def tile(self, value) -> None:
-        # The kernels trust the width (it sizes their panels and picks their register tiles).
-        if value not in ffn_fused.TILES or isinstance(value, bool):
-            raise InputError(f"fused FFN token tile must be one of {ffn_fused.TILES} on this CPU, got {value!r}")
-        self._tile = int(value)
+        self._tile = checked_tile(value)
 
     def tile_for(self, B: int, S: int) -> int:
         """The width a (B, *, S) batch runs: `tile` when the batch fills it as `worth_fusing`
@@ -195,11 +191,10 @@ class FusedFFN(FusedPair):
             return x
         a, b = self.ffn_in, self.ffn_out
         S = x.shape[2]  # tasks are whole sequences: only the padding of the last tile matters
-        wide = ffn_fused.TILES[-1]
-        if self._tuner is not None and -(-S // wide) * wide <= 1.125 * S:
+        if self._tuner is not None and pads_little(S, ffn_fused.TILES[-1]):
             self.settle_tile()
         tile = self.tile  # read once: a tuner elsewhere may be setting it
-        tile = tile if -(-S // tile) * tile <= 1.125 * S else ffn_fused.TILE
+        tile = tile if pads_little(S, tile) else ffn_fused.TILE
         ffn_fused.layer_csr(*_weight(qkv), _rows(qkv), key_bias, heads, np.float32(scale),
                             *_weight(attn_out), *pre[:2], _rows(attn_out), *_weight(a), self.act, _rows(a),
                             *_weight(b), _rows(b), *post, x, tile)
@@ -290,9 +285,21 @@ def worth_fusing(B: int, S: int) -> bool:
 def tiles_fill(B: int, S: int, tile: int) -> bool:
     """Whether tile-wide tasks suit a (B, *, S) batch: at most 1/8 padding, and a task count the
     threads share evenly or at least two per thread (`worth_fusing`, which asks it of 64)."""
-    tiles = -(-S // tile)
-    n, threads = B * tiles, numba.get_num_threads()
-    return tiles * tile <= 1.125 * S and (n >= 2 * threads or n % threads == 0)
+    n, threads = B * -(-S // tile), numba.get_num_threads()
+    return pads_little(S, tile) and (n >= 2 * threads or n % threads == 0)
+
+
+def pads_little(S: int, tile: int) -> bool:
+    """Whether tile-wide tiles cover S tokens with at most 1/8 padding."""
+    return -(-S // tile) * tile <= 1.125 * S
+
+
+def checked_tile(value) -> int:
+    """A token-tile width the fused kernels take on this CPU (`ffn_fused.TILES`), else InputError:
+    they trust it (it sizes their panels and picks their register tiles)."""
+    if value not in ffn_fused.TILES or isinstance(value, bool):
+        raise InputError(f"fused FFN token tile must be one of {ffn_fused.TILES} on this CPU, got {value!r}")
+    return int(value)
 
 
 def fusable(lin) -> bool:

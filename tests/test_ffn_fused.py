@@ -193,18 +193,23 @@ def test_model_with_fused_4x1_ffn_equals_its_dense_path(minilm_path, tmp_path, m
     np.testing.assert_allclose(sparse(ids).last_hidden_state, dense(ids).last_hidden_state, rtol=0, atol=1e-5)
 
 
-@pytest.mark.parametrize("block,fmt", [(None, "csr"), ("4x1", "bsr4x1")])
-def test_model_whole_layer_per_sequence_equals_the_per_step_calls(minilm_path, tmp_path, monkeypatch, block, fmt):
-    # MiniLM pruned to 90%, every linear CSR (or 4x1 blocks): on 4 sequences over 2 threads each
-    # layer runs whole per sequence (layer_csr), padding included; against the per-step calls and
-    # the same weights dense.
+def _whole_layer_models(minilm_path, tmp_path, monkeypatch, block, fmt):
+    # MiniLM pruned to 90% (block: None or "4x1"), loaded with every linear `fmt` and dense, on 2
+    # threads: 4 sequences make each layer run whole per sequence (layer_csr).
     import sparsebert
     from sparsebert.prune import prune_checkpoint
 
     monkeypatch.setattr("numba.get_num_threads", lambda: 2)
     prune_checkpoint(minilm_path, tmp_path / "m90", sparsity=0.9, block=block)
-    sparse = sparsebert.load(tmp_path / "m90", formats=fmt)
-    dense = sparsebert.load(tmp_path / "m90", formats="dense")
+    return sparsebert.load(tmp_path / "m90", formats=fmt), sparsebert.load(tmp_path / "m90", formats="dense")
+
+
+@pytest.mark.parametrize("block,fmt", [(None, "csr"), ("4x1", "bsr4x1")])
+def test_model_whole_layer_per_sequence_equals_the_per_step_calls(minilm_path, tmp_path, monkeypatch, block, fmt):
+    # MiniLM pruned to 90%, every linear CSR (or 4x1 blocks): on 4 sequences over 2 threads each
+    # layer runs whole per sequence (layer_csr), padding included; against the per-step calls and
+    # the same weights dense.
+    sparse, dense = _whole_layer_models(minilm_path, tmp_path, monkeypatch, block, fmt)
     assert all(layer.fused_layer for layer in sparse.encoder.layers)
     ids = np.random.default_rng(5).integers(1000, 2000, size=(4, 128))
     mask = np.ones_like(ids)
@@ -382,14 +387,8 @@ def test_wide_tile_layer_tail_matches_float64(kind, monkeypatch):
 @pytest.mark.parametrize("block,fmt", [(None, "csr"), ("4x1", "bsr4x1")])
 def test_wide_tile_whole_layer_equals_the_dense_model(minilm_path, tmp_path, monkeypatch, block, fmt):
     # MiniLM pruned to 90%, every layer whole per sequence (layer_csr) with 128-token tiles, on
-    # sequences of 128 (one tile) and of 120 (a partial tile), padding included.
-    import sparsebert
-    from sparsebert.prune import prune_checkpoint
-
-    monkeypatch.setattr("numba.get_num_threads", lambda: 2)
-    prune_checkpoint(minilm_path, tmp_path / "m90", sparsity=0.9, block=block)
-    sparse = sparsebert.load(tmp_path / "m90", formats=fmt)
-    dense = sparsebert.load(tmp_path / "m90", formats="dense")
+    # sequences of 128 (one tile), 120 (a partial tile) and 250 (both), padding included.
+    sparse, dense = _whole_layer_models(minilm_path, tmp_path, monkeypatch, block, fmt)
     for layer in sparse.encoder.layers:
         assert layer.fused_layer
         layer.fused_ffn.tile = 128
