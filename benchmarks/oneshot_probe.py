@@ -58,11 +58,9 @@ class Probe:
         out = []
         with torch.no_grad():
             for i in range(0, len(self.texts), 64):
-                b = self.tokenizer(self.texts[i:i + 64])
-                mask = torch.from_numpy(b.attention_mask)
-                h = model(input_ids=torch.from_numpy(b.input_ids), attention_mask=mask,
-                          token_type_ids=torch.from_numpy(b.token_type_ids)).last_hidden_state
-                out.append(self.distill.mean_pool(h, mask))
+                inputs = self.distill.model_inputs(self.tokenizer(self.texts[i:i + 64]))
+                h = model(**inputs).last_hidden_state
+                out.append(self.distill.mean_pool(h, inputs["attention_mask"]))
         return torch.cat(out)
 
     def cosine(self, model) -> float:

@@ -74,10 +74,8 @@ def profile(recipe_name: str, teacher_dir: str, data: str, steps: int, warmup: i
     for step in range(warmup + steps):
         marks = [time.perf_counter()]
         rows = order(step)
-        batch = tokenizer([texts[i] for i in rows])
-        mask = torch.from_numpy(batch.attention_mask)
-        inputs = dict(input_ids=torch.from_numpy(batch.input_ids), attention_mask=mask,
-                      token_type_ids=torch.from_numpy(batch.token_type_ids))
+        inputs = distill.model_inputs(tokenizer([texts[i] for i in rows]))
+        mask = inputs["attention_mask"]
         outputs = dict(output_hidden_states=want_hidden, output_attentions=want_attn)
         marks.append(time.perf_counter())
         with torch.no_grad():
@@ -96,7 +94,7 @@ def profile(recipe_name: str, teacher_dir: str, data: str, steps: int, warmup: i
             masks.apply()
         marks.append(time.perf_counter())
         if step >= warmup:
-            lengths.append(batch.input_ids.shape[1])
+            lengths.append(mask.shape[1])
             for name, a, b in zip(PHASES, marks, marks[1:]):
                 times[name].append(b - a)
     mean_ms = {k: 1000 * statistics.fmean(v) for k, v in times.items()}

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .distill import model_inputs
+
 
 def calibration_rows(n_texts: int, count: int, seed: int) -> np.ndarray:
     """Indices of `count` distinct training texts (all of them when fewer), fixed by the seed."""
@@ -59,11 +61,9 @@ def _input_sums(model, params: dict, texts: list[str], tokenizer, batch_size: in
     try:
         with torch.no_grad():
             for at in range(0, len(texts), batch_size):
-                batch = tokenizer(texts[at:at + batch_size])
-                mask = torch.from_numpy(batch.attention_mask)
-                current_mask["m"] = mask
-                model(input_ids=torch.from_numpy(batch.input_ids), attention_mask=mask,
-                      token_type_ids=torch.from_numpy(batch.token_type_ids))
+                inputs = model_inputs(tokenizer(texts[at:at + batch_size]))
+                current_mask["m"] = inputs["attention_mask"]
+                model(**inputs)
     finally:
         for h in handles:
             h.remove()

@@ -113,6 +113,15 @@ def encoder_linears(model, names: tuple[str, ...]) -> dict:
             if ".encoder.layer." in f".{n}" and n.endswith(wanted) and p.dim() == 2}
 
 
+def model_inputs(batch) -> dict:
+    """A tokenised batch (sparsebert.tokenizer) as the keyword arguments of a transformers BERT model."""
+    import torch
+
+    return dict(input_ids=torch.from_numpy(batch.input_ids),
+                attention_mask=torch.from_numpy(batch.attention_mask),
+                token_type_ids=torch.from_numpy(batch.token_type_ids))
+
+
 # --- losses ------------------------------------------------------------------------------------
 
 

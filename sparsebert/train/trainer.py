@@ -208,10 +208,8 @@ def train(recipe: Recipe, *, init: str | Path, output: str | Path, texts: list[s
                         masks.update(target, norms)
                 torch.manual_seed(t.seed * 1_000_003 + step)  # dropout noise: a function of the step
                 rows = order(step)
-                batch = tokenizer([texts[i] for i in rows])
-                mask = torch.from_numpy(batch.attention_mask)
-                inputs = dict(input_ids=torch.from_numpy(batch.input_ids), attention_mask=mask,
-                              token_type_ids=torch.from_numpy(batch.token_type_ids))
+                inputs = distill.model_inputs(tokenizer([texts[i] for i in rows]))
+                mask = inputs["attention_mask"]
                 outputs = dict(output_hidden_states=want_hidden, output_attentions=want_attn)
                 with torch.no_grad():
                     t_out = teacher_model(**inputs, **outputs) if teacher_model else None
