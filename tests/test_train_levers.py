@@ -64,8 +64,8 @@ def test_lever_keys_parse_and_restart_needs_pruning():
 
 
 def test_new_shipped_recipes_use_the_levers():
-    for name in ("minilm-emb-80-1x4-int8", "minilm-emb-90-1x4-int8", "minilm-sent-80-1x4-int8",
-                 "minilm-sent-90-1x4-int8"):
+    for name in ("minilm-emb-80-1x4-int8", "minilm-emb-80-1x4-int8-2h", "minilm-emb-90-1x4-int8",
+                 "minilm-sent-80-1x4-int8", "minilm-sent-90-1x4-int8"):
         r = load_recipe(name)
         assert r.pruning.block_shape == (1, 4) and r.quantization is not None, name
         assert r.training.lr_schedule == "restart-per-update"
