@@ -1,7 +1,7 @@
 """One-shot probes of where a sparsity pattern hurts, before any training: cheap screens for recipe levers.
 
 Each probe prunes a copy of the dense teacher one-shot by magnitude (per linear, `sparsebert.prune`'s
-block scores) and reports the held-out cosine of its mean-pooled embeddings to the teacher's, on the
+`prune_weights`) and reports the held-out cosine of its mean-pooled embeddings to the teacher's, on the
 first `--sentences` lines of the held-out file:
 
   types        one linear type (query, key, value, attn_out, ffn_in, ffn_out) pruned in every layer,
@@ -33,7 +33,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from train_step_profile import _cpu_name, default_teacher  # noqa: E402
+from train_step_profile import default_teacher  # noqa: E402
+
+from sparsebert.train.points import cpu_model  # noqa: E402
 
 TYPES = ("query", "key", "value", "attn_out", "ffn_in", "ffn_out")
 ATTENTION, FFN = TYPES[:4], TYPES[4:]
@@ -72,14 +74,14 @@ class Probe:
         return self.distill.make_student(self.teacher, tuple(range(n)), 0.0).eval()
 
     def prune(self, model, sparsity: dict, block: tuple[int, int]) -> None:
-        from sparsebert.prune import block_scores, expand_mask, lowest_mask
+        from sparsebert.prune import prune_weights
 
         for name, s in sparsity.items():
-            for w in self.distill.encoder_linears(model, (name,)).values():
-                scores = block_scores(w.detach().numpy(), block)
-                keep = expand_mask(lowest_mask(scores, int(round(s * scores.size))), block)
-                with self.torch.no_grad():
-                    w.mul_(self.torch.from_numpy(keep.astype(np.float32)))
+            linears = self.distill.encoder_linears(model, (name,))
+            pruned = prune_weights({n: w.detach().numpy() for n, w in linears.items()}, s, block=block)
+            with self.torch.no_grad():
+                for n, w in linears.items():
+                    w.copy_(self.torch.from_numpy(pruned[n]))
 
 
 def permute_intermediate(model, how: str, torch) -> None:
@@ -139,7 +141,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
     texts = [t.strip() for t in open(args.heldout, encoding="utf-8") if t.strip()][:args.sentences]
-    result = {"cpu": _cpu_name(), "sentences": len(texts),
+    result = {"cpu": cpu_model(), "sentences": len(texts),
               **run(Probe(args.teacher or default_teacher(), texts, args.threads))}
     for r in result["types"]:
         print(f"types        {r['linear']:9s} 80% {r['block']}: cosine {r['cosine']:.4f}")

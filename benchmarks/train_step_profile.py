@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import sys
 import time
@@ -44,6 +43,7 @@ def profile(recipe_name: str, teacher_dir: str, data: str, steps: int, warmup: i
     from sparsebert.tokenizer import Tokenizer
     from sparsebert.train import distill
     from sparsebert.train.gmp import MaskSet
+    from sparsebert.train.points import cpu_model
     from sparsebert.train.recipe import check_layers, load_recipe
     from sparsebert.train.trainer import BatchOrder, _loss
 
@@ -103,17 +103,7 @@ def profile(recipe_name: str, teacher_dir: str, data: str, steps: int, warmup: i
             "layers": len(student.base_model.encoder.layer), "steps_timed": steps,
             "padded_length_mean": statistics.fmean(lengths), "phase_ms": mean_ms,
             "step_ms": sum(mean_ms.values()), "median_step_ms": 1000 * statistics.median(per_step),
-            "cpu": _cpu_name(), "torch": torch.__version__}
-
-
-def _cpu_name() -> str:
-    try:
-        for line in open("/proc/cpuinfo", encoding="utf-8"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
+            "cpu": cpu_model(), "torch": torch.__version__}
 
 
 def main(argv=None) -> dict:
