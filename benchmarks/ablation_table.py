@@ -93,28 +93,30 @@ def shipped_rows(recipes_dir: Path = RECIPES_DIR, result_dirs=(DIR, RUNS_DIR)) -
     return out
 
 
+def markdown(cols: list[str], table: list[dict]) -> list[str]:
+    return (["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+            + ["| " + " | ".join(str(r.get(c, "-")) for c in cols) + " |" for r in table])
+
+
 def main() -> None:
     table = rows()
-    cols = list(dict.fromkeys(k for r in table for k in r))
     lines = ["# Compound-sparsification ablations (all-MiniLM-L6-v2 teacher)", "",
              "Written by `python benchmarks/ablation_table.py` from the files beside it. Metrics on",
              "2,000 held-out sentences (cosine of mean-pooled embeddings to the teacher's, top-10",
              "neighbour overlap), the Lee 50-document similarity set (teacher 0.508) and, where measured,",
              "the WordNet retrieval task (1,072 word -> definition pairs; teacher recall@1 0.484,",
              "MRR 0.554). Sentiment runs (`sent-*`, `abl-sent-*`): accuracy on the Rotten Tomatoes test",
-             "split (1,328 snippets); `sent-teacher` is the dense teacher they distil from.", "",
-             "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    lines += ["| " + " | ".join(str(r.get(c, "-")) for c in cols) + " |" for r in table]
-    shipped = shipped_rows()
-    cols = ["recipe", "task", "runs", "steps", "wall_min", "threads", "fp32", "int8", "lee", "recall_at_1"]
+             "split (1,328 snippets); `sent-teacher` is the dense teacher they distil from.", ""]
+    lines += markdown(list(dict.fromkeys(k for r in table for k in r)), table)
     lines += ["", "## Shipped recipes and their committed runs", "",
-              "Each shipped recipe (`sparsebert/train/recipes/`) with the committed runs above of exactly",
-              "its body (the same parsed recipe; comments and thread count aside) that ran to the end; the",
+              "Each shipped recipe (`sparsebert/train/recipes/`) with the committed runs (here and in",
+              "`../runs/`) of exactly its body (the same parsed recipe; comments and thread count aside)",
+              "that ran to the end; the",
               "metrics are the best of them: `fp32` is the held-out cosine to the teacher (embeddings) or",
               "the test accuracy (classification), `int8` the same after `sparsebert quantize` without",
-              "calibration, where measured.", "",
-              "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    lines += ["| " + " | ".join(str(r.get(c, "-")) for c in cols) + " |" for r in shipped]
+              "calibration, where measured.", ""]
+    lines += markdown(["recipe", "task", "runs", "steps", "wall_min", "threads", "fp32", "int8", "lee",
+                       "recall_at_1"], shipped_rows())
     (DIR / "README.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
