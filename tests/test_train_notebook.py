@@ -148,7 +148,7 @@ def test_notebook_executes(result_file, tmp_path, monkeypatch):
                  ("90% unstructured", "classification"): "abl-sent-90-new",
                  ("80% 1x4 + int8", "embeddings"): "abl-80-1x4-int8-10x-sgpt int8",
                  ("80% 1x4 + int8", "classification"): "abl-sent-80-1x4-2x-sgpt int8",
-                 ("3 layers + 80%", "embeddings"): "abl-3l-80-new",
+                 ("3 layers + 80%", "embeddings"): "abl-3l-80-20k-sgpt",
                  ("3 layers + 80%", "classification"): "abl-sent-3l-80-new"}
         for (name, task), run in picks.items():
             line = next(line for line in lines if line.startswith(name) and f" {task} " in line)
