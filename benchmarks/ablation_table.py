@@ -61,13 +61,11 @@ def _fmt(value, digits=3):
 
 
 def shipped_rows(recipes_dir: Path = RECIPES_DIR, result_dirs=(DIR, RUNS_DIR)) -> list[dict]:
-    """One row per shipped recipe: the committed runs of its body that ran to the end, best first."""
+    """One row per shipped recipe: the committed runs of its body that ran to the end, and the best one's metrics."""
     runs = []  # (name, body, metrics, int8 metrics or None)
     for d in result_dirs:
         for m in sorted(Path(d).glob("*.metrics.json")):
-            name = m.name[: -len(".metrics.json")]
-            if name.endswith(".int8-metrics"):
-                continue
+            name = m.name[: -len(".metrics.json")]  # NAME.int8-metrics.json does not match the glob
             metrics = json.loads(m.read_text())
             train = metrics.get("train", {})
             if train.get("step") is None or train.get("step") != train.get("total_steps"):
