@@ -60,6 +60,14 @@ def _fmt(value, digits=3):
     return "-" if value is None else f"{value:.{digits}f}"
 
 
+def _int8(q: dict | None, key: str) -> str:
+    """The int8 figure; marked when its primary quantization was calibrated (the column means without)."""
+    if q is None:
+        return "-"
+    primary = str(q.get("quantized_with", "")).split(";")[0]  # what follows ';' is a second, noted variant
+    return _fmt(q.get(key)) + (" (SmoothQuant)" if "--calibration" in primary else "")
+
+
 def shipped_rows(recipes_dir: Path = RECIPES_DIR, result_dirs=(DIR, RUNS_DIR)) -> list[dict]:
     """One row per shipped recipe: the committed runs of its body that ran to the end, and the best one's metrics."""
     runs = []  # (name, body, metrics, int8 metrics or None)
@@ -84,7 +92,7 @@ def shipped_rows(recipes_dir: Path = RECIPES_DIR, result_dirs=(DIR, RUNS_DIR)) -
             train = metrics["train"]
             row.update(runs=", ".join(r[0] for r in matches), steps=train["step"],
                        wall_min=round(train.get("wall_seconds", 0) / 60, 1), threads=train.get("torch_threads"),
-                       fp32=_fmt(metrics.get(key)), int8=_fmt(q.get(key)) if q else "-",
+                       fp32=_fmt(metrics.get(key)), int8=_int8(q, key),
                        lee=_fmt(metrics.get("lee_spearman")),
                        recall_at_1=_fmt(metrics.get("retrieval_recall_at_1")))
         out.append(row)
@@ -112,7 +120,7 @@ def main() -> None:
               "that ran to the end; the",
               "metrics are the best of them: `fp32` is the held-out cosine to the teacher (embeddings) or",
               "the test accuracy (classification), `int8` the same after `sparsebert quantize` without",
-              "calibration, where measured.", ""]
+              "calibration, where measured (marked where only a SmoothQuant-calibrated figure was kept).", ""]
     lines += markdown(["recipe", "task", "runs", "steps", "wall_min", "threads", "fp32", "int8", "lee",
                        "recall_at_1"], shipped_rows())
     (DIR / "README.md").write_text("\n".join(lines) + "\n")

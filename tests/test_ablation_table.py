@@ -34,13 +34,14 @@ def _recipe(sparsity=0.8, lr="1e-3", threads=2, comment="shipped"):
     return RECIPE.format(sparsity=sparsity, lr=lr, threads=threads, comment=comment)
 
 
-def _run(d, name, text, *, step, cosine, int8=None):
+def _run(d, name, text, *, step, cosine, int8=None, quantized_with=None):
     (d / f"{name}.recipe.toml").write_text(text)
     (d / f"{name}.metrics.json").write_text(json.dumps({
         "task": "embeddings", "cosine_to_teacher": cosine, "lee_spearman": 0.5,
         "train": {"step": step, "total_steps": 20, "wall_seconds": 90.0, "torch_threads": 1}}))
     if int8 is not None:
-        (d / f"{name}.int8-metrics.json").write_text(json.dumps({"cosine_to_teacher": int8}))
+        q = {"cosine_to_teacher": int8} | ({"quantized_with": quantized_with} if quantized_with else {})
+        (d / f"{name}.int8-metrics.json").write_text(json.dumps(q))
 
 
 def test_shipped_rows_match_bodies_not_text(tmp_path):
@@ -51,16 +52,20 @@ def test_shipped_rows_match_bodies_not_text(tmp_path):
     (recipes / "r90.toml").write_text(_recipe(sparsity=0.9))
     (recipes / "r80-lr2.toml").write_text(_recipe(lr="2e-3"))
     # r80's body twice (other comment, thread count, spelling of the lr); the better one is shown
-    _run(a, "abl-x", _recipe(lr="0.001", threads=1, comment="an ablation"), step=20, cosine=0.91, int8=0.905)
+    _run(a, "abl-x", _recipe(lr="0.001", threads=1, comment="an ablation"), step=20, cosine=0.91, int8=0.905,
+         quantized_with="sparsebert quantize X DST --no-onnx (no calibration); with --calibration t.txt: 0.90")
     _run(b, "r80", _recipe(), step=20, cosine=0.90)
     _run(a, "abl-90-cut", _recipe(sparsity=0.9), step=12, cosine=0.85)  # stopped early: not a run
     _run(a, "abl-lr3", _recipe(lr="3e-3"), step=20, cosine=0.95)  # no shipped recipe has this body
+    # r80-lr2's only run kept a SmoothQuant int8 figure (the plain one after ';'): marked as such
+    _run(a, "abl-lr2", _recipe(lr="2e-3"), step=20, cosine=0.93, int8=0.929,
+         quantized_with="sparsebert quantize X DST --no-onnx --calibration t.txt (SmoothQuant); without --calibration: 0.92")
 
     rows = {r["recipe"]: r for r in ablation_table.shipped_rows(recipes, (a, b))}
 
     assert sorted(rows) == ["r80", "r80-lr2", "r90"]
+    assert rows["r80-lr2"]["int8"] == "0.929 (SmoothQuant)"
     assert rows["r80"]["runs"] == "abl-x, r80"
     assert (rows["r80"]["fp32"], rows["r80"]["int8"], rows["r80"]["steps"]) == ("0.910", "0.905", 20)
     assert (rows["r80"]["wall_min"], rows["r80"]["threads"], rows["r80"]["lee"]) == (1.5, 1, "0.500")
     assert rows["r90"]["runs"] == "not yet run" and "fp32" not in rows["r90"]
-    assert rows["r80-lr2"]["runs"] == "not yet run"
