@@ -26,7 +26,8 @@ RUNS_DIR = DIR.parent / "runs"
 KEYS = [("pruning", "final_sparsity"), ("pruning", "block"), ("pruning", "initial_sparsity"),
         ("pruning", "end"), ("pruning", "update_every"), ("distillation", "hidden_weight"),
         ("distillation", "hidden_norm"), ("distillation", "attention_weight"), ("pruning", "init_method"),
-        ("pruning", "score"), ("student", "freeze_embeddings"), ("training", "lr"), ("training", "lr_schedule")]
+        ("pruning", "score"), ("student", "freeze_embeddings"), ("training", "lr"), ("training", "lr_schedule"),
+        ("training", "batch_size")]
 
 
 def rows() -> list[dict]:
