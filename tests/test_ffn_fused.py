@@ -403,8 +403,10 @@ def test_wide_tile_whole_layer_equals_the_dense_model(minilm_path, tmp_path, mon
         want = dense(ids, attention_mask=mask).last_hidden_state
         valid = mask.astype(bool)
         np.testing.assert_allclose(got[valid], want[valid], rtol=0, atol=1e-5)
-        # padding positions too, to rounding (at 250 tokens one of them, |x| ~ 6, is 1.05e-5 off)
-        np.testing.assert_allclose(got, want, rtol=2e-6, atol=1e-5)
+        # padding positions too, to rounding: no output reads them, and their values follow each
+        # engine's summation order (seen 1.05e-5 off at |x| ~ 6, and 2.1e-5 at |x| ~ 1 on a Zen 4 whose
+        # dense path tuned differently); unwritten or wrong memory would be off by O(1)
+        np.testing.assert_allclose(got, want, rtol=2e-6, atol=5e-5)
     assert calls == [128] * 18  # 6 layers x 3 lengths, each in 128-token tiles
 
 
