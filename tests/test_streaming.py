@@ -114,7 +114,7 @@ def test_pipeline_stream_is_lazy_and_ordered(models, task, key):
         if isinstance(e, np.ndarray):
             np.testing.assert_allclose(g, e, atol=2e-5)
         else:
-            assert _rounded(g) == _rounded(e)
+            assert _close(g, e)  # floats to 1e-4: a score may sit on a rounding edge
 
 
 def test_generator_input_gives_generator(models):
@@ -146,6 +146,16 @@ def test_progress_bar_with_tqdm(models, capsys):
     pipe = sparsebert.pipeline("token-classification", models["ner"], show_progress_bar=True)
     assert len(pipe(_texts(5))) == 5
     assert "5/5" in capsys.readouterr().err
+
+
+def _close(a, b):
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_close(a[k], b[k]) for k in a)
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(_close(x, y) for x, y in zip(a, b))
+    if isinstance(a, float) and isinstance(b, float):
+        return abs(a - b) <= 1e-4
+    return a == b
 
 
 def _rounded(x):
