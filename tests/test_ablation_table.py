@@ -64,7 +64,7 @@ def test_shipped_rows_match_bodies_not_text(tmp_path):
     rows = {r["recipe"]: r for r in ablation_table.shipped_rows(recipes, (a, b))}
 
     assert sorted(rows) == ["r80", "r80-lr2", "r90"]
-    assert rows["r80-lr2"]["int8"] == "0.929 (SmoothQuant)"
+    assert (rows["r80-lr2"]["runs"], rows["r80-lr2"]["int8"]) == ("abl-lr2", "0.929 (SmoothQuant)")
     assert rows["r80"]["runs"] == "abl-x, r80"
     assert (rows["r80"]["fp32"], rows["r80"]["int8"], rows["r80"]["steps"]) == ("0.910", "0.905", 20)
     assert (rows["r80"]["wall_min"], rows["r80"]["threads"], rows["r80"]["lee"]) == (1.5, 1, "0.500")
