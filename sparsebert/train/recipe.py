@@ -114,6 +114,7 @@ class Training:
     seed: int = 0
     threads: int = 2
     checkpoint_minutes: float = 3.0
+    precision: str = "fp32"  # "bf16": teacher and student forwards under bf16 autocast (trainer.py)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -180,6 +181,7 @@ _CHOICES = {
     ("distillation", "hidden_norm"): ("none", "teacher"),
     ("training", "optimizer"): ("adamw",),
     ("training", "lr_schedule"): LR_SCHEDULES,
+    ("training", "precision"): ("fp32", "bf16"),
     ("pruning", "init_method"): SCORES,
     ("pruning", "score"): SCORES,
 }

@@ -5,7 +5,10 @@ own longest text, truncated at max_length), run the teacher (no grad) and the st
 recipe's loss, take an AdamW step at the learning rate of `lr_at(step)`, re-apply the masks, and at the
 schedule's update steps recompute the masks (by magnitude, or by Wanda scores from one calibration
 pass, `calibrate.py`). From the recipe's fake_quant step on, the encoder linears run fake-quantized
-(`fakequant.py`). Everything a step depends on (weights, masks, optimiser moments, the step number;
+(`fakequant.py`). With `[training] precision = "bf16"` the teacher and student forwards (and so the
+backward) run under bf16 autocast, with fp32 master weights, optimiser and loss: ~1.35x the steps per
+second on a CPU with native bf16 (AVX512-BF16 or AMX), slower than fp32 without it (a warning says so);
+fake-quantized steps and the calibration passes stay fp32. Everything a step depends on (weights, masks, optimiser moments, the step number;
 data order, dropout and calibration texts come from seed and step) is in the checkpoint
 (`checkpoint.py`), written atomically every `checkpoint_minutes` and on Ctrl-C / SIGTERM, which
 are deferred to the end of the current step, so a resumed run ends bitwise where an uninterrupted
@@ -15,7 +18,7 @@ Output folder: config.json (kept layer count, task head), model.safetensors (exa
 teacher's tokenizer and sentence-transformers files, recipe.toml, train.json (loss curve, wall time);
 `checkpoint/` is removed when the run completes.
 
-Left out: gradient accumulation, mixed precision, multi-process data parallelism.
+Left out: gradient accumulation, fp16, multi-process data parallelism.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import json
 import shutil
 import signal
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -119,6 +123,8 @@ def train(recipe: Recipe, *, init: str | Path, output: str | Path, texts: list[s
                              f"{len(recipe.task.labels)} labels {list(recipe.task.labels)}")
     torch.set_num_threads(recipe.training.threads)
     torch.manual_seed(recipe.training.seed)
+    if recipe.training.precision == "bf16":
+        _warn_bf16()
 
     teacher_model = None
     if teacher is not None:
@@ -211,9 +217,13 @@ def train(recipe: Recipe, *, init: str | Path, output: str | Path, texts: list[s
                 inputs = distill.model_inputs(tokenizer([texts[i] for i in rows]))
                 mask = inputs["attention_mask"]
                 outputs = dict(output_hidden_states=want_hidden, output_attentions=want_attn)
-                with torch.no_grad():
-                    t_out = teacher_model(**inputs, **outputs) if teacher_model else None
-                s_out = student(**inputs, **outputs)
+                bf16 = t.precision == "bf16" and fake_quant is None
+                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                    with torch.no_grad():
+                        t_out = teacher_model(**inputs, **outputs) if teacher_model else None
+                    s_out = student(**inputs, **outputs)
+                if bf16:
+                    s_out, t_out = _float32(s_out), _float32(t_out)
                 y = torch.from_numpy(labels[rows]) if kind == "classification" else None
                 loss = _loss(kind, d, s_out, t_out, mask, y, want_hidden, want_attn)
                 for group in optim.param_groups:
@@ -256,7 +266,7 @@ def train(recipe: Recipe, *, init: str | Path, output: str | Path, texts: list[s
         "loss_first_50": float(np.mean([h[1] for h in history[:50]])) if history else None,
         "loss_last_50": float(np.mean([h[1] for h in history[-50:]])) if history else None,
         "loss_curve": history[:: max(1, len(history) // 200)],
-        "torch_threads": t.threads,
+        "torch_threads": t.threads, "precision": t.precision,
     }
     _write_output(output, student, init, recipe, summary)
     if finished:
@@ -281,6 +291,29 @@ def _loss(kind, d, s_out, t_out, mask, y, want_hidden, want_attn):
     if want_attn:
         loss = loss + d.attention_weight * distill.attention_kl(s_out.attentions, t_out.attentions, mask)
     return loss
+
+
+def _float32(out):
+    """A bf16-autocast model output with every tensor in float32, so the loss is computed in fp32."""
+    if out is not None:
+        for key, value in list(out.items()):
+            out[key] = tuple(v.float() for v in value) if isinstance(value, tuple) else value.float()
+    return out
+
+
+def _warn_bf16(flags: list[str] | None = None) -> None:
+    """Warn when the CPU (its /proc/cpuinfo flags, unless given) has no native bf16 arithmetic
+    (AVX512-BF16 or AMX-BF16): autocast then emulates it, and a step is slower than in fp32."""
+    if flags is None:
+        try:
+            with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+                flags = next((line for line in f if line.startswith("flags")), "").split()
+        except OSError:
+            flags = []
+    if "avx512_bf16" not in flags and "amx_bf16" not in flags:
+        warnings.warn("[training] precision = \"bf16\" on a CPU without AVX512-BF16 or AMX-BF16: bf16 is "
+                      "emulated there and steps are slower than fp32; use precision = \"fp32\"",
+                      RuntimeWarning, stacklevel=3)
 
 
 def _pooled(kind, s, t):
