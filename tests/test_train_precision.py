@@ -45,8 +45,8 @@ def test_warning_only_without_native_bf16():
         _warn_bf16(["fpu", "avx2", "avx512f"])
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        _warn_bf16(["avx2", "avx512_bf16"])
-        _warn_bf16(["amx_bf16", "amx_tile"])
+        _warn_bf16(["avx2", "avx512bf16"])
+        _warn_bf16(["amx-bf16", "amx-tile"])
 
 
 def test_float32_converts_every_output_tensor():

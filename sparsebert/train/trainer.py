@@ -6,10 +6,11 @@ recipe's loss, take an AdamW step at the learning rate of `lr_at(step)`, re-appl
 schedule's update steps recompute the masks (by magnitude, or by Wanda scores from one calibration
 pass, `calibrate.py`). From the recipe's fake_quant step on, the encoder linears run fake-quantized
 (`fakequant.py`). With `[training] precision = "bf16"` the teacher and student forwards (and so the
-backward) run under bf16 autocast, with fp32 master weights, optimiser and loss: ~1.35x the steps per
-second on a CPU with native bf16 (AVX512-BF16 or AMX), slower than fp32 without it (a warning says so);
-fake-quantized steps and the calibration passes stay fp32. Everything a step depends on (weights, masks, optimiser moments, the step number;
-data order, dropout and calibration texts come from seed and step) is in the checkpoint
+backward) run under bf16 autocast, with fp32 master weights, optimiser and loss: 1.25x the steps per
+second over a whole run on Zen 4 (native bf16: AVX512-BF16; AMX also has it), slower than fp32 without
+it (a warning says so); fake-quantized steps and the calibration passes stay fp32. Everything a step
+depends on (weights, masks, optimiser moments, the step number; data order, dropout and calibration
+texts come from seed and step) is in the checkpoint
 (`checkpoint.py`), written atomically every `checkpoint_minutes` and on Ctrl-C / SIGTERM, which
 are deferred to the end of the current step, so a resumed run ends bitwise where an uninterrupted
 one would (same thread count).
@@ -301,16 +302,14 @@ def _float32(out):
     return out
 
 
-def _warn_bf16(flags: list[str] | None = None) -> None:
-    """Warn when the CPU (its /proc/cpuinfo flags, unless given) has no native bf16 arithmetic
-    (AVX512-BF16 or AMX-BF16): autocast then emulates it, and a step is slower than in fp32."""
-    if flags is None:
-        try:
-            with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
-                flags = next((line for line in f if line.startswith("flags")), "").split()
-        except OSError:
-            flags = []
-    if "avx512_bf16" not in flags and "amx_bf16" not in flags:
+def _warn_bf16(isa: list[str] | None = None) -> None:
+    """Warn when the CPU (LLVM's host features, `tuning.machine()`, unless given) has no native bf16
+    arithmetic (AVX512-BF16 or AMX-BF16): autocast then emulates it, and a step is slower than in fp32."""
+    if isa is None:
+        from ..tuning import machine
+
+        isa = machine()["isa"]
+    if "avx512bf16" not in isa and "amx-bf16" not in isa:
         warnings.warn("[training] precision = \"bf16\" on a CPU without AVX512-BF16 or AMX-BF16: bf16 is "
                       "emulated there and steps are slower than fp32; use precision = \"fp32\"",
                       RuntimeWarning, stacklevel=3)
