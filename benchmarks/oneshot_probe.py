@@ -35,7 +35,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from train_step_profile import default_teacher  # noqa: E402
 
-from sparsebert.train.points import cpu_model  # noqa: E402
+from sparsebert.tuning import cpu_label  # noqa: E402
 
 TYPES = ("query", "key", "value", "attn_out", "ffn_in", "ffn_out")
 ATTENTION, FFN = TYPES[:4], TYPES[4:]
@@ -141,7 +141,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
     texts = [t.strip() for t in open(args.heldout, encoding="utf-8") if t.strip()][:args.sentences]
-    result = {"cpu": cpu_model(), "sentences": len(texts),
+    result = {"cpu": cpu_label(), "sentences": len(texts),
               **run(Probe(args.teacher or default_teacher(), texts, args.threads))}
     for r in result["types"]:
         print(f"types        {r['linear']:9s} 80% {r['block']}: cosine {r['cosine']:.4f}")

@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import os
 import json
-import platform
 import statistics
 import sys
 import tempfile
@@ -43,6 +42,7 @@ from corpus import sentences  # noqa: E402
 
 from sparsebert.encode_job import encode_table  # noqa: E402
 from sparsebert.ray_data import local_actor_pids  # noqa: E402
+from sparsebert.tuning import cpu_label  # noqa: E402
 
 ENGINES = {"local": dict(ray=False, threads=2), "ray-1x2": dict(ray=True, actors=1, cpus_per_actor=2),
            "ray-2x1": dict(ray=True, actors=2, cpus_per_actor=1)}
@@ -83,16 +83,6 @@ def _tree_cpu_seconds(tree: bool = True) -> dict[int, float]:
         if p == me and (tree or pid == me):
             out[pid] = cpu[pid]
     return out
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
 
 
 def run_once(model, input_path, out_dir, engine: dict, rows_per_piece: int) -> dict:
@@ -165,7 +155,7 @@ def main(argv=None) -> dict:
     ray_constants.ENABLE_RAY_CLUSTER = False
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     names = list(engines)
-    result = {"cpu": cpu_name(), "cpus": 2, "model": args.model, "rows": len(texts), "rounds": args.rounds,
+    result = {"cpu": cpu_label(), "cpus": 2, "model": args.model, "rows": len(texts), "rounds": args.rounds,
               "rows_per_piece": args.rows_per_piece,
               "note": "shared machine: other jobs ran during the measurement; compare ratios",
               "runs": []}

@@ -92,6 +92,20 @@ def _host() -> tuple:
     return cpu_model(), binding.get_host_cpu_name(), tuple(sorted(f for f, on in features.items() if on))
 
 
+_ISA_LABELS = (("avx512f", "AVX-512"), ("avx512vnni", "VNNI"), ("avx512bf16", "BF16"), ("amx-tile", "AMX"),
+               ("avx2", "AVX2"))
+
+
+def cpu_label() -> str:
+    """`cpu_model()` plus the ISA features the kernels and bf16 training use, as LLVM sees them on this
+    host (VMs often hide the name: "AMD EPYC (AVX-512, VNNI, BF16)"). Names the CPU in every figure."""
+    isa = set(_host()[2])
+    labels = [label for feature, label in _ISA_LABELS if feature in isa]
+    if "AVX-512" in labels and "AVX2" in labels:
+        labels.remove("AVX2")
+    return f"{cpu_model()} ({', '.join(labels)})" if labels else cpu_model()
+
+
 def machine() -> dict:
     """What a cached choice is valid for: CPU model, LLVM's host CPU and features (what Numba
     compiles for), Numba thread count, kernel version."""

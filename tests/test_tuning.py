@@ -50,6 +50,19 @@ def test_machine_key_covers_cpu_isa_threads_and_kernels():
         assert tuning.machine_key({**m, field: other}) != key, field
 
 
+
+@pytest.mark.parametrize("features, label", [
+    (("avx", "avx2", "fma"), "Some CPU (AVX2)"),
+    (("avx2", "avx512f", "avx512vnni"), "Some CPU (AVX-512, VNNI)"),
+    (("avx2", "avx512f", "avx512vnni", "avx512bf16", "amx-bf16", "amx-tile"),
+     "Some CPU (AVX-512, VNNI, BF16, AMX)"),
+    (("sse2", "neon"), "Some CPU"),
+])
+def test_cpu_label_names_the_isa_llvm_compiles_for(monkeypatch, features, label):
+    monkeypatch.setattr(tuning, "_host", lambda: ("Some CPU", "host", tuple(sorted(features))))
+    monkeypatch.setattr(tuning, "cpu_model", lambda: "Some CPU")
+    assert tuning.cpu_label() == label
+
 def test_miss_measures_then_hit_reuses(cache_file, monkeypatch):
     w, b = pruned(0)
     lin = dispatch.make_linear(w, b, "auto")

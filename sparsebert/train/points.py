@@ -35,13 +35,13 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import platform
 import shutil
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
+from .. import tuning
 from .committed import Structure, committed_rows, ort_int8_cosine, still_current, structure_of
 from .evaluate import evaluate_model
 from .recipe import load_recipe
@@ -55,24 +55,6 @@ ORT_INT8_ACCURACY = "notebooks/results/int8_accuracy_2026-12-06-s9-zen4.json"
 NOT_METRICS = {"task", "label", "kind", "precision", "layers", "final_sparsity", "block", "scope", "engine",
                "items_per_s", "ort_items_per_s", "speedup_vs_ort", "speedup_range", "speed_from", "train",
                "loss_curve", "int8_aware", "results_file"}
-
-
-def cpu_model() -> str:
-    """/proc/cpuinfo's model name plus the ISA features that matter here (VMs often hide the name)."""
-    name, flags = platform.processor() or "unknown", set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                name = line.split(":", 1)[1].strip()
-            elif line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    isa = [label for flag, label in (("avx512f", "AVX-512"), ("avx512_vnni", "VNNI"), ("amx_tile", "AMX"),
-                                     ("avx2", "AVX2")) if flag in flags]
-    if "AVX-512" in isa:
-        isa.remove("AVX2")
-    return f"{name} ({', '.join(isa)})" if isa else name
 
 
 def speed_ratio(runner, ort, inputs, *, rounds=3, time_s=2.0) -> dict:
@@ -243,7 +225,7 @@ def gather(runs: Path, cache: Path, teacher: Path, sent_teacher: Path | None, *,
         ort_points(rows, work, ort, inputs, ort_int8_accuracy, rounds=rounds, time_s=time_s, add=add)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    return {"settings": {"cpu": cpu_model(), "threads": THREADS, "batch_size": 32, "seq_len": 128,
+    return {"settings": {"cpu": tuning.cpu_label(), "threads": THREADS, "batch_size": 32, "seq_len": 128,
                          "rounds": rounds, "time_s": time_s,
                          "baseline": "onnxruntime, dense MiniLM (legacy17 export)",
                          "shared_machine": shared_machine, "results": [str(d) for d in results]},
