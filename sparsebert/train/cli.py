@@ -29,7 +29,8 @@ def _run(args, init, teacher) -> dict:
     try:
         summary = train(recipe, init=init, teacher=teacher, output=args.output, texts=texts,
                         labels=labels, progress=not args.no_progress,
-                        stop_after_minutes=args.stop_after_minutes)
+                        stop_after_minutes=args.stop_after_minutes,
+                        teacher_cache=getattr(args, "teacher_cache", None))
     except KeyboardInterrupt as exc:  # Ctrl-C / SIGTERM: the checkpoint is saved, say how to resume
         raise SystemExit(f"sparsebert {args.command}: {exc or 'interrupted'}") from None
     if args.onnx:
@@ -108,6 +109,9 @@ def add_commands(sub) -> None:
                                    "learns from it while gradual magnitude pruning removes weights.")
     _common(p)
     p.add_argument("--teacher", required=True, help="dense teacher: Hugging Face BERT folder")
+    p.add_argument("--teacher-cache", default=None, metavar="DIR",
+                   help="where [distillation] cache_teacher keeps the teacher's outputs (default: "
+                        "teacher-outputs under $SPARSEBERT_CACHE_DIR or ~/.cache/sparsebert)")
     p.set_defaults(func=cmd_sparsify)
 
     p = sub.add_parser("finetune", help="fine-tune a dense BERT with a classification head on labelled data",

@@ -17,7 +17,10 @@
                     "none" | "teacher" (SquareHead: each layer's MSE over the teacher's mean square);
                     attention_weight (KL between teacher and student attention probabilities per
                     mapped layer, MiniLM; runs both models with eager attention);
-                    temperature, hardness (classification: hardness x KL + (1 - hardness) x CE)
+                    temperature, hardness (classification: hardness x KL + (1 - hardness) x CE);
+                    cache_teacher = true computes the teacher's outputs over the training texts once,
+                    stores them on disk and reads them back instead of running the teacher at every
+                    step (`teacher_cache.py`; not with attention_weight > 0)
     [training]      optimizer = "adamw", lr, weight_decay, warmup_steps, lr_schedule, batch_size,
                     max_length, steps or epochs, seed, threads, checkpoint_minutes.
                     lr_schedule = "constant" | "linear" (decay to 0 over the run) |
@@ -98,6 +101,7 @@ class Distillation:
     attention_weight: float = 0.0
     temperature: float = 2.0
     hardness: float = 1.0
+    cache_teacher: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -330,6 +334,10 @@ def _check(r: Recipe, source: str) -> None:
                  f"{d.temperature!r}: weights must be >= 0 and the temperature > 0")
         if not 0.0 <= d.hardness <= 1.0:
             fail(f"[distillation] hardness = {d.hardness!r}: must be in [0, 1]")
+        if d.cache_teacher and d.attention_weight > 0:
+            fail(f"[distillation] cache_teacher = true with attention_weight = {d.attention_weight!r}: "
+                 f"attention probabilities are not cached (B x heads x T x T per layer); set "
+                 f"attention_weight = 0 or cache_teacher = false")
     elif r.task.kind == "embeddings":
         fail("an embeddings recipe needs a [distillation] section: the teacher is its only signal")
     if t.lr_schedule == "restart-per-update" and p is None:

@@ -8,7 +8,9 @@ pass, `calibrate.py`). From the recipe's fake_quant step on, the encoder linears
 (`fakequant.py`). With `[training] precision = "bf16"` the teacher and student forwards (and so the
 backward) run under bf16 autocast, with fp32 master weights, optimiser and loss: 1.25x the steps per
 second over a whole run on Zen 4 (native bf16: AVX512-BF16; AMX also has it), slower than fp32 without
-it (a warning says so); fake-quantized steps and the calibration passes stay fp32. Everything a step
+it (a warning says so); fake-quantized steps and the calibration passes stay fp32. With
+`[distillation] cache_teacher = true` the teacher's outputs are computed once over the data (at the
+recipe's precision) and read back from disk instead (`teacher_cache.py`). Everything a step
 depends on (weights, masks, optimiser moments, the step number; data order, dropout and calibration
 texts come from seed and step) is in the checkpoint
 (`checkpoint.py`), written atomically every `checkpoint_minutes` and on Ctrl-C / SIGTERM, which
@@ -101,7 +103,7 @@ class _StopRequest:
 def train(recipe: Recipe, *, init: str | Path, output: str | Path, texts: list[str],
           labels: np.ndarray | None = None, teacher: str | Path | None = None,
           progress: bool = True, max_steps: int | None = None,
-          stop_after_minutes: float | None = None) -> dict:
+          stop_after_minutes: float | None = None, teacher_cache: str | Path | None = None) -> dict:
     """Run `recipe` and write the model to `output`; returns the training summary.
 
     init: the folder the student starts from (the teacher itself for sparsify, a backbone for
@@ -109,6 +111,7 @@ def train(recipe: Recipe, *, init: str | Path, output: str | Path, texts: list[s
     this many steps, keeping the checkpoint (for tests of resume); the run continues when called again.
     stop_after_minutes: the same, after this much wall time in this call. A stopped run still writes
     the output folder as it stands (train.json says "finished": false), so it can be evaluated.
+    teacher_cache: the root folder of `[distillation] cache_teacher` (default: `teacher_cache.default_root`).
     Ctrl-C / SIGTERM: the current step completes, the checkpoint is saved, KeyboardInterrupt.
     """
     torch = require("torch", "'sparsebert[train]'", "training")
@@ -179,6 +182,12 @@ def train(recipe: Recipe, *, init: str | Path, output: str | Path, texts: list[s
     d = recipe.distillation
     want_hidden = d is not None and d.hidden_weight > 0
     want_attn = d is not None and d.attention_weight > 0
+    t_cache = cache_info = None
+    if d is not None and d.cache_teacher and teacher_model is not None:
+        from .teacher_cache import open_or_build
+
+        t_cache, cache_info = open_or_build(teacher_model, texts, tokenizer, precision=t.precision,
+                                            root=teacher_cache, progress=progress)
     stop_at = total if max_steps is None else min(total, step + max_steps)
     bar = None
     if progress:
@@ -221,10 +230,13 @@ def train(recipe: Recipe, *, init: str | Path, output: str | Path, texts: list[s
                 bf16 = t.precision == "bf16" and fake_quant is None
                 with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
                     with torch.no_grad():
-                        t_out = teacher_model(**inputs, **outputs) if teacher_model else None
+                        t_out = (None if teacher_model is None or t_cache is not None
+                                 else teacher_model(**inputs, **outputs))
                     s_out = student(**inputs, **outputs)
                 if bf16:
                     s_out, t_out = _float32(s_out), _float32(t_out)
+                if t_cache is not None:
+                    t_out = t_cache.outputs(rows, mask)
                 y = torch.from_numpy(labels[rows]) if kind == "classification" else None
                 loss = _loss(kind, d, s_out, t_out, mask, y, want_hidden, want_attn)
                 for group in optim.param_groups:
@@ -267,7 +279,7 @@ def train(recipe: Recipe, *, init: str | Path, output: str | Path, texts: list[s
         "loss_first_50": float(np.mean([h[1] for h in history[:50]])) if history else None,
         "loss_last_50": float(np.mean([h[1] for h in history[-50:]])) if history else None,
         "loss_curve": history[:: max(1, len(history) // 200)],
-        "torch_threads": t.threads, "precision": t.precision,
+        "torch_threads": t.threads, "precision": t.precision, "teacher_cache": cache_info,
     }
     _write_output(output, student, init, recipe, summary)
     if finished:
