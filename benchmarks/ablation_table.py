@@ -27,7 +27,7 @@ KEYS = [("pruning", "final_sparsity"), ("pruning", "block"), ("pruning", "initia
         ("pruning", "end"), ("pruning", "update_every"), ("distillation", "hidden_weight"),
         ("distillation", "hidden_norm"), ("distillation", "attention_weight"), ("pruning", "init_method"),
         ("pruning", "score"), ("student", "freeze_embeddings"), ("training", "lr"), ("training", "lr_schedule"),
-        ("training", "batch_size"), ("training", "precision")]
+        ("training", "batch_size"), ("training", "precision"), ("distillation", "cache_teacher")]
 
 
 def rows() -> list[dict]:
@@ -39,7 +39,7 @@ def rows() -> list[dict]:
         train = metrics.get("train", {})
         row = {"run": name, "steps": f"{train.get('step')}/{train.get('total_steps')}",
                "wall_min": round(train.get("wall_seconds", 0) / 60, 1),
-               "threads": train.get("torch_threads")}
+               "cache_build_min": _cache_build_min(train), "threads": train.get("torch_threads")}
         for section, key in KEYS:
             row[key] = recipe.get(section, {}).get(key, "-")
         for key in ("cosine_to_teacher", "top10_overlap", "lee_spearman", "retrieval_recall_at_1",
@@ -48,6 +48,13 @@ def rows() -> list[dict]:
                 row[key] = round(metrics[key], 4)
         out.append(row)
     return out
+
+
+def _cache_build_min(train: dict):
+    """Minutes the run spent building its teacher cache ([distillation] cache_teacher; 0.0 when it
+    reused one), "-" without one; wall_min leaves it out."""
+    cache = train.get("teacher_cache")
+    return "-" if not cache else 0.0 if cache["reused"] else round(cache["build_seconds"] / 60, 1)
 
 
 def body(text: str):
