@@ -6,7 +6,8 @@ outputs depend only on the teacher's weights, the token ids of the texts and the
 computed once over the training texts (in batches of 64 sorted by length, so little padding), written
 to disk and read back for each batch: every hidden state (embedding output and each layer's output) of
 every token as float16 and, for classification teachers, the logits as float32. Size: tokens x
-(layers + 1) x hidden x 2 bytes, about 20 GB for the 194k training sentences and all-MiniLM-L6-v2.
+(layers + 1) x hidden x 2 bytes: 15.7 GB for the 194k training sentences (2.93M tokens) and
+all-MiniLM-L6-v2.
 
 Folder `<root>/<key>/`: meta.json, offsets.npy (int64, n + 1: text i owns token rows
 offsets[i]:offsets[i + 1]), hidden.f16 (tokens, layers + 1, hidden), logits.f32 (n, labels). The key
