@@ -9,6 +9,7 @@ Tiny seeded BERTs and a handful of steps, as in test_train.py, whose recipe and 
 
 from __future__ import annotations
 
+import errno
 import json
 import shutil
 
@@ -20,7 +21,7 @@ pytest.importorskip("transformers")
 
 from test_train import EMB_RECIPE, _texts, tiny_teacher  # noqa: E402,F401
 
-from sparsebert.errors import ConfigError  # noqa: E402
+from sparsebert.errors import CheckpointError, ConfigError  # noqa: E402
 from sparsebert.tokenizer import Tokenizer  # noqa: E402
 from sparsebert.train import distill, teacher_cache  # noqa: E402
 from sparsebert.train.recipe import parse_recipe  # noqa: E402
@@ -34,28 +35,39 @@ def teacher(tiny_teacher):
     return distill.load_teacher(tiny_teacher, "embeddings")
 
 
-def _open(teacher, folder, root, texts=None, max_length=16, precision="fp32"):
+def _open(teacher, folder, root, texts=None, max_length=16, precision="fp32", keep="all", **kw):
     tok = Tokenizer(folder, max_length)
-    return teacher_cache.open_or_build(teacher, texts or _texts(), tok, precision=precision, root=root,
-                                       progress=False)
+    return teacher_cache.open_or_build(teacher, texts or _texts(), tok, precision=precision, keep=keep,
+                                       root=root, progress=False, **kw)
 
 
-def test_cached_outputs_equal_the_teachers(teacher, tiny_teacher, tmp_path):
-    cache, info = _open(teacher, tiny_teacher, tmp_path)
+@pytest.mark.parametrize("keep", ["all", "last"])
+def test_cached_outputs_equal_the_teachers(teacher, tiny_teacher, tmp_path, monkeypatch, keep):
+    monkeypatch.setattr(teacher_cache, "_BUILD_BATCH", 8)  # 64 texts: 8 build batches of other lengths
+    cache, info = _open(teacher, tiny_teacher, tmp_path, keep=keep)
     assert not info["reused"] and info["bytes"] > 0
     texts = _texts()
-    rows = np.array([5, 0, 17, 63, 30])  # mixed lengths: the shorter ones are padded
+    rows = np.array([5, 0, 17, 63, 30, 41])  # mixed lengths, from several build batches
     inputs = distill.model_inputs(Tokenizer(tiny_teacher, 16)([texts[i] for i in rows]))
     with torch.no_grad():
         want = teacher(**inputs, output_hidden_states=True).hidden_states
+    want = want if keep == "all" else want[-1:]
     got = cache.outputs(rows, inputs["attention_mask"])
     mask = inputs["attention_mask"].numpy().astype(bool)
-    assert len(got.hidden_states) == len(want) == 5 and (~mask).any()
+    assert len(got.hidden_states) == len(want) == (5 if keep == "all" else 1) and (~mask).any()
     for g, w in zip(got.hidden_states, want):
+        assert (g.shape, g.dtype) == (w.shape, torch.float32)
         g, w = g.numpy(), w.numpy()
         np.testing.assert_allclose(g[mask], w[mask], rtol=2e-3, atol=2e-3)  # float16 storage
         assert not g[~mask].any()
     assert got.last_hidden_state is got.hidden_states[-1] and got.logits is None
+
+
+def test_a_batch_of_other_token_counts_is_an_error(teacher, tiny_teacher, tmp_path):
+    cache, _ = _open(teacher, tiny_teacher, tmp_path)
+    inputs = distill.model_inputs(Tokenizer(tiny_teacher, 16)([_texts()[i] for i in (1, 2)]))
+    with pytest.raises(CheckpointError, match="delete the folder"):
+        cache.outputs(np.array([3, 4]), inputs["attention_mask"])
 
 
 def test_classifier_logits_are_cached(tiny_teacher, tmp_path):
@@ -67,13 +79,15 @@ def test_classifier_logits_are_cached(tiny_teacher, tmp_path):
     cfg = BertConfig.from_pretrained(str(tiny_teacher), num_labels=3)
     BertForSequenceClassification(cfg).eval().save_pretrained(str(folder))
     clf = distill.load_teacher(folder, "classification")
-    cache, _ = _open(clf, folder, tmp_path / "root")
+    cache, _ = _open(clf, folder, tmp_path / "root", keep="none")
+    assert not (cache.folder / "hidden.f16").exists()
     rows = np.array([3, 9, 40])
     inputs = distill.model_inputs(Tokenizer(folder, 16)([_texts()[i] for i in rows]))
     with torch.no_grad():
         want = clf(**inputs).logits.numpy()
-    got = cache.outputs(rows, inputs["attention_mask"]).logits.numpy()
-    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)  # float32 storage
+    got = cache.outputs(rows, inputs["attention_mask"])
+    assert got.hidden_states == () and (got.logits.shape, got.logits.dtype) == ((3, 3), torch.float32)
+    np.testing.assert_allclose(got.logits.numpy(), want, rtol=1e-5, atol=1e-6)  # float32 storage
 
 
 def _run(recipe_text, teacher_folder, out, root):
@@ -95,7 +109,7 @@ def test_cached_run_trains_like_the_teacher_run_and_reads_the_cache(tiny_teacher
     assert abs(lb[-4:].mean() - la[-4:].mean()) <= 0.02 * la[-4:].mean()
     # A second run reuses the folder; zeroing the stored outputs (sizes unchanged, so it passes the
     # checks) must change its loss: the trainer reads the cache, it does not run the teacher.
-    folder = tmp_path / "root" / next((tmp_path / "root").iterdir()).name
+    folder = next(p for p in (tmp_path / "root").iterdir() if p.is_dir())
     data = folder / "hidden.f16"
     data.write_bytes(bytes(data.stat().st_size))
     c = _run(_two_layers(CACHED), tiny_teacher, tmp_path / "zeroed", tmp_path / "root")
@@ -104,9 +118,71 @@ def test_cached_run_trains_like_the_teacher_run_and_reads_the_cache(tiny_teacher
     assert abs(c["loss_curve"][0][1] - lb[0]) > 0.1 * lb[0]
 
 
-def test_interrupted_build_resumes_bitwise(teacher, tiny_teacher, tmp_path, monkeypatch):
+class _StopOnWrite:
+    """The hidden.f16 memory map, raising KeyboardInterrupt at its `at`-th row write: a stop in the
+    middle of a batch, after some of its texts were written."""
+
+    def __init__(self, array, at):
+        self.array, self.at, self.writes = array, at, 0
+
+    def __setitem__(self, key, value):
+        self.writes += 1
+        if self.writes == self.at:
+            raise KeyboardInterrupt
+        self.array[key] = value
+
+    def flush(self):
+        self.array.flush()
+
+
+def _whole_and_parts(teacher, tiny_teacher, tmp_path, monkeypatch, interrupt):
     monkeypatch.setattr(teacher_cache, "_BUILD_BATCH", 8)  # 64 texts: 8 batches
+    monkeypatch.setattr(teacher_cache, "_FLUSH_SECONDS", 0.0)  # the periodic save after every batch
     _open(teacher, tiny_teacher, tmp_path / "whole")
+    interrupt()
+    with pytest.raises(KeyboardInterrupt):
+        _open(teacher, tiny_teacher, tmp_path / "parts")
+    monkeypatch.undo()
+    monkeypatch.setattr(teacher_cache, "_BUILD_BATCH", 8)
+    folder = next(p for p in (tmp_path / "parts").iterdir() if p.is_dir())
+    return next(p for p in (tmp_path / "whole").iterdir() if p.is_dir()), folder
+
+
+def _same_files(a, b):
+    assert a.name == b.name
+    for name in ("hidden.f16", "offsets.npy"):
+        assert (a / name).read_bytes() == (b / name).read_bytes(), name
+
+
+def test_build_stopped_inside_a_batch_resumes_bitwise(teacher, tiny_teacher, tmp_path, monkeypatch):
+    real = np.memmap
+
+    def memmap(*args, **kw):
+        array = real(*args, **kw)
+        return _StopOnWrite(array, 3 * 8 + 4) if kw.get("mode") == "r+" and array.ndim == 3 else array
+
+    whole, folder = _whole_and_parts(teacher, tiny_teacher, tmp_path, monkeypatch,
+                                     lambda: monkeypatch.setattr(teacher_cache.np, "memmap", memmap))
+    meta = json.loads((folder / "meta.json").read_text())
+    assert (meta["done"], meta["complete"]) == (3, False)  # batch 3 was half written: not counted
+    _, info = _open(teacher, tiny_teacher, tmp_path / "parts")
+    assert info["build_seconds"] >= meta["build_seconds"]
+    _same_files(whole, folder)
+
+
+def test_stop_request_ends_the_build_between_batches(teacher, tiny_teacher, tmp_path, monkeypatch):
+    polls = iter([False, False, True])
+    monkeypatch.setattr(teacher_cache, "_BUILD_BATCH", 8)
+    with pytest.raises(KeyboardInterrupt, match="2/8 batches kept"):
+        _open(teacher, tiny_teacher, tmp_path / "parts", should_stop=lambda: next(polls))
+    _open(teacher, tiny_teacher, tmp_path / "whole")
+    folder = next(p for p in (tmp_path / "parts").iterdir() if p.is_dir())
+    assert json.loads((folder / "meta.json").read_text())["done"] == 2
+    _open(teacher, tiny_teacher, tmp_path / "parts")
+    _same_files(next(p for p in (tmp_path / "whole").iterdir() if p.is_dir()), folder)
+
+
+def test_damaged_unfinished_build_starts_again(teacher, tiny_teacher, tmp_path, monkeypatch):
     calls = {"n": 0}
     real = distill.model_inputs
 
@@ -116,19 +192,14 @@ def test_interrupted_build_resumes_bitwise(teacher, tiny_teacher, tmp_path, monk
             raise KeyboardInterrupt
         return real(batch)
 
-    monkeypatch.setattr(teacher_cache.distill, "model_inputs", stop_at_fourth)
-    with pytest.raises(KeyboardInterrupt):
+    whole, folder = _whole_and_parts(
+        teacher, tiny_teacher, tmp_path, monkeypatch,
+        lambda: monkeypatch.setattr(teacher_cache.distill, "model_inputs", stop_at_fourth))
+    with open(folder / "hidden.f16", "r+b") as f:
+        f.truncate(100)
+    with pytest.warns(RuntimeWarning, match="rebuilding"):
         _open(teacher, tiny_teacher, tmp_path / "parts")
-    folder = next((tmp_path / "parts").iterdir())
-    meta = json.loads((folder / "meta.json").read_text())
-    assert (meta["done"], meta["complete"]) == (3, False)
-    monkeypatch.setattr(teacher_cache.distill, "model_inputs", real)
-    _, info = _open(teacher, tiny_teacher, tmp_path / "parts")
-    assert not info["reused"]
-    whole = next((tmp_path / "whole").iterdir())
-    assert folder.name == whole.name
-    for name in ("hidden.f16", "offsets.npy"):
-        assert (folder / name).read_bytes() == (whole / name).read_bytes(), name
+    _same_files(whole, folder)
 
 
 @pytest.mark.parametrize("damage", ["truncate", "meta", "offsets"])
@@ -161,7 +232,11 @@ def test_key_follows_texts_max_length_precision_and_weights(teacher, tiny_teache
     with torch.no_grad():
         other_teacher.encoder.layer[2].output.dense.bias[0] += 1e-3
     others.append(_open(other_teacher, tiny_teacher, tmp_path)[0].folder)
-    assert len({base, *others}) == 5
+    other_config = distill.load_teacher(tiny_teacher, "embeddings")
+    other_config.config.layer_norm_eps = 1e-5  # the same tensors, another computation
+    others.append(_open(other_config, tiny_teacher, tmp_path)[0].folder)
+    others.append(_open(teacher, tiny_teacher, tmp_path, keep="last")[0].folder)
+    assert len({base, *others}) == 7
 
 
 def test_no_room_and_attention_are_config_errors(teacher, tiny_teacher, tmp_path, monkeypatch):
@@ -170,13 +245,13 @@ def test_no_room_and_attention_are_config_errors(teacher, tiny_teacher, tmp_path
     with pytest.raises(ConfigError, match="expected true or false"):
         parse_recipe(CACHED.replace("cache_teacher = true", "cache_teacher = 1"))
 
-    class Full:
-        free = 1 << 20
+    def full(fd, offset, size):
+        raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(teacher_cache.shutil, "disk_usage", lambda path: Full)
-    with pytest.raises(ConfigError, match="SPARSEBERT_CACHE_DIR"):
+    monkeypatch.setattr(teacher_cache.os, "posix_fallocate", full)
+    with pytest.raises(ConfigError, match="No space left on device.*SPARSEBERT_CACHE_DIR"):
         _open(teacher, tiny_teacher, tmp_path)
-    assert not any(tmp_path.iterdir())  # nothing half-made left behind
+    assert not any(p.is_dir() for p in tmp_path.iterdir())  # nothing half-made left behind
 
 
 def test_cached_run_resumed_equals_uninterrupted(tiny_teacher, tmp_path):
@@ -189,3 +264,16 @@ def test_cached_run_resumed_equals_uninterrupted(tiny_teacher, tmp_path):
     assert whole["finished"]
     a, b = (tmp_path / run / "model.safetensors" for run in "ab")
     assert a.read_bytes() == b.read_bytes()
+
+
+def test_resume_with_another_build_batch_starts_again(teacher, tiny_teacher, tmp_path, monkeypatch):
+    # `done` counts batches: read with another batch size it would skip texts and leave them zero.
+    polls = iter([False, False, True])
+    monkeypatch.setattr(teacher_cache, "_BUILD_BATCH", 8)
+    with pytest.raises(KeyboardInterrupt):
+        _open(teacher, tiny_teacher, tmp_path / "parts", should_stop=lambda: next(polls))
+    monkeypatch.setattr(teacher_cache, "_BUILD_BATCH", 16)
+    with pytest.warns(RuntimeWarning, match="describes another cache"):
+        _open(teacher, tiny_teacher, tmp_path / "parts")
+    _open(teacher, tiny_teacher, tmp_path / "whole")
+    _same_files(*(next(p for p in (tmp_path / run).iterdir() if p.is_dir()) for run in ("whole", "parts")))

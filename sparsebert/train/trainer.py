@@ -186,8 +186,11 @@ def train(recipe: Recipe, *, init: str | Path, output: str | Path, texts: list[s
     if d is not None and d.cache_teacher and teacher_model is not None:
         from .teacher_cache import open_or_build
 
-        t_cache, cache_info = open_or_build(teacher_model, texts, tokenizer, precision=t.precision,
-                                            root=teacher_cache, progress=progress)
+        keep = "all" if want_hidden else "last" if kind == "embeddings" else "none"
+        with _StopRequest() as stop:  # Ctrl-C / SIGTERM: the build keeps its finished batches
+            t_cache, cache_info = open_or_build(
+                teacher_model, texts, tokenizer, precision=t.precision, keep=keep, root=teacher_cache,
+                owner=str(output.resolve()), progress=progress, should_stop=lambda: stop.signal is not None)
     stop_at = total if max_steps is None else min(total, step + max_steps)
     bar = None
     if progress:
