@@ -64,8 +64,14 @@ def test_shipped_rows_match_bodies_not_text(tmp_path):
     rows = {r["recipe"]: r for r in ablation_table.shipped_rows(recipes, (a, b))}
 
     assert sorted(rows) == ["r80", "r80-lr2", "r90"]
-    assert (rows["r80-lr2"]["runs"], rows["r80-lr2"]["int8"]) == ("abl-lr2", "0.929 (SmoothQuant)")
+    assert (rows["r80-lr2"]["runs"], rows["r80-lr2"]["int8"]) == ("abl-lr2", "0.9290 (SmoothQuant)")
     assert rows["r80"]["runs"] == "abl-x, r80"
-    assert (rows["r80"]["fp32"], rows["r80"]["int8"], rows["r80"]["steps"]) == ("0.910", "0.905", 20)
+    assert (rows["r80"]["fp32"], rows["r80"]["int8"], rows["r80"]["steps"]) == ("0.9100", "0.9050", 20)
     assert (rows["r80"]["wall_min"], rows["r80"]["threads"], rows["r80"]["lee"]) == (1.5, 1, "0.500")
     assert rows["r90"]["runs"] == "not yet run" and "fp32" not in rows["r90"]
+
+
+def test_metrics_round_down_so_a_shortfall_never_reads_as_the_target():
+    assert ablation_table._fmt(0.949969) == "0.9499"  # abl-80-20k-bf16-cache against 0.95
+    assert ablation_table._fmt(0.93) == "0.9300"  # 0.92999... in binary
+    assert (ablation_table._fmt(0.5087, 3), ablation_table._fmt(None)) == ("0.508", "-")
