@@ -134,22 +134,29 @@ def open_or_build(teacher, texts: list[str], tokenizer, *, precision: str, keep:
         raise ValueError("keep = \"none\" stores nothing for a teacher without a classifier head")
     shape = {"texts": len(texts), "tokens": int(lengths.sum()), "stored": stored, "hidden": cfg.hidden_size,
              "labels": labels, "build_batch": _BUILD_BATCH}
+    offsets = _offsets(lengths)
     root.mkdir(parents=True, exist_ok=True)
     with open(root / f"{folder.name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
         meta = _read_meta(folder, shape)
-        if meta is not None and meta["complete"] and _problem(folder, meta, lengths) is None:
-            return _open(folder, meta), _info(folder, meta, owner, built=False)
-        meta = _build(folder, teacher, texts, tokenizer, lengths, shape, precision, owner, progress,
-                      should_stop)
-        if _problem(folder, meta, lengths) is not None:
+        why = _problem(folder, meta, offsets) if meta is not None else None
+        if why is not None:
+            _discard(folder, why)
+            meta = None
+        elif meta is not None and meta["complete"]:
+            return TeacherCache(folder, meta, offsets), _info(folder, meta, owner, built=False)
+        meta = _build(folder, meta, teacher, texts, tokenizer, lengths, offsets, shape, precision, owner,
+                      progress, should_stop)
+        why = _problem(folder, meta, offsets)
+        if why is not None:
             raise CheckpointError(f"teacher cache {str(folder)!r} fails its checks right after it was "
-                                  f"built ({_problem(folder, meta, lengths)}); is its disk failing?")
-        return _open(folder, meta), _info(folder, meta, owner, built=True)
+                                  f"built ({why}); is its disk failing?")
+        return TeacherCache(folder, meta, offsets), _info(folder, meta, owner, built=True)
 
 
-def _open(folder: Path, meta: dict) -> TeacherCache:
-    return TeacherCache(folder, meta, np.load(folder / "offsets.npy", allow_pickle=False))
+def _offsets(lengths: np.ndarray) -> np.ndarray:
+    """Token row offsets (int64, n + 1): text i owns rows offsets[i]:offsets[i + 1]."""
+    return np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
 
 
 def _info(folder: Path, meta: dict, owner, built: bool) -> dict:
@@ -199,12 +206,11 @@ def _read_meta(folder: Path, shape: dict) -> dict | None:
     return meta
 
 
-def _problem(folder: Path, meta: dict, lengths: np.ndarray) -> str | None:
-    """Why the folder's offsets or file sizes disagree with meta and the token counts, or None."""
+def _problem(folder: Path, meta: dict, offsets: np.ndarray) -> str | None:
+    """Why the folder's offsets or file sizes disagree with meta and the texts' `offsets`, or None."""
     try:
-        offsets = np.load(folder / "offsets.npy", allow_pickle=False)
-        want = np.concatenate([[0], np.cumsum(lengths)])
-        if offsets.dtype != np.int64 or not np.array_equal(offsets, want):
+        stored = np.load(folder / "offsets.npy", allow_pickle=False)
+        if stored.dtype != np.int64 or not np.array_equal(stored, offsets):
             return "offsets.npy does not match the texts' token counts"
         for name, size in _file_sizes(meta).items():
             if (folder / name).stat().st_size != size:
@@ -223,7 +229,7 @@ def _file_sizes(shape: dict) -> dict:
     return sizes
 
 
-def _create(folder: Path, lengths, shape: dict, precision: str, owner) -> dict:
+def _create(folder: Path, offsets: np.ndarray, shape: dict, precision: str, owner) -> dict:
     """An empty cache folder with its files' disk blocks reserved, or ConfigError when they do not fit."""
     folder.mkdir(parents=True)
     for name, size in _file_sizes(shape).items():
@@ -238,25 +244,21 @@ def _create(folder: Path, lengths, shape: dict, precision: str, owner) -> dict:
                               f"disk with room, or set [distillation] cache_teacher = false") from None
         finally:
             os.close(fd)
-    np.save(folder / "offsets.npy", np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64),
-            allow_pickle=False)
+    np.save(folder / "offsets.npy", offsets, allow_pickle=False)
     meta = {"version": VERSION, **shape, "precision": precision, "owner": owner, "done": 0,
             "complete": False, "build_seconds": 0.0}
     _write_meta(folder, meta)
     return meta
 
 
-def _build(folder, teacher, texts, tokenizer, lengths, shape, precision, owner, progress,
+def _build(folder, meta, teacher, texts, tokenizer, lengths, offsets, shape, precision, owner, progress,
            should_stop) -> dict:
+    """Write the batches not yet done into `folder` (created first when `meta` is None: no checked
+    unfinished build to resume); returns the final meta."""
     import torch
 
-    meta = _read_meta(folder, shape)
-    if meta is not None and _problem(folder, meta, lengths) is not None:
-        _discard(folder, _problem(folder, meta, lengths))
-        meta = None
     if meta is None:
-        meta = _create(folder, lengths, shape, precision, owner)
-    offsets = np.load(folder / "offsets.npy", allow_pickle=False)
+        meta = _create(folder, offsets, shape, precision, owner)
     order = np.argsort(lengths, kind="stable")
     batches = [order[i:i + shape["build_batch"]] for i in range(0, len(order), shape["build_batch"])]
     hidden = None
