@@ -2,7 +2,8 @@
 
 Written to a temporary folder and renamed over the old one, so a crash while saving leaves the
 previous checkpoint whole. Holds the student's state dict, the masks (uint8), the optimiser moments
-and param groups, the step, the loss history, the elapsed wall time and the recipe text (a
+and param groups, the step, the loss history, the elapsed wall time, notes for train.json (what
+the run measured once, e.g. the channel permutation's effect) and the recipe text (a
 checkpoint resumes only under the recipe that wrote it). Never pickle.
 """
 
@@ -15,7 +16,8 @@ from pathlib import Path
 
 from ..errors import ConfigError
 
-def save_checkpoint(ckpt_dir: Path, recipe, student, optim, masks, step, history, elapsed) -> None:
+def save_checkpoint(ckpt_dir: Path, recipe, student, optim, masks, step, history, elapsed,
+                    notes: dict | None = None) -> None:
     import torch
     from safetensors.torch import save_file
 
@@ -27,7 +29,7 @@ def save_checkpoint(ckpt_dir: Path, recipe, student, optim, masks, step, history
         for key, value in state.items():
             tensors[f"optim.{idx}.{key}"] = value.detach().contiguous()
     meta = {"step": step, "recipe": recipe.text, "param_groups": opt["param_groups"],
-            "history": history, "elapsed": elapsed}
+            "history": history, "elapsed": elapsed, "notes": notes or {}}
     tmp = ckpt_dir.with_name(ckpt_dir.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -59,4 +61,4 @@ def load_checkpoint(ckpt_dir: Path, recipe, student, optim, masks):
             _, idx, key = k.split(".", 2)
             state.setdefault(int(idx), {})[key] = v
     optim.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
-    return meta["step"], meta["history"], meta["elapsed"]
+    return meta["step"], meta["history"], meta["elapsed"], meta.get("notes", {})

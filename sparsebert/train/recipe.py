@@ -12,7 +12,10 @@
                     updates; Wanda (Sun et al. 2023) ranks |W[n, k]| x ||x_k||_2, the input norms
                     measured in one forward pass of the student over calibration_texts (default 256)
                     training texts drawn with the seed; SparseGPT (Frantar & Alistarh 2023, per-layer
-                    scope only) also updates the kept weights from the input Hessians X^T X
+                    scope only) also updates the kept weights from the input Hessians X^T X;
+                    permute = true (1xC blocks) reorders the FFN's intermediate channels and each
+                    head's value channels before the first mask so that blocks keep more of the
+                    score, without changing what the dense model computes (`permute.py`)
     [distillation]  pooled_loss = "cosine" | "mse", pooled_weight, hidden_weight, hidden_norm =
                     "none" | "teacher" (SquareHead: each layer's MSE over the teacher's mean square);
                     attention_weight (KL between teacher and student attention probabilities per
@@ -85,6 +88,7 @@ class Pruning:
     init_method: str = "magnitude"
     score: str = "magnitude"
     calibration_texts: int = 256
+    permute: bool = False
 
     @property
     def block_shape(self) -> tuple[int, int]:
@@ -326,6 +330,9 @@ def _check(r: Recipe, source: str) -> None:
         parts = p.block.lower().split("x")
         if len(parts) != 2 or not all(s.isdigit() and int(s) >= 1 for s in parts):
             fail(f"[pruning] block = {p.block!r}: expected 'RxC' rows x columns of W (out, in), e.g. '4x1'")
+        if p.permute and (int(parts[0]) != 1 or int(parts[1]) < 2):
+            fail(f"[pruning] permute = true with block = {p.block!r}: channel permutation groups input "
+                 f"columns for 1xC blocks (e.g. \"1x4\"); set permute = false or block = \"1x4\"")
     d = r.distillation
     if d is not None:
         if d.pooled_weight < 0 or d.hidden_weight < 0 or d.attention_weight < 0 or d.temperature <= 0:

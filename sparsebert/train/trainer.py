@@ -4,7 +4,8 @@ One step: take batch `step` of a seeded per-epoch permutation of the data, token
 own longest text, truncated at max_length), run the teacher (no grad) and the student, compute the
 recipe's loss, take an AdamW step at the learning rate of `lr_at(step)`, re-apply the masks, and at the
 schedule's update steps recompute the masks (by magnitude, or by Wanda scores from one calibration
-pass, `calibrate.py`). From the recipe's fake_quant step on, the encoder linears run fake-quantized
+pass, `calibrate.py`), after reordering channels for 1xC blocks at the first one if the recipe says
+`permute = true` (`permute.py`). From the recipe's fake_quant step on, the encoder linears run fake-quantized
 (`fakequant.py`). With `[training] precision = "bf16"` the teacher and student forwards (and so the
 backward) run under bf16 autocast, with fp32 master weights, optimiser and loss: 1.25x the steps per
 second over a whole run on Zen 4 (native bf16: AVX512-BF16; AMX also has it), slower than fp32 without
@@ -42,6 +43,7 @@ from . import distill, fakequant
 from .calibrate import calibration_rows, input_hessians, input_norms
 from .checkpoint import load_checkpoint, save_checkpoint
 from .gmp import MaskSet, cubic_sparsity, is_update_step, lr_at
+from .permute import permute_for_blocks
 from .recipe import Recipe, check_layers
 
 
@@ -170,9 +172,9 @@ def train(recipe: Recipe, *, init: str | Path, output: str | Path, texts: list[s
                               weight_decay=t.weight_decay)
 
     ckpt_dir = output / "checkpoint"
-    step, history, elapsed = 0, [], 0.0
+    step, history, elapsed, notes = 0, [], 0.0, {}
     if (ckpt_dir / "state.json").is_file():
-        step, history, elapsed = load_checkpoint(ckpt_dir, recipe, student, optim, masks)
+        step, history, elapsed, notes = load_checkpoint(ckpt_dir, recipe, student, optim, masks)
     elif output.is_dir() and any(output.iterdir()):
         raise ConfigError(f"output folder {str(output)!r} is not empty and holds no checkpoint to "
                           f"resume; choose a new folder")
@@ -205,7 +207,8 @@ def train(recipe: Recipe, *, init: str | Path, output: str | Path, texts: list[s
     student.train()
 
     def save():
-        save_checkpoint(ckpt_dir, recipe, student, optim, masks, step, history, time.perf_counter() - t0)
+        save_checkpoint(ckpt_dir, recipe, student, optim, masks, step, history, time.perf_counter() - t0,
+                        notes)
 
     with _StopRequest() as stop:
         try:
@@ -215,6 +218,11 @@ def train(recipe: Recipe, *, init: str | Path, output: str | Path, texts: list[s
                     fake_quant = fakequant.install(student)
                 if masks is not None and is_update_step(step, start, end, p.update_every):
                     method = p.init_method if step == start else p.score
+                    if step == start and p.permute:
+                        norms = (None if method == "magnitude" else
+                                 input_norms(student, masks.params, calib, tokenizer, t.batch_size))
+                        notes["channel_permutation"] = permute_for_blocks(
+                            student, masks.params, p.block_shape, p.final_sparsity, norms, optim, masks.masks)
                     target = cubic_sparsity(step, p.initial_sparsity, p.final_sparsity, start, end,
                                             p.update_every)
                     if method == "sparsegpt":
@@ -273,7 +281,7 @@ def train(recipe: Recipe, *, init: str | Path, output: str | Path, texts: list[s
     wall = time.perf_counter() - t0
     finished = step >= total
     if not finished:
-        save_checkpoint(ckpt_dir, recipe, student, optim, masks, step, history, wall)
+        save_checkpoint(ckpt_dir, recipe, student, optim, masks, step, history, wall, notes)
     summary = {
         "task": kind, "finished": finished, "step": step, "total_steps": total, "train_examples": n,
         "layers_kept": list(kept), "wall_seconds": round(wall, 1),
@@ -282,7 +290,7 @@ def train(recipe: Recipe, *, init: str | Path, output: str | Path, texts: list[s
         "loss_first_50": float(np.mean([h[1] for h in history[:50]])) if history else None,
         "loss_last_50": float(np.mean([h[1] for h in history[-50:]])) if history else None,
         "loss_curve": history[:: max(1, len(history) // 200)],
-        "torch_threads": t.threads, "precision": t.precision, "teacher_cache": cache_info,
+        "torch_threads": t.threads, "precision": t.precision, "teacher_cache": cache_info, **notes,
     }
     _write_output(output, student, init, recipe, summary)
     if finished:
