@@ -28,7 +28,8 @@ KEYS = [("pruning", "final_sparsity"), ("pruning", "block"), ("pruning", "initia
         ("pruning", "end"), ("pruning", "update_every"), ("distillation", "hidden_weight"),
         ("distillation", "hidden_norm"), ("distillation", "attention_weight"), ("pruning", "init_method"),
         ("pruning", "score"), ("student", "freeze_embeddings"), ("training", "lr"), ("training", "lr_schedule"),
-        ("training", "batch_size"), ("training", "precision"), ("distillation", "cache_teacher")]
+        ("training", "batch_size"), ("training", "precision"), ("distillation", "cache_teacher"),
+        ("pruning", "permute")]
 
 
 def rows() -> list[dict]:
