@@ -133,7 +133,7 @@ def test_notebook_executes(result_file, tmp_path, monkeypatch):
     assert errors == []
     pngs = [base64.b64decode(o["data"]["image/png"]) for c in nb.cells for o in c.get("outputs", [])
             if "image/png" in o.get("data", {})]
-    assert len(pngs) == 2 and all(p.startswith(b"\x89PNG") for p in pngs)
+    assert len(pngs) == 3 and all(p.startswith(b"\x89PNG") for p in pngs)  # frontier, loss, budget
     targets = next(c for c in nb.cells if c.cell_type == "code" and "TARGETS = {" in c.source)
     table = "".join(o.get("text", "") for o in targets.outputs if o.get("output_type") == "stream")
     lines = table.splitlines()
